@@ -1,0 +1,472 @@
+"""Placement: which worker serves a request, and what is evicted to make room.
+
+The cache state of every device lives in Redis, so any number of gateway processes (and
+devices) share it. A placement is one optimistic transaction (``WATCH`` / ``MULTI``): read the
+device's entries and pins, let the eviction policy choose victims, then commit the new entry,
+the evictions and the RQ job together. If another placement or a worker changed the state in
+between, Redis refuses the commit and the decision is taken again on fresh state, so
+concurrent misses never commit more than a device's cap.
+
+Keys (``brulee:`` prefix):
+
+- ``device:{d}`` hash: ``cap`` (bytes), ``policy``
+- ``workers`` set; ``worker:{w}`` hash: ``device``, ``queue``, ``pid``, ``host``;
+  ``alive:{w}``: heartbeat with a short TTL, refreshed by the worker's own thread
+- ``entries:{d}`` hash ``model|worker`` → JSON ``{bytes, state, inserted_at, priority}``;
+  ``state`` is ``loading`` until the worker has the interpreter ready
+- ``pins:{d}`` hash ``model|worker`` → jobs placed and not finished (pinned: never a victim)
+- ``used:{d}``, ``priority:{d}`` hashes ``model|worker`` → last use, the policy's priority
+  (GDSF); kept apart from ``entries`` so that hits never touch a watched key
+- ``hits:{d}``, ``misses:{d}``, ``evictions:{d}`` hashes: counters by model (by policy for
+  evictions)
+- ``releasing:{d}`` hash ``model|worker`` → bytes: evicted, not yet dropped by its worker;
+  a load that evicted them waits until they are gone, so resident memory follows the cap
+- ``stats:{model}`` hash: ``requests``, ``load_s``, ``exec_s``, ``bytes`` (observed);
+  ``requests`` counter: all requests (the policies' ``R``); ``clock:{d}``: GDSF's clock
+- ``failed`` hash function → reason
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from agent.policies import Entry, EvictionPolicy, make_policy
+
+PREFIX = "brulee"
+HEARTBEAT_TTL = 5.0  # seconds without a heartbeat before a worker counts as dead
+SCALE_OUT_QUEUE = 2  # a hit on a worker with this many jobs queued may use a second copy
+
+
+def key(*parts: str) -> str:
+    return ":".join((PREFIX, *parts))
+
+
+def slot(model: str, worker: str) -> str:
+    return f"{model}|{worker}"
+
+
+def unslot(field_: str | bytes) -> tuple[str, str]:
+    text = field_.decode() if isinstance(field_, bytes) else field_
+    model, worker = text.rsplit("|", 1)
+    return model, worker
+
+
+class PlacementError(Exception):
+    """A request that cannot be placed; ``status`` is the HTTP answer."""
+
+    status = 503
+
+
+class NoWorkers(PlacementError):
+    status = 503
+
+
+class ModelTooLarge(PlacementError):
+    status = 507
+
+
+class MemoryBusy(PlacementError):
+    """Enough memory exists, but the models holding it are executing right now."""
+
+    status = 503
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What placement needs to know about the model a request wants."""
+
+    name: str
+    bytes: int
+    load_s: float
+    exec_s: float
+
+
+@dataclass
+class Placement:
+    device: str
+    worker: str
+    queue: str
+    hit: bool
+    evict_here: list[str] = field(default_factory=list)  # models the target drops first
+    wait_for: list[str] = field(default_factory=list)  # releasing slots on other workers
+    evicted: list[tuple[str, str]] = field(default_factory=list)  # (model, worker)
+
+
+@dataclass
+class _Worker:
+    name: str
+    device: str
+    queue: str
+
+
+def _decode(mapping: dict) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in mapping.items()
+    }
+
+
+class Cache:
+    """The shared, Redis-backed view of every device's model cache."""
+
+    def __init__(self, conn: redis.Redis, policy: str = "cremebrulee", **policy_options: Any):
+        self.r = conn
+        self.policy_name = policy
+        self.policy: EvictionPolicy = make_policy(policy, **policy_options)
+
+    # -- devices and workers -------------------------------------------------------------
+
+    def set_device(self, device: str, cap: int | None = None, policy: str | None = None) -> None:
+        values = {k: v for k, v in (("cap", cap), ("policy", policy)) if v is not None}
+        if values:
+            self.r.hset(key("device", device), mapping=values)
+
+    def register_worker(self, worker: str, device: str, queue: str, pid: int, host: str) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(
+            key("worker", worker),
+            mapping={"device": device, "queue": queue, "pid": pid, "host": host},
+        )
+        pipe.sadd(key("workers"), worker)
+        pipe.set(key("alive", worker), 1, px=int(HEARTBEAT_TTL * 1000))
+        pipe.execute()
+
+    def heartbeat(self, worker: str) -> None:
+        self.r.set(key("alive", worker), 1, px=int(HEARTBEAT_TTL * 1000))
+
+    def workers(self) -> tuple[dict[str, _Worker], list[str]]:
+        """Alive workers by name, and the names of registered workers that are dead."""
+        names = sorted(n.decode() for n in self.r.smembers(key("workers")))
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(key("alive", name))
+            pipe.hgetall(key("worker", name))
+        replies = pipe.execute()
+        alive, dead = {}, []
+        for i, name in enumerate(names):
+            info = _decode(replies[2 * i + 1])
+            if replies[2 * i] and info:
+                alive[name] = _Worker(name, info["device"], info["queue"])
+            else:
+                dead.append(name)
+        return alive, dead
+
+    def forget_worker(self, worker: str) -> list[str]:
+        """Drop a dead worker and release its models from the accounting; returns them."""
+        info = _decode(self.r.hgetall(key("worker", worker)))
+        device = info.get("device")
+        released: list[str] = []
+        if device:
+            with self.r.pipeline() as pipe:
+                for name in ("entries", "pins", "used", "priority", "releasing"):
+                    fields = [f for f in self.r.hkeys(key(name, device)) if unslot(f)[1] == worker]
+                    if name == "entries":
+                        released = [unslot(f)[0] for f in fields]
+                    if fields:
+                        pipe.hdel(key(name, device), *fields)
+                pipe.execute()
+        self.r.srem(key("workers"), worker)
+        self.r.delete(key("worker", worker), key("alive", worker))
+        return released
+
+    # -- the decision --------------------------------------------------------------------
+
+    def _cap(self, device: str) -> int:
+        raw = self.r.hget(key("device", device), "cap")
+        if raw is None:
+            raise PlacementError(f"device {device!r} has no memory cap configured")
+        return int(raw)
+
+    def _entries(self, device: str, workers: dict[str, _Worker]) -> list[tuple[str, str, dict]]:
+        raw = _decode(self.r.hgetall(key("entries", device)))
+        out = []
+        for field_, value in raw.items():
+            model, worker = unslot(field_)
+            if worker in workers:
+                out.append((model, worker, json.loads(value)))
+        return out
+
+    def _policy_entries(
+        self, device: str, entries: list[tuple[str, str, dict]], pins: dict[str, str]
+    ) -> list[tuple[Entry, str]]:
+        """Policy facts for every cached copy on ``device``, with its slot."""
+        if not entries:
+            return []
+        models = sorted({m for m, _, _ in entries})
+        pipe = self.r.pipeline(transaction=False)
+        for m in models:
+            pipe.hgetall(key("stats", m))
+        stats = dict(zip(models, (_decode(s) for s in pipe.execute())))
+        used = _decode(self.r.hgetall(key("used", device)))
+        priority = _decode(self.r.hgetall(key("priority", device)))
+        result = []
+        for model, worker, doc in entries:
+            s = slot(model, worker)
+            st = stats.get(model, {})
+            result.append(
+                (
+                    Entry(
+                        name=model,
+                        bytes=int(doc["bytes"]),
+                        load_s=float(st.get("load_s", doc.get("load_s", 0.0))),
+                        exec_s=float(st.get("exec_s", doc.get("exec_s", 0.0))),
+                        requests=int(st.get("requests", 0)),
+                        last_used=float(used.get(s, doc["inserted_at"])),
+                        inserted_at=float(doc["inserted_at"]),
+                        pinned=int(pins.get(s, 0)) > 0 or doc["state"] == "loading",
+                        priority=float(priority.get(s, 0.0)),
+                    ),
+                    s,
+                )
+            )
+        return result
+
+    def _queue_length(self, worker: _Worker) -> int:
+        return int(self.r.llen(f"rq:queue:{worker.queue}"))
+
+    def place(
+        self,
+        model: ModelFacts,
+        enqueue: Callable[[redis.client.Pipeline, Placement], Any],
+        now: float | None = None,
+    ) -> tuple[Placement, Any]:
+        """Decide where ``model`` runs and commit it, with ``enqueue(pipe, placement)`` adding
+        the RQ job(s) to the same transaction. Returns the placement and what enqueue returned.
+
+        Raises NoWorkers, ModelTooLarge (the model exceeds every device's cap) or MemoryBusy
+        (the memory is held by executing models; retry later)."""
+        while True:
+            alive, dead = self.workers()
+            for name in dead:
+                self.forget_worker(name)
+            if not alive:
+                raise NoWorkers(
+                    "no worker is running: start one with `brulee up` or `brulee worker`"
+                )
+            devices = sorted({w.device for w in alive.values()})
+            with self.r.pipeline() as pipe:
+                try:
+                    pipe.watch(
+                        *(key(n, d) for d in devices for n in ("entries", "pins")), key("workers")
+                    )
+                    placement = self._decide(model, alive, devices, now or time.time())
+                    pipe.multi()
+                    self._commit(pipe, model, placement, now or time.time())
+                    result = enqueue(pipe, placement)
+                    pipe.execute()
+                    return placement, result
+                except redis.WatchError:
+                    continue  # someone changed the cache meanwhile: decide again
+
+    def _decide(
+        self, model: ModelFacts, alive: dict[str, _Worker], devices: list[str], now: float
+    ) -> Placement:
+        per_device = {d: self._entries(d, alive) for d in devices}
+        holders = [(d, w) for d, es in per_device.items() for m, w, _ in es if m == model.name]
+        best_hit = None
+        if holders:
+            best_hit = min(holders, key=lambda dw: (self._queue_length(alive[dw[1]]), dw[1]))
+            self._load_clock(best_hit[0])
+            if self._queue_length(alive[best_hit[1]]) < SCALE_OUT_QUEUE:
+                return Placement(best_hit[0], best_hit[1], alive[best_hit[1]].queue, hit=True)
+        holding = {w for _, w in holders}
+        options = []  # (cost, device, worker, victims)
+        too_large = []
+        for device in devices:
+            cap = self._cap(device)
+            if model.bytes > cap:
+                too_large.append((device, cap))
+                continue
+            candidates = [w for w in alive.values() if w.device == device and w.name not in holding]
+            if not candidates:
+                continue
+            target = min(candidates, key=lambda w: (self._queue_length(w), w.name))
+            used = sum(int(doc["bytes"]) for _, _, doc in per_device[device])
+            need = model.bytes - (cap - used)
+            if best_hit is not None:
+                # a second copy only into free memory: never evict to scale out
+                if need <= 0:
+                    options.append((0, device, target, []))
+                continue
+            pins = _decode(self.r.hgetall(key("pins", device)))
+            self._load_clock(device)
+            facts = self._policy_entries(device, per_device[device], pins)
+            incoming = Entry(
+                model.name,
+                model.bytes,
+                model.load_s,
+                model.exec_s,
+                inserted_at=now,
+                last_used=now,
+                pinned=True,
+            )
+            total = int(self.r.get(key("requests")) or 0)
+            chosen = self.policy.victims([e for e, _ in facts], incoming, need, total, now)
+            if chosen is None:
+                continue
+            by_id = {id(e): s for e, s in facts}
+            victims = [(e, by_id[id(e)]) for e in chosen]
+            options.append((sum(e.bytes for e in chosen), device, target, victims))
+        if best_hit is not None and not options:
+            return Placement(best_hit[0], best_hit[1], alive[best_hit[1]].queue, hit=True)
+        if not options:
+            if too_large and len(too_large) == len(devices):
+                caps = ", ".join(f"{d}: {c} bytes" for d, c in too_large)
+                raise ModelTooLarge(
+                    f"model {model.name!r} needs {model.bytes} bytes, more than the whole memory "
+                    f"cap ({caps})"
+                )
+            raise MemoryBusy(
+                f"no room for model {model.name!r} ({model.bytes} bytes): the memory is held by "
+                "models that are executing or loading; retry shortly"
+            )
+        _, device, target, victims = min(options, key=lambda o: (o[0], o[1]))
+        placement = Placement(device, target.name, target.queue, hit=False)
+        for entry, s in victims:
+            victim_model, victim_worker = unslot(s)
+            placement.evicted.append((victim_model, victim_worker))
+            if victim_worker == target.name:
+                placement.evict_here.append(victim_model)
+            else:
+                placement.wait_for.append(s)
+            self.policy.on_evict(entry, now)
+        return placement
+
+    def _load_clock(self, device: str) -> None:
+        if hasattr(self.policy, "clock"):
+            self.policy.clock = float(self.r.get(key("clock", device)) or 0.0)
+
+    def _commit(self, pipe, model: ModelFacts, p: Placement, now: float) -> None:
+        s = slot(model.name, p.worker)
+        pipe.hincrby(key("pins", p.device), s, 1)
+        pipe.hset(key("used", p.device), s, now)
+        pipe.hincrby(key("stats", model.name), "requests", 1)
+        pipe.incr(key("requests"))
+        requests = int(self.r.hget(key("stats", model.name), "requests") or 0) + 1
+        entry = Entry(
+            model.name,
+            model.bytes,
+            model.load_s,
+            model.exec_s,
+            requests=requests,
+            inserted_at=now,
+            last_used=now,
+        )
+        if p.hit:
+            self.policy.on_hit(entry, now)
+        else:
+            self.policy.on_insert(entry, now)
+        pipe.hset(key("priority", p.device), s, entry.priority)
+        pipe.hincrby(key("hits" if p.hit else "misses", p.device), model.name, 1)
+        if p.hit:
+            return
+        doc = {
+            "bytes": model.bytes,
+            "state": "loading",
+            "inserted_at": now,
+            "load_s": model.load_s,
+            "exec_s": model.exec_s,
+        }
+        pipe.hset(key("entries", p.device), s, json.dumps(doc))
+        for victim_model, victim_worker in p.evicted:
+            v = slot(victim_model, victim_worker)
+            for name in ("entries", "used", "priority"):
+                pipe.hdel(key(name, p.device), v)
+            pipe.hset(key("releasing", p.device), v, 1)
+            pipe.hincrby(key("evictions", p.device), self.policy_name, 1)
+        if hasattr(self.policy, "clock"):
+            pipe.set(key("clock", p.device), self.policy.clock)
+
+    # -- what workers report -------------------------------------------------------------
+
+    def loaded(
+        self, device: str, model: str, worker: str, observed_bytes: int, load_s: float
+    ) -> None:
+        """The interpreter is ready: correct the reserved bytes with what the worker saw."""
+        s = slot(model, worker)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key("entries", device))
+                    raw = pipe.hget(key("entries", device), s)
+                    if raw is None:  # evicted or forgotten meanwhile
+                        pipe.unwatch()
+                        return
+                    doc = json.loads(raw)
+                    doc.update(state="ready", bytes=max(int(observed_bytes), 1))
+                    pipe.multi()
+                    pipe.hset(key("entries", device), s, json.dumps(doc))
+                    pipe.hset(
+                        key("stats", model), mapping={"bytes": doc["bytes"], "load_s": load_s}
+                    )
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def finished(self, device: str, model: str, worker: str, exec_s: float | None) -> None:
+        """A job is done (or failed): unpin, and fold its exec time into the model's mean."""
+        pipe = self.r.pipeline()
+        pipe.hincrby(key("pins", device), slot(model, worker), -1)
+        pipe.execute()
+        if exec_s is not None:
+            old = self.r.hget(key("stats", model), "exec_s")
+            new = exec_s if old is None else 0.8 * float(old) + 0.2 * exec_s
+            self.r.hset(key("stats", model), "exec_s", new)
+
+    def failed_load(self, device: str, model: str, worker: str) -> None:
+        """The model could not be loaded: give its reservation back."""
+        s = slot(model, worker)
+        pipe = self.r.pipeline()
+        for name in ("entries", "used", "priority"):
+            pipe.hdel(key(name, device), s)
+        pipe.execute()
+
+    def released(self, device: str, model: str, worker: str) -> None:
+        self.r.hdel(key("releasing", device), slot(model, worker))
+
+    def is_releasing(self, device: str, slots: list[str]) -> bool:
+        if not slots:
+            return False
+        return any(self.r.hmget(key("releasing", device), slots))
+
+    # -- what the gateway shows ----------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        alive, _ = self.workers()
+        devices: dict[str, Any] = {}
+        for device in sorted({w.device for w in alive.values()}):
+            entries = self._entries(device, alive)
+            pins = _decode(self.r.hgetall(key("pins", device)))
+            counters = {
+                name: {k: int(v) for k, v in _decode(self.r.hgetall(key(name, device))).items()}
+                for name in ("hits", "misses", "evictions")
+            }
+            workers = {
+                w.name: {"queue": w.queue, "queued": self._queue_length(w), "models": []}
+                for w in alive.values()
+                if w.device == device
+            }
+            for model, worker, doc in sorted(entries):
+                workers[worker]["models"].append(
+                    {
+                        "model": model,
+                        "bytes": int(doc["bytes"]),
+                        "state": doc["state"],
+                        "in_flight": int(pins.get(slot(model, worker), 0)),
+                    }
+                )
+            devices[device] = {
+                "cap_bytes": self._cap(device),
+                "used_bytes": sum(int(doc["bytes"]) for _, _, doc in entries),
+                "releasing": len(self.r.hkeys(key("releasing", device))),
+                **counters,
+                "workers": workers,
+            }
+        return {"policy": self.policy_name, "devices": devices}

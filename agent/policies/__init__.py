@@ -1,0 +1,49 @@
+"""Eviction policies, shared by the live agent and the simulator, and a registry by name.
+
+``make_policy("cremebrulee", cost="increase")`` builds one; ``POLICIES`` maps every name to
+its class (each has a one-line ``description``). Proactive (keep-alive, prewarm) policies live
+in ``agent.policies.proactive``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from agent.policies.base import Entry, EvictionPolicy, Oracle, OrderedPolicy
+from agent.policies.lru import LRU
+
+POLICIES: dict[str, type[EvictionPolicy]] = {cls.name: cls for cls in (LRU,)}
+
+# Other spellings accepted by make_policy (the spec names GDSF "greedy-dual" too).
+ALIASES: dict[str, str] = {}
+
+
+def make_policy(
+    name: str, seed: int = 0, oracle: Oracle | None = None, **options: Any
+) -> EvictionPolicy:
+    """Build the policy registered as ``name``; ``options`` go to its constructor.
+
+    Raises ``ValueError`` for an unknown name or option, or an oracle policy without an
+    oracle, so a typo on the command line is an answer rather than a traceback."""
+    cls = POLICIES.get(ALIASES.get(name, name))
+    if cls is None:
+        raise ValueError(f"unknown eviction policy {name!r}; valid: {', '.join(sorted(POLICIES))}")
+    if cls.needs_oracle and oracle is None:
+        raise ValueError(f"policy {name!r} needs an oracle (a trace's future): simulation only")
+    try:
+        inspect.signature(cls).bind(seed=seed, oracle=oracle, **options)
+    except TypeError as exc:
+        raise ValueError(f"policy {name!r}: {exc}") from None
+    return cls(seed=seed, oracle=oracle, **options)
+
+
+__all__ = [
+    "ALIASES",
+    "POLICIES",
+    "Entry",
+    "EvictionPolicy",
+    "Oracle",
+    "OrderedPolicy",
+    "make_policy",
+]

@@ -1,0 +1,147 @@
+"""A private ``redis-server`` child: the agent's embedded default and the tests' real Redis.
+
+It listens on a Unix socket in its own directory (no TCP port at all unless one is asked for,
+and then only on loopback), with append-only persistence so that accepted async jobs survive
+a restart of the agent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+class RedisServerError(RuntimeError):
+    """redis-server is missing or did not come up; the message says which and why."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager).
+
+    ``port=None`` serves only the Unix socket ``DIR/redis.sock``; a port binds 127.0.0.1.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        port: int | None = None,
+        persist: bool = True,
+        password: str | None = None,
+        executable: str = "redis-server",
+    ) -> None:
+        self.dir = Path(directory)
+        self.port = port
+        self.persist = persist
+        self.password = password
+        self.executable = executable
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.dir / "redis.sock"
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        if self.port is None:
+            query = f"?password={self.password}" if self.password else ""
+            return f"unix://{self.socket_path}{query}"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        exe = shutil.which(self.executable)
+        if exe is None:
+            raise RedisServerError(
+                f"{self.executable} not found: install it (Debian/Ubuntu/Raspberry Pi OS: "
+                "sudo apt-get install redis-server) or give --redis-url"
+            )
+        args = [
+            exe,
+            "--dir",
+            str(self.dir),
+            "--unixsocket",
+            str(self.socket_path),
+            "--unixsocketperm",
+            "700",
+            "--port",
+            str(self.port or 0),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.dir / "redis.log"),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.persist else "no",
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        return args
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        client = redis.Redis.from_url(self.url)
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = (
+                    self.process.stderr.read().decode(errors="replace")
+                    if self.process.stderr
+                    else ""
+                )
+                log = self.dir / "redis.log"
+                tail = (
+                    log.read_text(errors="replace").strip().splitlines()[-3:]
+                    if log.exists()
+                    else []
+                )
+                raise RedisServerError(
+                    f"redis-server exited with status {self.process.returncode}: "
+                    + (err.strip() or " / ".join(tail) or "no output")
+                )
+            try:
+                if client.ping():
+                    return self
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                time.sleep(0.05)
+        self.stop()
+        raise RedisServerError(f"redis-server did not answer within {timeout:g} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()  # SIGTERM: Redis flushes the append-only file and exits
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,248 @@
+"""The worker: an RQ ``SimpleWorker`` that keeps TFLite interpreters warm between jobs.
+
+RQ's default worker forks a work horse per job, which would throw every interpreter away;
+``SimpleWorker`` runs jobs in its own process, so :class:`InterpreterCache` survives from one
+job to the next. Each worker has its own queue (placement chooses the worker), a heartbeat
+thread that tells placement it is alive, and executes two kinds of job: :func:`invoke` (drop
+what placement evicted here, load the model if cold, run it) and :func:`evict` (drop
+interpreters that placement evicted to make room elsewhere on the device).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+
+from agent.memory import release_memory, rss_bytes
+from agent.placement import HEARTBEAT_TTL, Cache, key
+from agent.runtime import LoadedModel, load_model
+from functions.handlers import BadInput, make_handler
+from functions.stack import model_path
+from functions.tensors import from_npy
+
+log = logging.getLogger("brulee.worker")
+RELEASE_WAIT_S = 30.0  # how long a load waits for other workers to drop its victims
+
+
+class InterpreterCache:
+    """The interpreters this process holds, by model name."""
+
+    def __init__(self, models_dir: str | os.PathLike, threads: int = 1) -> None:
+        self.models_dir = Path(models_dir)
+        self.threads = threads
+        self.models: dict[str, LoadedModel] = {}
+
+    def load(self, model: str, file: str) -> tuple[LoadedModel, float]:
+        """Load ``file`` (inside the model directory) and return it with the seconds taken."""
+        t0 = time.perf_counter()
+        loaded = load_model(model_path(self.models_dir, file), num_threads=self.threads)
+        self.models[model] = loaded
+        return loaded, time.perf_counter() - t0
+
+    def drop(self, model: str) -> int:
+        """Drop ``model``'s interpreter and give its memory back; returns the bytes freed."""
+        loaded = self.models.pop(model, None)
+        if loaded is None:
+            return 0
+        before = rss_bytes()
+        loaded.close()
+        del loaded
+        release_memory()
+        return before - rss_bytes()
+
+
+@dataclass
+class _Context:
+    """This process's worker identity and state, for the job functions."""
+
+    worker: str
+    device: str
+    cache: Cache
+    interpreters: InterpreterCache
+    conn: redis.Redis
+    handlers: dict[tuple, Any]
+
+
+_CONTEXT: _Context | None = None
+
+
+def _context() -> _Context:
+    if _CONTEXT is None:
+        raise RuntimeError("brulee jobs run only inside a brulee worker (brulee worker)")
+    return _CONTEXT
+
+
+def _handler(ctx: _Context, req: dict[str, Any]):
+    spec = (req["handler"], req["file"], repr(sorted(req.get("options", {}).items())))
+    if spec not in ctx.handlers:
+        ctx.handlers[spec] = make_handler(req["handler"], req["record"], **req.get("options", {}))
+    return ctx.handlers[spec]
+
+
+def invoke(req: dict[str, Any]) -> dict[str, Any]:
+    """Run one invocation placed on this worker; errors the caller should see are returned as
+    ``{"error": …, "status": …}`` rather than raised, so they reach it intact."""
+    ctx = _context()
+    started = time.time()
+    queue_s = max(started - float(req["enqueued_at"]), 0.0)
+    model = req["model"]
+    exec_s = None
+    try:
+        for victim in req.get("evict_here", []):
+            ctx.interpreters.drop(victim)
+            ctx.cache.released(ctx.device, victim, ctx.worker)
+        loaded = ctx.interpreters.models.get(model)
+        hit = loaded is not None
+        load_s = 0.0
+        rss_before = rss_bytes()
+        if not hit:
+            _wait_for_release(ctx, req.get("wait_for", []))
+            rss_before = rss_bytes()
+            try:
+                loaded, load_s = ctx.interpreters.load(model, req["file"])
+            except (ValueError, RuntimeError, OSError) as exc:
+                reason = f"model {model!r} cannot be loaded from {req['file']}: {exc}"
+                ctx.cache.failed_load(ctx.device, model, ctx.worker)
+                ctx.conn.hset(key("failed"), req["function"], reason)
+                return {"error": reason, "status": 503, "worker": ctx.worker}
+        payload = ctx.conn.get(req["input_key"])
+        if payload is None:
+            return {
+                "error": "the request's input expired before a worker took it",
+                "status": 504,
+                "worker": ctx.worker,
+            }
+        handler = _handler(ctx, req)
+        batch = from_npy(payload)
+        t0 = time.perf_counter()
+        output = loaded.predict(batch)
+        exec_s = time.perf_counter() - t0
+        result = handler.encode(output)
+        if not hit:
+            ctx.cache.loaded(ctx.device, model, ctx.worker, rss_bytes() - rss_before, load_s)
+        return {
+            "result": result,
+            "cache": "hit" if hit else "miss",
+            "load_s": load_s,
+            "exec_s": exec_s,
+            "queue_s": queue_s,
+            "worker": ctx.worker,
+        }
+    except BadInput as exc:
+        return {"error": str(exc), "status": exc.status, "worker": ctx.worker}
+    finally:
+        ctx.conn.delete(req["input_key"])
+        ctx.cache.finished(ctx.device, model, ctx.worker, exec_s)
+
+
+def evict(models: list[str]) -> dict[str, int]:
+    """Drop interpreters that placement evicted from this worker; returns the bytes freed."""
+    ctx = _context()
+    freed = {}
+    for model in models:
+        freed[model] = ctx.interpreters.drop(model)
+        ctx.cache.released(ctx.device, model, ctx.worker)
+    return freed
+
+
+def _wait_for_release(ctx: _Context, slots: list[str]) -> None:
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    while ctx.cache.is_releasing(ctx.device, slots):
+        if time.monotonic() > deadline:
+            log.warning(
+                "victims %s not released after %.0f s; loading anyway", slots, RELEASE_WAIT_S
+            )
+            return
+        time.sleep(0.005)
+
+
+class BruleeWorker(SimpleWorker):
+    """One long-lived worker per core: jobs run in-process so interpreters stay warm."""
+
+    def __init__(
+        self,
+        *args: Any,
+        device: str,
+        models_dir: str | os.PathLike,
+        policy: str = "cremebrulee",
+        threads: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("serializer", JSONSerializer)
+        super().__init__(*args, **kwargs)
+        global _CONTEXT
+        self.device = device
+        self.brulee_cache = Cache(self.connection, policy)
+        _CONTEXT = _Context(
+            self.name,
+            device,
+            self.brulee_cache,
+            InterpreterCache(models_dir, threads),
+            self.connection,
+            {},
+        )
+        self._stop_heartbeat = threading.Event()
+
+    def register_birth(self, *args: Any, **kwargs: Any) -> None:
+        super().register_birth(*args, **kwargs)
+        self.brulee_cache.register_worker(
+            self.name, self.device, self.queues[0].name, os.getpid(), socket.gethostname()
+        )
+        threading.Thread(target=self._beat, name="brulee-heartbeat", daemon=True).start()
+
+    def register_death(self, *args: Any, **kwargs: Any) -> None:
+        self._stop_heartbeat.set()
+        try:
+            self.brulee_cache.forget_worker(self.name)
+        except redis.RedisError:  # Redis already gone: the accounting goes with it
+            pass
+        super().register_death(*args, **kwargs)
+
+    def _beat(self) -> None:
+        while not self._stop_heartbeat.wait(HEARTBEAT_TTL / 5):
+            try:
+                self.brulee_cache.heartbeat(self.name)
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+
+def new_worker_name(device: str) -> str:
+    return f"{device}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def run_worker(
+    redis_url: str,
+    device: str,
+    models_dir: str | os.PathLike,
+    policy: str = "cremebrulee",
+    cap: int | None = None,
+    threads: int = 1,
+    name: str | None = None,
+) -> None:
+    """Run one worker until SIGTERM/SIGINT (RQ finishes the current job first)."""
+    conn = redis.Redis.from_url(redis_url)
+    name = name or new_worker_name(device)
+    cache = Cache(conn, policy)
+    cache.set_device(device, cap=cap, policy=policy)
+    queue = Queue(f"brulee.{name}", connection=conn, serializer=JSONSerializer)
+    worker = BruleeWorker(
+        [queue],
+        connection=conn,
+        name=name,
+        device=device,
+        models_dir=models_dir,
+        policy=policy,
+        threads=threads,
+    )
+    worker.work(with_scheduler=False, logging_level="WARNING")

@@ -1,0 +1,1 @@
+"""Function handlers (pre/post-processing next to the interpreter) and the function declarations."""

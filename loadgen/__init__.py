@@ -1,0 +1,1 @@
+"""Workloads: Azure trace readers, pipeline, synthetic traces, the simulator and the replay."""

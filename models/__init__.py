@@ -1,0 +1,1 @@
+"""The model zoo: build real TFLite models (``build``) and measure what they cost (``profile``)."""

@@ -1,0 +1,264 @@
+"""Build real Keras architectures and convert them to TFLite (``brulee models build``).
+
+TensorFlow is imported lazily: it is only needed here, on the machine that builds models, never
+on a device. Weights are random with a fixed seed unless ``weights="imagenet"`` (which needs
+internet for Keras to fetch them). Building the same architecture, seed and dtype twice gives a
+byte-identical file: Keras' global state is cleared before each model and every random draw is
+seeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.catalog import load_catalog, sha256_file, write_catalog
+from models.zoo import Architecture
+
+DTYPES = ("float32", "float16", "int8")
+WEIGHTS = ("random", "imagenet")
+_DTYPE_SUFFIX = {"float32": "", "float16": "-fp16", "int8": "-int8"}
+BUILDER_VERSION = 1  # bump when a change to this file changes the bytes it writes
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """One model to build: an architecture, a variant (weight seed) and a storage dtype."""
+
+    arch: Architecture
+    variant: int = 0
+    dtype: str = "float32"
+    seed: int = 0
+    weights: str = "random"
+
+    @property
+    def name(self) -> str:
+        suffix = f"-v{self.variant}" if self.variant else ""
+        return f"{self.arch.name}{suffix}{_DTYPE_SUFFIX[self.dtype]}"
+
+    @property
+    def weight_seed(self) -> int:
+        """A seed of its own per architecture and variant, derived from the base seed."""
+        key = f"{self.seed}:{self.arch.name}:{self.variant}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:4], "big")
+
+    def key(self) -> dict[str, Any]:
+        """What decides the file's bytes; an existing model with the same key is not rebuilt."""
+        return {
+            "architecture": self.arch.name,
+            "variant": self.variant,
+            "seed": self.seed,
+            "dtype": self.dtype,
+            "weights": self.weights,
+            "builder_version": BUILDER_VERSION,
+        }
+
+
+def plan(
+    archs: Iterable[Architecture],
+    variants: int = 1,
+    dtypes: Iterable[str] = ("float32",),
+    seed: int = 0,
+    weights: str = "random",
+) -> list[BuildSpec]:
+    """Every (architecture, variant, dtype) to build, validated."""
+    dtypes = list(dtypes)
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad:
+        raise ValueError(f"unknown dtype {bad[0]!r}; valid dtypes: {', '.join(DTYPES)}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown weights {weights!r}; valid: {', '.join(WEIGHTS)}")
+    if variants < 1:
+        raise ValueError("--variants must be at least 1")
+    if weights == "imagenet" and variants > 1:
+        raise ValueError(
+            "--variants > 1 needs random weights: pretrained variants would be identical"
+        )
+    return [
+        BuildSpec(a, v, d, seed, "random" if a.trained else weights)
+        for a in archs
+        for v in range(variants)
+        for d in dtypes
+    ]
+
+
+def _tf():
+    # Keras 3 (TF >= 2.16) converts differently; where the tf-keras package is installed,
+    # TensorFlow's legacy switch keeps Keras 2 behaviour (TF 2.15 is Keras 2 already).
+    if importlib.util.find_spec("tf_keras") is not None:
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    return tf
+
+
+def _tiny_cnn(tf, arch: Architecture):
+    layers = tf.keras.layers
+    return tf.keras.Sequential(
+        [
+            layers.Input(arch.input_shape, name="image"),
+            layers.Conv2D(16, 3, activation="relu", name="conv1"),
+            layers.MaxPooling2D(name="pool1"),
+            layers.Conv2D(32, 3, activation="relu", name="conv2"),
+            layers.GlobalAveragePooling2D(name="gap"),
+            layers.Dense(arch.classes, activation="softmax", name="predictions"),
+        ],
+        name="tiny_cnn",
+    )
+
+
+def _digits_cnn(tf, arch: Architecture):
+    """A small CNN trained on scikit-learn's bundled digits (8x8 grey levels 0..16)."""
+    from models.digits import load_split
+
+    layers = tf.keras.layers
+    model = tf.keras.Sequential(
+        [
+            layers.Input(arch.input_shape, name="digit"),
+            layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
+            layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+            layers.MaxPooling2D(name="pool"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(64, activation="relu", name="dense"),
+            layers.Dense(arch.classes, activation="softmax", name="predictions"),
+        ],
+        name="digits_cnn",
+    )
+    x_train, y_train, _, _ = load_split()
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.fit(x_train, y_train, epochs=25, batch_size=64, shuffle=True, verbose=0)
+    return model
+
+
+def _keras_model(tf, spec: BuildSpec):
+    arch = spec.arch
+    if arch.keras == "tiny_cnn":
+        return _tiny_cnn(tf, arch)
+    if arch.keras == "digits_cnn":
+        return _digits_cnn(tf, arch)
+    ctor = getattr(tf.keras.applications, arch.keras)
+    weights = None if spec.weights == "random" else spec.weights
+    return ctor(
+        weights=weights,
+        input_shape=arch.input_shape,
+        classes=arch.classes,
+        classifier_activation="softmax",
+        **arch.kwargs,
+    )
+
+
+def convert(spec: BuildSpec) -> bytes:
+    """Construct the Keras model for ``spec`` and return its TFLite flatbuffer."""
+    tf = _tf()
+    tf.keras.backend.clear_session()  # resets layer-name counters, which end up in the file
+    tf.keras.utils.set_random_seed(spec.weight_seed)
+    tf.config.experimental.enable_op_determinism()
+    model = _keras_model(tf, spec)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if spec.dtype == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif spec.dtype == "int8":
+        # Dynamic-range quantisation: int8 weights, float input and output.
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    with _quiet_stderr():
+        return converter.convert()
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Hold back the converter's C++ chatter (it writes to fd 2); replay it only on failure."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """Input and output signature of a built file, read with TensorFlow's own interpreter."""
+    tf = _tf()
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    return {
+        "input_shape": [int(d) for d in inp["shape"]],
+        "input_dtype": inp["dtype"].__name__,
+        "output_shape": [int(d) for d in out["shape"]],
+        "output_dtype": out["dtype"].__name__,
+    }
+
+
+def _up_to_date(record: dict[str, Any] | None, spec: BuildSpec, out: Path) -> bool:
+    if record is None or any(record.get(k) != v for k, v in spec.key().items()):
+        return False
+    path = out / record["file"]
+    return (
+        path.exists()
+        and path.stat().st_size == record["file_bytes"]
+        and sha256_file(path) == record["sha256"]
+    )
+
+
+def build_one(spec: BuildSpec, out: Path) -> dict[str, Any]:
+    """Build ``spec`` into ``out`` (atomically) and return its catalog record."""
+    data = convert(spec)
+    path = out / f"{spec.name}.tflite"
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{spec.name}.", suffix=".tflite")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; devices serve models as another user
+    os.replace(tmp, path)
+    return {
+        "name": spec.name,
+        "file": path.name,
+        "task": spec.arch.task,
+        "preprocess": spec.arch.preprocess,
+        **spec.key(),
+        **describe(path),
+        "file_bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+def build(
+    specs: list[BuildSpec], out: str | os.PathLike, progress: bool = True
+) -> Iterator[tuple[str, bool]]:
+    """Build what is missing or stale; yields ``(name, built)``, ``built`` False if skipped.
+
+    The catalog is rewritten after each model, so an interrupted build keeps what it finished.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_catalog(out)
+    # disable=None: tqdm draws only on a terminal.
+    bar = tqdm(specs, unit="model", disable=None if progress else True, desc="building")
+    for spec in bar:
+        bar.set_postfix_str(spec.name)
+        if _up_to_date(records.get(spec.name), spec, out):
+            yield spec.name, False
+            continue
+        records[spec.name] = build_one(spec, out)
+        write_catalog(out, records)
+        yield spec.name, True

@@ -1,0 +1,156 @@
+"""``brulee models build`` and ``brulee models profile``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from models.zoo import SETS, UnknownName, resolve
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+@click.group("models")
+def models_group() -> None:
+    """Build the TFLite model zoo and measure what each model costs."""
+
+
+@models_group.command("build")
+@click.option("--set", "set_name", help=f"A named set of architectures: {', '.join(SETS)}.")
+@click.option(
+    "--arch",
+    "archs",
+    multiple=True,
+    help="Architecture(s) to build, repeatable or comma-separated.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("zoo"),
+    show_default=True,
+    help="Directory for the .tflite files and catalog.json.",
+)
+@click.option(
+    "--variants",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Distinct models per architecture (different weight seeds).",
+)
+@click.option(
+    "--dtype",
+    "dtypes",
+    multiple=True,
+    default=("float32",),
+    show_default=True,
+    help="Storage dtype(s): float32, float16 or int8 (post-training quantised).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Base seed for random weights."
+)
+@click.option(
+    "--weights",
+    type=click.Choice(["random", "imagenet"]),
+    default="random",
+    show_default=True,
+    help="random: seeded, offline. imagenet: Keras downloads pretrained weights (needs internet).",
+)
+@click.option("--list", "list_only", is_flag=True, help="Print what would be built, build nothing.")
+def build_cmd(set_name, archs, out, variants, dtypes, seed, weights, list_only) -> None:
+    """Build real Keras architectures and convert them to .tflite, with a catalog.
+
+    Idempotent: models already built with the same settings are not rebuilt.
+    """
+    from models.build import plan
+
+    try:
+        chosen = resolve(set_name, _split(archs)) if (set_name or archs) else resolve("edge")
+        specs = plan(chosen, variants=variants, dtypes=_split(dtypes), seed=seed, weights=weights)
+    except (UnknownName, ValueError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    if list_only:
+        for spec in specs:
+            click.echo(f"{spec.name}\t{spec.arch.name}\t{spec.dtype}\tvariant {spec.variant}")
+        return
+    from models.build import build
+
+    built = skipped = 0
+    for _name, did_build in build(specs, out):
+        built += did_build
+        skipped += not did_build
+    click.echo(f"{built} built, {skipped} already up to date, catalog in {out / 'catalog.json'}")
+
+
+@models_group.command("profile")
+@click.option(
+    "--models",
+    "models_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("zoo"),
+    show_default=True,
+    help="Directory of .tflite files.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Profile JSON to write [default: MODELS/profiles.json].",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Warm executions per model (the median is reported).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Interpreter threads (a worker per core uses 1).",
+)
+@click.option(
+    "--timeout", type=float, default=600.0, show_default=True, help="Seconds allowed per model."
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also draw load vs. exec latency and memory to this PNG.",
+)
+@click.option(
+    "--compare",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Add the load/exec ratio of another profile (e.g. the seed's models.m5.json, "
+    "shipped as loadgen/data/models.m5.json) for models of the same name.",
+)
+@click.argument("names", nargs=-1)
+def profile_cmd(models_dir, out, runs, threads, timeout, plot, compare, names) -> None:
+    """Measure each model in a fresh process: load (cold and warm), exec, memory, unload.
+
+    NAMES restricts the run to some models of the directory.
+    """
+    from models.profile import format_table, plot_profiles, profile_dir, read_profiles
+
+    out = out or models_dir / "profiles.json"
+    try:
+        doc, failures = profile_dir(
+            models_dir, out, names=names, runs=runs, threads=threads, timeout=timeout
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(format_table(doc["models"], read_profiles(compare) if compare else None))
+    click.echo(f"\nprofile of {len(doc['models'])} model(s) written to {out}")
+    if plot:
+        plot_profiles(doc, plot)
+        click.echo(f"plot written to {plot}")
+    for name, reason in failures:
+        click.echo(f"FAILED {name}: {reason}", err=True)
+    if failures:
+        sys.exit(1)

@@ -1,0 +1,25 @@
+"""Every ``brulee`` command answers ``--help``."""
+
+from __future__ import annotations
+
+import click
+from click.testing import CliRunner
+
+from agent.cli import main
+
+
+def _commands(group: click.Group, path=()):
+    for name, cmd in group.commands.items():
+        yield (*path, name)
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*path, name))
+
+
+def test_help_on_every_command():
+    runner = CliRunner()
+    paths = [()] + list(_commands(main))
+    assert ("models", "build") in paths and ("models", "profile") in paths
+    for path in paths:
+        result = runner.invoke(main, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage:" in result.output

@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from agent import __version__
+from agent.policies.cli import policies_command
+from loadgen.replay_cli import replay_command
+from loadgen.trace_cli import trace_group
 from models.cli import models_group
 
 
@@ -15,3 +18,10 @@ def main() -> None:
 
 
 main.add_command(models_group)
+main.add_command(policies_command)
+main.add_command(trace_group)
+main.add_command(__import__("loadgen.sim_cli").sim_cli.simulate_command)
+main.add_command(replay_command)
+main.add_command(__import__("agent.agent_cli").agent_cli.up_command)
+main.add_command(__import__("agent.agent_cli").agent_cli.worker_command)
+main.add_command(__import__("agent.agent_cli").agent_cli.invoke_command)

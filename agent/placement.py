@@ -386,29 +386,119 @@ class Cache:
     # -- what workers report -------------------------------------------------------------
 
     def loaded(
-        self, device: str, model: str, worker: str, observed_bytes: int, load_s: float
-    ) -> None:
-        """The interpreter is ready: correct the reserved bytes with what the worker saw."""
+        self, device: str, model: str, worker: str, observed_bytes: int | None, load_s: float
+    ) -> bool:
+        """The interpreter is ready: correct the reserved bytes with what the worker saw
+        (``None``: the worker already held it, e.g. after Redis lost its state; keep them).
+        If the model is larger than reserved and idle models cannot make room, its
+        reservation is given back and False returned: the worker drops it, the cap holds."""
         s = slot(model, worker)
         with self.r.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(key("entries", device))
+                    pipe.watch(key("entries", device), key("pins", device))
                     raw = pipe.hget(key("entries", device), s)
                     if raw is None:  # evicted or forgotten meanwhile
                         pipe.unwatch()
-                        return
+                        return True
                     doc = json.loads(raw)
-                    doc.update(state="ready", bytes=max(int(observed_bytes), 1))
+                    if observed_bytes is not None:
+                        doc["bytes"] = max(int(observed_bytes), 1)
+                    doc["state"] = "ready"
+                    overflow = self._overflow_victims(device, s, doc["bytes"])
+                    if overflow is None:
+                        pipe.unwatch()
+                        self.failed_load(device, model, worker)
+                        if observed_bytes is not None:  # the next placement reserves enough
+                            self.r.hset(key("stats", model), "bytes", doc["bytes"])
+                        return False
                     pipe.multi()
                     pipe.hset(key("entries", device), s, json.dumps(doc))
-                    pipe.hset(
-                        key("stats", model), mapping={"bytes": doc["bytes"], "load_s": load_s}
-                    )
+                    if observed_bytes is not None:
+                        pipe.hset(
+                            key("stats", model), mapping={"bytes": doc["bytes"], "load_s": load_s}
+                        )
+                    self._evict_now(pipe, device, overflow)
                     pipe.execute()
-                    return
+                    return True
                 except redis.WatchError:
                     continue
+
+    def _overflow_victims(self, device: str, loaded_slot: str, new_bytes: int) -> list[str] | None:
+        """Slots to evict when a load turned out larger than reserved and the device's total
+        now exceeds its cap (the policy chooses among idle models; none: the overflow stays
+        until the next placement, and is logged in ``/system/cache`` as used > cap)."""
+        alive, _ = self.workers()
+        entries = self._entries(device, alive)
+        used = sum(
+            new_bytes if slot(m, w) == loaded_slot else int(doc["bytes"]) for m, w, doc in entries
+        )
+        need = used - self._cap(device)
+        if need <= 0:
+            return []
+        pins = _decode(self.r.hgetall(key("pins", device)))
+        self._load_clock(device)
+        facts = [
+            (e, s)
+            for e, s in self._policy_entries(device, entries, pins)
+            if s != loaded_slot and not e.pinned
+        ]
+        now = time.time()
+        chosen = self.policy.victims(
+            [e for e, _ in facts],
+            Entry("", 0, 0.0, 0.0, pinned=True),
+            need,
+            int(self.r.get(key("requests")) or 0),
+            now,
+        )
+        if chosen is None:
+            return None
+        by_id = {id(e): s for e, s in facts}
+        return [by_id[id(e)] for e in chosen]
+
+    def _evict_now(self, pipe, device: str, slots: list[str]) -> None:
+        """Queue the workers' drops (at the front of their queues) and account the evictions."""
+        from rq import Queue
+        from rq.serializers import JSONSerializer
+
+        for v in slots:
+            victim_model, victim_worker = unslot(v)
+            for name in ("entries", "used", "priority"):
+                pipe.hdel(key(name, device), v)
+            pipe.hset(key("releasing", device), v, 1)
+            pipe.hincrby(key("evictions", device), self.policy_name, 1)
+            Queue(
+                f"brulee.{victim_worker}", connection=self.r, serializer=JSONSerializer
+            ).enqueue_call(
+                "agent.worker.evict", args=([victim_model],), pipeline=pipe, at_front=True
+            )
+
+    def expire_idle(self, proactive: Any, now: float | None = None) -> list[tuple[str, str]]:
+        """Evict what a keep-alive policy (``agent.policies.proactive``) says has been idle too
+        long, on every device; returns the ``(model, worker)`` copies evicted."""
+        now = now or time.time()
+        alive, _ = self.workers()
+        evicted: list[tuple[str, str]] = []
+        for device in sorted({w.device for w in alive.values()}):
+            with self.r.pipeline() as pipe:
+                while True:
+                    try:
+                        pipe.watch(key("entries", device), key("pins", device))
+                        pins = _decode(self.r.hgetall(key("pins", device)))
+                        facts = self._policy_entries(device, self._entries(device, alive), pins)
+                        names = set(proactive.expired([e for e, _ in facts], now))
+                        slots = [s for e, s in facts if e.name in names and not e.pinned]
+                        if not slots:
+                            pipe.unwatch()
+                            break
+                        pipe.multi()
+                        self._evict_now(pipe, device, slots)
+                        pipe.execute()
+                        evicted += [unslot(s) for s in slots]
+                        break
+                    except redis.WatchError:
+                        continue
+        return evicted
 
     def finished(self, device: str, model: str, worker: str, exec_s: float | None) -> None:
         """A job is done (or failed): unpin, and fold its exec time into the model's mean."""

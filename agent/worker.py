@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import redis
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
@@ -49,6 +50,22 @@ class InterpreterCache:
         loaded = load_model(model_path(self.models_dir, file), num_threads=self.threads)
         self.models[model] = loaded
         return loaded, time.perf_counter() - t0
+
+    def warm_runtime(self) -> None:
+        """Load, run and drop the smallest model once, so the runtime's one-time set-up (its
+        libraries, the XNNPACK delegate: about 3 MB) is part of the worker's fixed baseline and
+        not charged to the first model this worker loads."""
+        files = sorted(self.models_dir.glob("*.tflite"), key=lambda p: p.stat().st_size)
+        for path in files:
+            try:
+                loaded = load_model(path, num_threads=self.threads)
+            except (ValueError, RuntimeError, OSError):
+                continue  # a corrupt file: try the next one
+            loaded.predict(np.zeros(loaded.input.shape, dtype=loaded.input.dtype))
+            loaded.close()
+            del loaded
+            release_memory()
+            return
 
     def drop(self, model: str) -> int:
         """Drop ``model``'s interpreter and give its memory back; returns the bytes freed."""
@@ -130,7 +147,17 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
         exec_s = time.perf_counter() - t0
         result = handler.encode(output)
         if not hit:
-            ctx.cache.loaded(ctx.device, model, ctx.worker, rss_bytes() - rss_before, load_s)
+            observed = rss_bytes() - rss_before
+            if not ctx.cache.loaded(ctx.device, model, ctx.worker, observed, load_s):
+                ctx.interpreters.drop(model)
+                return {
+                    "error": f"model {model!r} needs {observed} bytes, more than reserved, and "
+                    "the rest of the memory is held by executing models; retry shortly",
+                    "status": 503,
+                    "worker": ctx.worker,
+                }
+        elif req.get("miss"):  # placement thought it cold (its state was lost): mark it ready
+            ctx.cache.loaded(ctx.device, model, ctx.worker, None, 0.0)
         return {
             "result": result,
             "cache": "hit" if hit else "miss",
@@ -177,12 +204,15 @@ class BruleeWorker(SimpleWorker):
         models_dir: str | os.PathLike,
         policy: str = "cremebrulee",
         threads: int = 1,
+        cap: int | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("serializer", JSONSerializer)
         super().__init__(*args, **kwargs)
         global _CONTEXT
         self.device = device
+        self.cap = cap
+        self.policy_name = policy
         self.brulee_cache = Cache(self.connection, policy)
         _CONTEXT = _Context(
             self.name,
@@ -212,6 +242,16 @@ class BruleeWorker(SimpleWorker):
     def _beat(self) -> None:
         while not self._stop_heartbeat.wait(HEARTBEAT_TTL / 5):
             try:
+                if not self.connection.exists(key("worker", self.name)):
+                    # Redis came back without our registration: announce ourselves again
+                    self.brulee_cache.set_device(self.device, cap=self.cap, policy=self.policy_name)
+                    self.brulee_cache.register_worker(
+                        self.name,
+                        self.device,
+                        self.queues[0].name,
+                        os.getpid(),
+                        socket.gethostname(),
+                    )
                 self.brulee_cache.heartbeat(self.name)
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
@@ -244,5 +284,7 @@ def run_worker(
         models_dir=models_dir,
         policy=policy,
         threads=threads,
+        cap=cap,
     )
+    _context().interpreters.warm_runtime()
     worker.work(with_scheduler=False, logging_level="WARNING")

@@ -82,7 +82,16 @@ class CompactWorkload:
                     f"{self.source}:1: expected header {','.join(HEADER)}, got {header}"
                 )
             for line, row in enumerate(reader, start=2):
-                t = float(row[0])
+                if len(row) not in (3, 4):
+                    raise WorkloadError(
+                        f"{self.source}:{line}: expected 3 or 4 columns, got {len(row)}"
+                    )
+                try:
+                    t = float(row[0])
+                except ValueError:
+                    raise WorkloadError(
+                        f"{self.source}:{line}: time {row[0]!r} is not a number"
+                    ) from None
                 if t < last:
                     raise WorkloadError(
                         f"{self.source}:{line}: time {t} goes back (previous {last})"

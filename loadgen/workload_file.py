@@ -36,7 +36,8 @@ class WorkloadError(ValueError):
 
 def _open(path: str | os.PathLike, mode: str) -> TextIO:
     if str(path).endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, mode + "b"), newline="")
+        # level 3: several times faster than the default 9, files only slightly larger
+        return io.TextIOWrapper(gzip.open(path, mode + "b", compresslevel=3), newline="")
     return open(path, mode, newline="")
 
 

@@ -11,12 +11,39 @@ import inspect
 from typing import Any
 
 from agent.policies.base import Entry, EvictionPolicy, Oracle, OrderedPolicy
+from agent.policies.belady import Belady
+from agent.policies.cremebrulee import CremeBrulee
+from agent.policies.cremebrulee_oracle import CremeBruleeOracle
+from agent.policies.cremebrulee_random import CremeBruleeRandom
+from agent.policies.fifo import FIFO
+from agent.policies.gdsf import GDSF
+from agent.policies.lfu import LFU
+from agent.policies.loadtime import LoadTime
 from agent.policies.lru import LRU
+from agent.policies.popularity import Popularity
+from agent.policies.random_eviction import RandomEviction
+from agent.policies.size import Size
 
-POLICIES: dict[str, type[EvictionPolicy]] = {cls.name: cls for cls in (LRU,)}
+POLICIES: dict[str, type[EvictionPolicy]] = {
+    cls.name: cls
+    for cls in (
+        CremeBrulee,
+        CremeBruleeOracle,
+        CremeBruleeRandom,
+        Belady,
+        LRU,
+        LFU,
+        FIFO,
+        RandomEviction,
+        Size,
+        LoadTime,
+        Popularity,
+        GDSF,
+    )
+}
 
 # Other spellings accepted by make_policy (the spec names GDSF "greedy-dual" too).
-ALIASES: dict[str, str] = {}
+ALIASES: dict[str, str] = {"greedy-dual": "gdsf"}
 
 
 def make_policy(
@@ -28,7 +55,8 @@ def make_policy(
     oracle, so a typo on the command line is an answer rather than a traceback."""
     cls = POLICIES.get(ALIASES.get(name, name))
     if cls is None:
-        raise ValueError(f"unknown eviction policy {name!r}; valid: {', '.join(sorted(POLICIES))}")
+        valid = ", ".join(sorted([*POLICIES, *ALIASES]))
+        raise ValueError(f"unknown eviction policy {name!r}; valid: {valid}")
     if cls.needs_oracle and oracle is None:
         raise ValueError(f"policy {name!r} needs an oracle (a trace's future): simulation only")
     try:

@@ -43,7 +43,13 @@ class Oracle(Protocol):
 
 class EvictionPolicy(ABC):
     """Choose victims on a miss. Subclasses set ``name`` and ``description`` and implement
-    ``victims``; the ``on_*`` hooks let stateful policies (GDSF) track hits and evictions."""
+    ``victims``; the ``on_*`` hooks let stateful policies (GDSF, LFU) track hits and evictions.
+
+    How a cache drives one (the agent's placement and the simulator alike): on a miss, call
+    ``victims``; call ``on_evict`` for each victim actually evicted, then ``on_insert`` for the
+    model brought in. On a hit, call ``on_hit``. The entry passed to ``on_insert``/``on_hit``
+    already counts the current request in ``requests`` and carries the ``priority`` stored for
+    it (a hook may update ``priority``; the caller stores it back with the entry)."""
 
     name: ClassVar[str]
     description: ClassVar[str]

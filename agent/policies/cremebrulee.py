@@ -7,9 +7,10 @@ miss on it would cost (its load latency) and by the memory it holds. See
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
-from agent.policies.base import Entry, OrderedPolicy
+from agent.policies.base import Entry, Oracle, OrderedPolicy
 
 COSTS = ("direct", "increase")
 
@@ -27,6 +28,30 @@ def scaled(values: list[float]) -> list[float]:
     return [v / top for v in values]
 
 
+def _exponent(name: str, value: object) -> float:
+    """A scale exponent: finite and >= 0. A negative one would turn "more popular" or "dearer
+    to reload" into "evict first", and 0 raised to it is undefined."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, not {value!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+    return number
+
+
+def _flag(name: str, value: object) -> bool:
+    """A boolean option that may arrive as text from a command line ("off", "false", "0")."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false (on/off), not {value!r}")
+
+
 class CremeBrulee(OrderedPolicy):
     name = "cremebrulee"
     description = "Lowest utility pop^a x cost^b / bytes first, then the largest of those (seed)."
@@ -34,7 +59,7 @@ class CremeBrulee(OrderedPolicy):
     def __init__(
         self,
         seed: int = 0,
-        oracle=None,
+        oracle: Oracle | None = None,
         *,
         cost: str = "direct",
         boundary_scale: float = 1.0,
@@ -42,12 +67,15 @@ class CremeBrulee(OrderedPolicy):
         use_size: bool = True,
     ) -> None:
         super().__init__(seed=seed, oracle=oracle)
+        # The spec spells the variants "cost-direct" and "cost-increase"; accept both forms.
+        cost = str(cost).removeprefix("cost-")
         if cost not in COSTS:
-            raise ValueError(f"cost must be one of {', '.join(COSTS)}, not {cost!r}")
+            valid = ", ".join(f"{c} (cost-{c})" for c in COSTS)
+            raise ValueError(f"cost must be one of {valid}, not {cost!r}")
         self.cost = cost
-        self.boundary_scale = float(boundary_scale)
-        self.cost_scale = float(cost_scale)
-        self.use_size = bool(use_size)
+        self.boundary_scale = _exponent("boundary_scale", boundary_scale)
+        self.cost_scale = _exponent("cost_scale", cost_scale)
+        self.use_size = _flag("use_size", use_size)
 
     def popularity(self, entries: Sequence[Entry], total_requests: int, now: float) -> list[float]:
         """``pop(m) = requests / (1 + R)``: its inverse estimates the distance to the next
@@ -68,12 +96,14 @@ class CremeBrulee(OrderedPolicy):
         across ``entries``, which should be every cached model (the spec's "max across")."""
         pops = scaled(self.popularity(entries, total_requests, now))
         costs = scaled([self.miss_cost(e) for e in entries])
-        return {
-            id(e): pop**self.boundary_scale
-            * cost**self.cost_scale
-            / (max(e.bytes, _TINY) if self.use_size else 1.0)
-            for e, pop, cost in zip(entries, pops, costs)
-        }
+        a, b = self.boundary_scale, self.cost_scale
+        if a == 1.0 and b == 1.0:  # the default: skip two float powers per model (hot path)
+            weights = [pop * cost for pop, cost in zip(pops, costs)]
+        else:
+            weights = [pop**a * cost**b for pop, cost in zip(pops, costs)]
+        if self.use_size:
+            return {id(e): w / (e.bytes or _TINY) for e, w in zip(entries, weights)}
+        return {id(e): w for e, w in zip(entries, weights)}
 
     def order_key(
         self, cached: Sequence[Entry], candidates: Sequence[Entry], total_requests: int, now: float

@@ -1,0 +1,141 @@
+"""CLI of the edge agent: ``brulee up``, ``brulee worker``, ``brulee invoke``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from agent.up import AlreadyRunning, parse_cap, run_up
+
+
+def _cap(_ctx, _param, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_cap(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@click.command("up")
+@click.option("--port", default=8080, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--workers", type=int, default=None, help="Workers (default: one per core).")
+@click.option(
+    "--memory-cap",
+    default="50%",
+    show_default=True,
+    callback=_cap,
+    help="BYTES (K/M/G suffix) or PCT% of this device's total RAM.",
+)
+@click.option("--policy", default="cremebrulee", show_default=True)
+@click.option(
+    "--keep-alive",
+    default=None,
+    help="Unload idle models: ttl:SECONDS (or a proactive policy name).",
+)
+@click.option("--redis-url", default=None, help="Use this Redis instead of an embedded one.")
+@click.option(
+    "--models",
+    "models_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("models"),
+    show_default=True,
+)
+@click.option("--functions", "functions_file", default=None, help="stack.yml (default: all models)")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".brulee"),
+    show_default=True,
+)
+def up_command(
+    port,
+    host,
+    workers,
+    memory_cap,
+    policy,
+    keep_alive,
+    redis_url,
+    models_dir,
+    functions_file,
+    state_dir,
+) -> None:
+    """Start Redis, the gateway and the workers; stop all of them on SIGTERM/SIGINT."""
+    try:
+        sys.exit(
+            run_up(
+                port,
+                workers or os.cpu_count() or 1,
+                memory_cap,
+                policy,
+                redis_url,
+                models_dir.resolve(),
+                functions_file,
+                state_dir.resolve(),
+                host=host,
+                keep_alive=keep_alive,
+                echo=click.echo,
+            )
+        )
+    except (AlreadyRunning, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("worker")
+@click.option("--redis-url", required=True)
+@click.option("--device", default=None, help="Device name (default: host name).")
+@click.option("--memory-cap", default=None, callback=_cap, help="BYTES or PCT% of total RAM.")
+@click.option("--policy", default="cremebrulee", show_default=True)
+@click.option(
+    "--models",
+    "models_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("models"),
+    show_default=True,
+)
+def worker_command(redis_url, device, memory_cap, policy, models_dir) -> None:
+    """Run one RQ worker that keeps interpreters warm (for systemd or other devices)."""
+    import socket
+
+    from agent.worker import run_worker
+
+    run_worker(redis_url, device or socket.gethostname(), models_dir, policy, memory_cap)
+
+
+@click.command("invoke")
+@click.argument("name")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True)
+def invoke_command(name: str, file: Path, url: str) -> None:
+    """POST FILE to function NAME; print the result and the cache headers."""
+    import requests
+
+    types = {
+        ".json": "application/json",
+        ".npy": "application/x-npy",
+        ".png": "image/png",
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+    }
+    ctype = types.get(file.suffix.lower(), "application/octet-stream")
+    resp = requests.post(
+        f"{url}/function/{name}",
+        data=file.read_bytes(),
+        headers={"Content-Type": ctype},
+        timeout=120,
+    )
+    for header in ("X-Cache", "X-Load-Seconds", "X-Exec-Seconds", "X-Queue-Seconds", "X-Worker"):
+        if header in resp.headers:
+            click.echo(f"{header}: {resp.headers[header]}")
+    click.echo(json.dumps(resp.json(), indent=2))
+    if not resp.ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    click.Group(commands=[up_command, worker_command, invoke_command])()

@@ -1,0 +1,589 @@
+"""The gateway: OpenFaaS-style HTTP API in front of the worker pool (a Flask app for gunicorn).
+
+Every gunicorn process is stateless: functions, cache state, metrics and jobs live in Redis,
+so any number of processes agree. An invocation decodes and validates the body here (bad input
+never reaches a worker), parks the tensor under a Redis key (no client data is pickled into
+jobs), lets :meth:`agent.placement.Cache.place` choose the worker atomically and enqueue the
+job in the same transaction, then blocks on RQ's result stream.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.webhook import Webhook
+
+from agent.placement import Cache, ModelFacts, PlacementError, key
+
+INPUT_TTL_S = 300
+DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+HEADERS = {
+    "X-Cache": "cache",
+    "X-Load-Seconds": "load_s",
+    "X-Exec-Seconds": "exec_s",
+    "X-Queue-Seconds": "queue_s",
+    "X-Worker": "worker",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.extra = extra
+
+
+def read_token(state_dir: str | os.PathLike | None) -> str | None:
+    """``BRULEE_TOKEN`` wins; otherwise the token file ``brulee up`` wrote into the state dir."""
+    token = os.environ.get("BRULEE_TOKEN")
+    if token:
+        return token
+    if state_dir and (Path(state_dir) / "token").exists():
+        return (Path(state_dir) / "token").read_text().strip()
+    return None
+
+
+def _function_doc(fn: Any) -> dict[str, Any]:
+    doc = asdict(fn) if is_dataclass(fn) else dict(fn)
+    return json.loads(json.dumps(doc, default=str))
+
+
+def _as_list(found: Any) -> list[Any]:
+    return list(found.values()) if isinstance(found, dict) else list(found)
+
+
+class Registry:
+    """Functions deployed on this agent, kept in the Redis hash ``brulee:functions``."""
+
+    def __init__(self, conn: redis.Redis, models_dir: Path, functions_file: str | None) -> None:
+        self.r = conn
+        self.models_dir = models_dir
+        self.functions_file = functions_file
+        self._handlers: dict[str, tuple[str, Any]] = {}
+
+    def ensure_loaded(self) -> None:
+        """Seed the registry from the stack file (or every model) once per Redis database; a
+        lock makes concurrent first requests wait for the seeding instead of answering 404."""
+        if self.r.exists(key("functions", "seeded")):
+            return
+        with self.r.lock(key("functions", "seeding"), timeout=120, blocking_timeout=120):
+            if self.r.exists(key("functions", "seeded")):
+                return
+            from functions import stack
+            from models.catalog import load_catalog
+
+            if self.functions_file:
+                catalog = load_catalog(self.models_dir)
+                found = stack.load_stack(self.functions_file, self.models_dir, catalog)
+            else:
+                found = stack.zero_config(self.models_dir)
+            for fn in _as_list(found):
+                self.deploy(_function_doc(fn))
+            self.r.set(key("functions", "seeded"), 1)
+
+    def deploy(self, doc: dict[str, Any]) -> dict[str, Any]:
+        from functions.stack import model_path
+
+        name = doc["name"]
+        try:
+            path = model_path(self.models_dir, doc["file"])
+            problem = None if Path(path).is_file() else f"model file {doc['file']} does not exist"
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from exc
+        pipe = self.r.pipeline()
+        pipe.hset(key("functions"), name, json.dumps(doc))
+        if problem:
+            pipe.hset(key("failed"), name, problem)
+        else:
+            pipe.hdel(key("failed"), name)
+        pipe.execute()
+        return doc
+
+    def remove(self, name: str) -> bool:
+        return bool(self.r.hdel(key("functions"), name))
+
+    def get(self, name: str) -> dict[str, Any]:
+        raw = self.r.hget(key("functions"), name)
+        if raw is None and not self.r.exists(key("functions", "seeded")):
+            self.ensure_loaded()
+            raw = self.r.hget(key("functions"), name)
+        if raw is None:
+            raise ApiError(404, f"function {name!r} is not deployed (see GET /system/functions)")
+        return json.loads(raw)
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        return {k.decode(): json.loads(v) for k, v in self.r.hgetall(key("functions")).items()}
+
+    def handler(self, doc: dict[str, Any]) -> Any:
+        from functions.handlers import make_handler
+
+        spec = json.dumps([doc["handler"], doc.get("options"), doc.get("record")], sort_keys=True)
+        cached = self._handlers.get(doc["name"])
+        if cached is None or cached[0] != spec:
+            handler = make_handler(
+                doc["handler"], doc.get("record") or {}, **(doc.get("options") or {})
+            )
+            cached = self._handlers[doc["name"]] = (spec, handler)
+        return cached[1]
+
+
+def model_facts(conn: redis.Redis, doc: dict[str, Any], models_dir: Path) -> ModelFacts:
+    """Bytes and times placement accounts with: observed by a worker if any, else the profile
+    record, else the memory hint, else twice the file size (weights plus arena, roughly)."""
+    record = doc.get("record") or {}
+    stats = {k.decode(): v.decode() for k, v in conn.hgetall(key("stats", doc["model"])).items()}
+    size = (
+        stats.get("bytes")
+        or record.get("loaded_bytes")
+        or doc.get("memory")
+        or 2 * int(record.get("file_bytes") or (models_dir / doc["file"]).stat().st_size)
+    )
+    return ModelFacts(
+        doc["model"],
+        int(size),
+        float(stats.get("load_s") or record.get("avg_load_latency") or 0.05),
+        float(stats.get("exec_s") or record.get("exec_s") or 0.01),
+    )
+
+
+def _observe(conn: redis.Redis, function: str, result: dict[str, Any]) -> None:
+    """Count the invocation and add its latencies to Redis-held histograms (multiprocess-safe)."""
+    pipe = conn.pipeline(transaction=False)
+    pipe.hincrby(key("invocations"), f"{function}|{result['cache']}", 1)
+    for kind in ("load_s", "exec_s", "queue_s"):
+        value = float(result.get(kind) or 0.0)
+        if kind == "load_s" and result["cache"] == "hit":
+            continue
+        bucket = next((str(b) for b in BUCKETS if value <= b), "+Inf")
+        pipe.hincrby(key("hist", kind), bucket, 1)
+        pipe.hincrbyfloat(key("hist", kind), "sum", value)
+    pipe.execute()
+
+
+class RedisCollector:
+    """Prometheus metrics read from Redis at scrape time, so every gunicorn process agrees."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+
+    def collect(self):
+        r = self.cache.r
+        inv = CounterMetricFamily(
+            "brulee_invocations",
+            "Invocations by function and cache result",
+            labels=["function", "cache"],
+        )
+        for field_, n in r.hgetall(key("invocations")).items():
+            fn, cache = field_.decode().rsplit("|", 1)
+            inv.add_metric([fn, cache], int(n))
+        yield inv
+        for kind in ("load_s", "exec_s", "queue_s"):
+            raw = {k.decode(): float(v) for k, v in r.hgetall(key("hist", kind)).items()}
+            acc, buckets = 0.0, []
+            for b in (*map(str, BUCKETS), "+Inf"):
+                acc += raw.get(b, 0.0)
+                buckets.append((b, acc))
+            h = HistogramMetricFamily(
+                f"brulee_{kind[:-2]}_seconds", f"{kind[:-2]} latency of invocations"
+            )
+            h.add_metric([], buckets, sum_value=raw.get("sum", 0.0))
+            yield h
+        snap = self.cache.snapshot()
+        used = GaugeMetricFamily(
+            "brulee_cache_used_bytes", "Bytes of loaded models", labels=["device"]
+        )
+        cap = GaugeMetricFamily("brulee_cache_cap_bytes", "Memory cap", labels=["device"])
+        ev = CounterMetricFamily(
+            "brulee_evictions", "Evictions by policy", labels=["device", "policy"]
+        )
+        for device, d in snap["devices"].items():
+            used.add_metric([device], d["used_bytes"])
+            cap.add_metric([device], d["cap_bytes"])
+            for policy, n in d["evictions"].items():
+                ev.add_metric([device, policy], n)
+        yield used
+        yield cap
+        yield ev
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API's OpenAPI 3 description (kept next to the routes it describes)."""
+    err = {
+        "description": "error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    body = {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object", "properties": {"inputs": {}}}},
+            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+    json_ok = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
+    faults = {s: err for s in ("400", "404", "413", "503", "507")}
+    secured = [{"bearer": []}]
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "brulee edge agent", "version": "1"},
+        "paths": {
+            "/function/{name}": {
+                "post": {
+                    "summary": "Invoke a function synchronously",
+                    "parameters": [name],
+                    "requestBody": body,
+                    "responses": {"200": json_ok, **faults, "504": err},
+                }
+            },
+            "/async-function/{name}": {
+                "post": {
+                    "summary": "Invoke a function asynchronously",
+                    "parameters": [
+                        name,
+                        {"name": "X-Callback-Url", "in": "header", "schema": {"type": "string"}},
+                    ],
+                    "requestBody": body,
+                    "responses": {"202": json_ok, **faults},
+                }
+            },
+            "/jobs/{id}": {
+                "get": {
+                    "summary": "State and result of an async job",
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {"200": json_ok, "404": err},
+                }
+            },
+            "/system/functions": {
+                "get": {
+                    "summary": "List functions",
+                    "security": secured,
+                    "responses": {"200": json_ok, "401": err},
+                },
+                "post": {
+                    "summary": "Deploy a function",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "responses": {"201": json_ok, "400": err, "401": err},
+                },
+                "delete": {
+                    "summary": "Remove a function",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "responses": {"200": json_ok, "401": err, "404": err},
+                },
+            },
+            "/system/cache": {"get": {"summary": "Cache state", "responses": {"200": json_ok}}},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": json_ok, "503": err}}},
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text"}},
+                }
+            },
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": json_ok}}},
+        },
+        "components": {
+            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "string"}}}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def create_app(
+    redis_url: str | None = None,
+    models_dir: str | os.PathLike | None = None,
+    functions_file: str | None = None,
+    state_dir: str | os.PathLike | None = None,
+    token: str | None = None,
+    body_limit: int | None = None,
+    policy: str | None = None,
+    sync_timeout: float = 60.0,
+) -> Flask:
+    """Build the app; unset arguments come from ``BRULEE_*`` environment variables (gunicorn)."""
+    env = os.environ.get
+    redis_url = (
+        redis_url or env("BRULEE_REDIS_URL") or env("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    )
+    models = Path(models_dir or env("BRULEE_MODELS") or "models")
+    functions_file = functions_file or env("BRULEE_FUNCTIONS") or None
+    state_dir = state_dir or env("BRULEE_STATE_DIR")
+    token = token or read_token(state_dir)
+    body_limit = body_limit or int(env("BRULEE_BODY_LIMIT") or DEFAULT_BODY_LIMIT)
+    policy = policy or env("BRULEE_POLICY") or "cremebrulee"
+
+    conn = redis.Redis.from_url(
+        redis_url, socket_connect_timeout=2, socket_timeout=sync_timeout + 5
+    )
+    cache = Cache(conn, policy)
+    registry = Registry(conn, models, functions_file)
+    metrics = CollectorRegistry(auto_describe=False)
+    metrics.register(RedisCollector(cache))
+    app = Flask("brulee")
+    app.config["MAX_CONTENT_LENGTH"] = body_limit
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return jsonify(error=str(exc), **exc.extra), exc.status
+
+    @app.errorhandler(PlacementError)
+    def _placement_error(exc: PlacementError):
+        return jsonify(error=str(exc)), exc.status
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_down(exc: redis.RedisError):
+        return jsonify(
+            error=f"the agent's Redis is unreachable ({redis_url.split('@')[-1]}): {exc}"
+        ), 503
+
+    @app.errorhandler(413)
+    def _too_large(_exc):
+        return jsonify(error=f"request body larger than the limit of {body_limit} bytes"), 413
+
+    @app.errorhandler(404)
+    def _not_found(_exc):
+        return jsonify(error=f"no route {request.path}"), 404
+
+    @app.errorhandler(405)
+    def _bad_method(_exc):
+        return jsonify(error=f"method {request.method} not allowed on {request.path}"), 405
+
+    def require_token() -> None:
+        if token is None:
+            raise ApiError(503, "no management token configured (BRULEE_TOKEN or state dir)")
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise ApiError(401, "management endpoints need 'Authorization: Bearer <token>'")
+
+    def submit(name: str, callback: str | None = None) -> tuple[Job, dict[str, Any]]:
+        doc = registry.get(name)
+        reason = conn.hget(key("failed"), name)
+        if reason is not None:
+            raise ApiError(503, f"function {name!r} failed: {reason.decode()}")
+        from functions.handlers import BadInput
+        from functions.tensors import to_npy
+
+        if request.content_length and request.content_length > body_limit:
+            raise ApiError(413, f"request body larger than the limit of {body_limit} bytes")
+        try:
+            batch = registry.handler(doc).decode(request.get_data(), request.content_type or "")
+        except BadInput as exc:
+            raise ApiError(exc.status, str(exc)) from exc
+        input_key = key("input", uuid.uuid4().hex)
+        conn.set(input_key, to_npy(batch), ex=INPUT_TTL_S)
+        facts = model_facts(conn, doc, models)
+
+        def enqueue(pipe, placement):
+            req = {
+                "function": name,
+                "model": doc["model"],
+                "file": doc["file"],
+                "handler": doc["handler"],
+                "options": doc.get("options") or {},
+                "record": doc.get("record") or {},
+                "input_key": input_key,
+                "enqueued_at": time.time(),
+                "miss": not placement.hit,
+                "evict_here": placement.evict_here,
+                "wait_for": placement.wait_for,
+            }
+            for victim, worker in placement.evicted:
+                if worker != placement.worker:
+                    Queue(
+                        f"brulee.{worker}", connection=conn, serializer=JSONSerializer
+                    ).enqueue_call(
+                        "agent.worker.evict", args=([victim],), pipeline=pipe, at_front=True
+                    )
+            hooks = (
+                [Webhook(callback, s, method="POST") for s in ("finished", "failed")]
+                if callback
+                else None
+            )
+            queue = Queue(placement.queue, connection=conn, serializer=JSONSerializer)
+            return queue.enqueue_call(
+                "agent.worker.invoke",
+                args=(req,),
+                pipeline=pipe,
+                result_ttl=3600,
+                failure_ttl=3600,
+                timeout=int(sync_timeout),
+                meta={"function": name, "worker": placement.worker},
+                webhooks=hooks,
+            )
+
+        try:
+            _placement, job = cache.place(facts, enqueue)
+        except PlacementError as exc:
+            conn.delete(input_key)
+            extra = {"model_bytes": facts.bytes} if exc.status == 507 else {}
+            raise ApiError(exc.status, str(exc), **extra) from exc
+        return job, doc
+
+    def respond(name: str, result: dict[str, Any]):
+        if "error" in result:
+            return jsonify(error=result["error"]), int(result.get("status", 500))
+        _observe(conn, name, result)
+        resp = jsonify(result["result"])
+        for header, field_ in HEADERS.items():
+            value = result.get(field_)
+            resp.headers[header] = f"{value:.6f}" if isinstance(value, float) else str(value)
+        return resp
+
+    @app.post("/function/<name>")
+    def invoke(name: str):
+        job, _doc = submit(name)
+        worker = job.meta["worker"]
+        deadline = time.monotonic() + sync_timeout
+        res = None
+        while res is None and time.monotonic() < deadline:
+            res = job.latest_result(timeout=1)
+            if res is None and not conn.exists(key("alive", worker)):
+                raise ApiError(
+                    503, f"worker {worker} died before finishing the job for {name!r}; retry"
+                )
+        if res is None:
+            raise ApiError(504, f"function {name!r} did not answer within {sync_timeout:g} s")
+        if res.type != res.Type.SUCCESSFUL:
+            raise ApiError(
+                500, f"function {name!r} failed in the worker: {res.exc_string or res.type}"
+            )
+        return respond(name, res.return_value)
+
+    @app.post("/async-function/<name>")
+    def invoke_async(name: str):
+        job, _doc = submit(name, request.headers.get("X-Callback-Url"))
+        resp = jsonify(id=job.id, status="queued", location=f"/jobs/{job.id}")
+        resp.status_code = 202
+        resp.headers["Location"] = f"/jobs/{job.id}"
+        return resp
+
+    @app.get("/jobs/<job_id>")
+    def job_status(job_id: str):
+        try:
+            job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        except Exception as exc:  # rq.exceptions.NoSuchJobError and malformed ids
+            raise ApiError(404, f"no job {job_id!r}") from exc
+        status = job.get_status()
+        doc: dict[str, Any] = {"id": job.id, "status": str(getattr(status, "value", status))}
+        if doc["status"] == "finished":
+            result = job.return_value()
+            if "error" in result:
+                doc.update(status="failed", error=result["error"])
+            else:
+                doc["result"] = result["result"]
+                doc.update({h: result.get(f) for h, f in HEADERS.items()})
+        elif doc["status"] in ("queued", "started") and not conn.exists(
+            key("alive", job.meta.get("worker", ""))
+        ):
+            worker = job.meta.get("worker")
+            doc.update(status="failed", error=f"worker {worker} died before finishing the job")
+        elif doc["status"] in ("failed", "stopped", "canceled"):
+            doc["error"] = (job.exc_info or "job failed").strip().splitlines()[-1]
+        return jsonify(doc)
+
+    @app.get("/system/functions")
+    def list_functions():
+        require_token()
+        registry.ensure_loaded()
+        failed = {k.decode(): v.decode() for k, v in conn.hgetall(key("failed")).items()}
+        snap = cache.snapshot()
+        loaded: dict[str, int] = {}
+        for device in snap["devices"].values():
+            for w in device["workers"].values():
+                for m in w["models"]:
+                    loaded[m["model"]] = max(loaded.get(m["model"], 0), m["bytes"])
+        out = []
+        from functions.stack import Function
+
+        for name, doc in sorted(registry.all().items()):
+            state = "failed" if name in failed else ("ready" if doc["model"] in loaded else "cold")
+            out.append(
+                {
+                    **Function(**doc).describe(),
+                    "state": state,
+                    "reason": failed.get(name),
+                    "loaded_bytes": loaded.get(doc["model"]),
+                }
+            )
+        return jsonify(functions=out)
+
+    @app.post("/system/functions")
+    def deploy_function():
+        require_token()
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not body.get("name"):
+            raise ApiError(400, "body must be JSON with at least 'name' and 'model'")
+        from functions.handlers import handler_for
+        from functions.stack import Function
+        from models.catalog import load_catalog
+
+        catalog = load_catalog(models)
+        model = body.get("model", body["name"])
+        if model not in catalog:
+            raise ApiError(400, f"model {model!r} is not in {models}/catalog.json")
+        record = catalog[model]
+        fn = Function(
+            name=body["name"],
+            model=model,
+            file=body.get("file", record["file"]),
+            handler=body.get("handler") or handler_for(record),
+            memory=body.get("memory"),
+            options=body.get("options") or {},
+            record=record,
+        )
+        registry.ensure_loaded()
+        return jsonify(registry.deploy(_function_doc(fn))), 201
+
+    @app.delete("/system/functions")
+    def remove_function():
+        require_token()
+        body = request.get_json(silent=True) or {}
+        name = body.get("functionName") or body.get("name") or request.args.get("name")
+        if not name or not registry.remove(name):
+            raise ApiError(404, f"function {name!r} is not deployed")
+        conn.hdel(key("failed"), name)
+        return jsonify(removed=name)
+
+    @app.get("/system/cache")
+    def system_cache():
+        return jsonify(cache.snapshot())
+
+    @app.get("/healthz")
+    def healthz():
+        conn.ping()
+        alive, _ = cache.workers()
+        return jsonify(status="ok", workers=len(alive))
+
+    @app.get("/metrics")
+    def prometheus():
+        return Response(generate_latest(metrics), mimetype="text/plain; version=0.0.4")
+
+    @app.get("/openapi.json")
+    def openapi():
+        return jsonify(openapi_document())
+
+    return app

@@ -1,0 +1,208 @@
+"""``brulee up``: Redis (embedded unless given), the gunicorn gateway and N workers, as one unit.
+
+A lock file (``flock``) in the state directory makes a second ``brulee up`` on it refuse; the
+token is generated there (mode 0600) unless ``BRULEE_TOKEN`` is set. SIGTERM/SIGINT stop the
+gateway and workers first (they finish their jobs), then Redis, so nothing is orphaned.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from agent.redis_server import RedisServer
+
+
+class AlreadyRunning(RuntimeError):
+    """Another ``brulee up`` holds the state directory."""
+
+
+def parse_cap(text: str) -> int:
+    """``BYTES`` (suffixes K/M/G allowed) or ``PCT%`` of this device's total RAM."""
+    text = text.strip().upper()
+    if text.endswith("%"):
+        with open("/proc/meminfo") as fh:
+            total_kb = int(next(line for line in fh if line.startswith("MemTotal")).split()[1])
+        return int(total_kb * 1024 * float(text[:-1]) / 100)
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"memory cap {text!r} is neither BYTES (e.g. 200M) nor PCT (e.g. 50%)"
+        ) from None
+
+
+def parse_keep_alive(text: str | None):
+    """``ttl:SECONDS`` (or ``keep-alive:SECONDS``), ``NAME`` or None: a proactive policy."""
+    if not text or text == "none":
+        return None
+    from agent.policies.proactive import make_proactive
+
+    name, _, seconds = text.partition(":")
+    return make_proactive(name, **({"ttl_s": float(seconds)} if seconds else {}))
+
+
+def keep_alive_loop(redis_url: str, proactive, stop: threading.Event, period: float = 1.0) -> None:
+    """Unload models the keep-alive policy finds idle, once a ``period``, until ``stop``."""
+    import redis
+
+    from agent.placement import Cache
+
+    cache = Cache(redis.Redis.from_url(redis_url))
+    while not stop.wait(period):
+        try:
+            cache.expire_idle(proactive)
+        except redis.RedisError:  # Redis away for a moment: try again next period
+            continue
+
+
+def lock_state_dir(state_dir: Path):
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(state_dir / "brulee.lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise AlreadyRunning(
+            f"another `brulee up` is already running on state directory {state_dir}"
+        ) from None
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def ensure_token(state_dir: Path) -> tuple[str, bool]:
+    """The management token and whether it was just generated."""
+    if os.environ.get("BRULEE_TOKEN"):
+        return os.environ["BRULEE_TOKEN"], False
+    path = state_dir / "token"
+    if path.exists():
+        return path.read_text().strip(), False
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token, True
+
+
+def run_up(
+    port: int,
+    workers: int,
+    cap: int,
+    policy: str,
+    redis_url: str | None,
+    models_dir: Path,
+    functions_file: str | None,
+    state_dir: Path,
+    gateway_processes: int = 2,
+    host: str = "127.0.0.1",
+    keep_alive: str | None = None,
+    echo=print,
+) -> int:
+    proactive = parse_keep_alive(keep_alive)  # fails before anything starts
+    lock = lock_state_dir(state_dir)
+    keeper_stop = threading.Event()
+    token, fresh = ensure_token(state_dir)
+    if fresh:
+        echo(f"management token (saved in {state_dir / 'token'}): {token}")
+    redis_url = redis_url or os.environ.get("REDIS_URL")
+    server = None
+    children: list[subprocess.Popen] = []
+    stopping = False
+
+    def stop(*_args) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        if not redis_url:
+            server = RedisServer(state_dir / "redis").start()
+            redis_url = server.url
+        env = {
+            **os.environ,
+            "BRULEE_REDIS_URL": redis_url,
+            "BRULEE_MODELS": str(models_dir),
+            "BRULEE_STATE_DIR": str(state_dir),
+            "BRULEE_POLICY": policy,
+            "BRULEE_TOKEN": token,
+        }
+        if functions_file:
+            env["BRULEE_FUNCTIONS"] = str(functions_file)
+        for _ in range(workers):
+            children.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "agent.agent_cli",
+                        "worker",
+                        "--redis-url",
+                        redis_url,
+                        "--memory-cap",
+                        str(cap),
+                        "--policy",
+                        policy,
+                        "--models",
+                        str(models_dir),
+                    ],
+                    env=env,
+                )
+            )
+        children.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "-w",
+                    str(gateway_processes),
+                    "-k",
+                    "gthread",
+                    "--threads",
+                    "8",
+                    "-b",
+                    f"{host}:{port}",
+                    "--graceful-timeout",
+                    "10",
+                    "agent.gateway:create_app()",
+                ],
+                env=env,
+            )
+        )
+        if proactive is not None:
+            threading.Thread(
+                target=keep_alive_loop, args=(redis_url, proactive, keeper_stop), daemon=True
+            ).start()
+        echo(f"brulee up: http://{host}:{port} ({workers} workers, cap {cap} bytes, {policy})")
+        while not stopping:
+            if any(c.poll() is not None for c in children):
+                echo("a child process exited; stopping the agent")
+                break
+            time.sleep(0.2)
+    finally:
+        keeper_stop.set()
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        if server is not None:
+            server.stop()
+        lock.close()
+    return 0

@@ -1,0 +1,181 @@
+"""Which functions an agent serves: ``functions/stack.yml`` (OpenFaaS stack-file spirit) or,
+with no file, every model in the model directory under its own name (zero configuration).
+
+Model files are always resolved through ``model_path`` so neither a stack file nor the
+management API can point the agent at a file outside its model directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from functions.handlers import HANDLERS, handler_for, make_handler
+
+log = logging.getLogger(__name__)
+
+FUNCTION_KEYS = {"model", "handler", "memory", "options", "file"}
+TOP_KEYS = {"version", "provider", "functions"}
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
+
+
+@dataclass
+class Function:
+    """One deployed function: a name bound to a model file, a handler and its options."""
+
+    name: str
+    model: str
+    file: str
+    handler: str
+    memory: int | None = None  # hint in bytes; used before the model has been profiled
+    options: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /system/functions`` lists (the gateway adds state and loaded bytes)."""
+        cls = HANDLERS.get(self.handler)
+        return {
+            "name": self.name,
+            "model": self.model,
+            "handler": self.handler,
+            "input_shape": self.record.get("input_shape"),
+            "input_dtype": self.record.get("input_dtype"),
+            "content_types": list(cls.content_types) if cls else [],
+            "memory": self.memory,
+        }
+
+
+def model_path(models_dir: str | os.PathLike, file: str | os.PathLike) -> Path:
+    """``models_dir/file`` resolved; ValueError if it is absolute, uses ``..`` or a symlink that
+    leads outside the model directory."""
+    text = os.fspath(file)
+    if not text:
+        raise ValueError("model file name is empty")
+    rel = Path(text)
+    if rel.is_absolute():
+        raise ValueError(f"model file {text!r} is an absolute path; name a file in the model dir")
+    if ".." in rel.parts:
+        raise ValueError(f"model file {text!r} uses '..'; it must stay inside the model directory")
+    base = Path(models_dir).resolve()
+    target = (base / rel).resolve()
+    if not target.is_relative_to(base):
+        raise ValueError(f"model file {text!r} resolves to {target}, outside the model dir {base}")
+    return target
+
+
+def parse_memory(value: Any) -> int | None:
+    """Bytes from an int or a string like ``64Mi``/``100MB``/``1.5G``; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"memory must be bytes or a size like '64Mi', got {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"memory must be positive, got {value}")
+        return value
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]i?)?[bB]?\s*", str(value))
+    if not m:
+        raise ValueError(f"memory must be bytes or a size like '64Mi', got {value!r}")
+    size = int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+    if size <= 0:
+        raise ValueError(f"memory must be positive, got {value!r}")
+    return size
+
+
+def build_function(
+    name: str, spec: dict[str, Any], models_dir: str | os.PathLike, catalog: dict[str, dict]
+) -> Function:
+    """One function from its stack entry (or a management-API body); ValueError on bad keys."""
+    unknown = sorted(set(spec) - FUNCTION_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}; known: {sorted(FUNCTION_KEYS)}")
+    model = spec.get("model", name)
+    if not isinstance(model, str) or model not in catalog:
+        raise ValueError(f"model {model!r} is not in the catalog ({sorted(catalog)})")
+    record = catalog[model]
+    file = spec.get("file", record["file"])
+    model_path(models_dir, file)
+    handler = spec.get("handler") or handler_for(record)
+    options = spec.get("options") or {}
+    if not isinstance(options, dict):
+        raise ValueError(f"options must be a mapping, got {type(options).__name__}")
+    make_handler(handler, record, **options)  # unknown handler, options or signature fail here
+    memory = parse_memory(spec.get("memory"))
+    return Function(name, model, str(file), handler, memory, options, record)
+
+
+def load_stack(
+    path: str | os.PathLike, models_dir: str | os.PathLike, catalog: dict[str, dict]
+) -> dict[str, Function]:
+    """Functions of a stack file; ValueError naming the file, function and key at fault."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read stack file ({exc.strerror})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("functions"), dict):
+        raise ValueError(f"{path}: must be a mapping with a 'functions:' mapping of name -> spec")
+    unknown = sorted(set(doc) - TOP_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s) {unknown}; known: {sorted(TOP_KEYS)}")
+    functions: dict[str, Function] = {}
+    for name, spec in doc["functions"].items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError(f"{path}: function name {name!r} must be letters, digits, . _ -")
+        if not isinstance(spec, dict):
+            raise ValueError(f"{path}: function {name!r} must be a mapping (model:, handler:, ...)")
+        try:
+            functions[name] = build_function(name, spec, models_dir, catalog)
+        except ValueError as exc:
+            raise ValueError(f"{path}: function {name!r}: {exc}") from exc
+    return functions
+
+
+def signature_record(models_dir: str | os.PathLike, file: str) -> dict[str, Any]:
+    """A minimal record for a ``.tflite`` without a catalog entry, read from its interpreter."""
+    from agent.runtime import load_model
+
+    loaded = load_model(model_path(models_dir, file))
+    try:
+        return {
+            "name": Path(file).stem,
+            "file": file,
+            "input_shape": list(loaded.input.shape),
+            "input_dtype": str(loaded.input.dtype),
+            "output_shape": list(loaded.output.shape),
+            "output_dtype": str(loaded.output.dtype),
+        }
+    finally:
+        loaded.close()
+
+
+def zero_config(models_dir: str | os.PathLike) -> dict[str, Function]:
+    """Every model in ``models_dir`` under its own name: catalog records first, then ``.tflite``
+    files the catalog does not list (signature read by the interpreter; unreadable ones are
+    skipped with a warning, since there is no shape to serve them with)."""
+    from models.catalog import load_catalog
+
+    catalog = load_catalog(models_dir)
+    functions = {
+        name: Function(name, name, rec["file"], handler_for(rec), None, {}, rec)
+        for name, rec in catalog.items()
+    }
+    listed = {rec["file"] for rec in catalog.values()}
+    for path in sorted(Path(models_dir).glob("*.tflite")):
+        if path.name in listed or path.stem in functions:
+            continue
+        try:
+            rec = signature_record(models_dir, path.name)
+        except (ValueError, RuntimeError) as exc:
+            log.warning("skipping %s: cannot read its signature (%s)", path.name, exc)
+            continue
+        handler = handler_for(rec)
+        functions[path.stem] = Function(path.stem, path.stem, path.name, handler, None, {}, rec)
+    return functions

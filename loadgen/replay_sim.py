@@ -1,0 +1,155 @@
+"""Simulate the replayed workload with the agent's own settings, to compare with the testbed.
+
+Settings come from the agent's ``/system/cache`` answer (policy, workers, cap), overridable from
+the command line. Profiles: a profile file when given (the device's models-dir profile), else
+the costs measured in this very run (per model: mean ``X-Load-Seconds`` of its cold starts, mean
+``X-Exec-Seconds``, loaded bytes from ``/system/functions``) — then the comparison tests the
+simulator's model of queueing and eviction, not its cost inputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from loadgen.profiles import ModelCost, load_profiles
+from loadgen.workload_file import Request, iter_workload, write_workload
+
+
+def _find(node: object, keys: tuple[str, ...]) -> object | None:
+    """The first value under any of ``keys`` in a nested answer (breadth first)."""
+    queue = [node]
+    while queue:
+        cur = queue.pop(0)
+        if isinstance(cur, dict):
+            for key in keys:
+                if key in cur and cur[key] is not None:
+                    return cur[key]
+            queue.extend(cur.values())
+        elif isinstance(cur, list):
+            queue.extend(cur)
+    return None
+
+
+def agent_settings(cache: dict | None) -> dict:
+    """(policy, workers, cap_bytes) as the agent reports them; missing ones are None."""
+    from loadgen.replay import _memory_bytes
+
+    cache = cache or {}
+    workers = _find(cache, ("worker_count", "num_workers", "workers"))
+    if isinstance(workers, (list, dict)):
+        workers = len(workers)
+    cap = _memory_bytes(cache)[1] or None
+    policy = _find(cache, ("policy", "eviction_policy"))
+    return {"policy": policy, "workers": workers, "cap_bytes": cap}
+
+
+def model_of(functions: list[dict]) -> dict[str, str]:
+    return {f["name"]: str(f.get("model") or f["name"]) for f in functions}
+
+
+def measured_profiles(records: Path, functions: list[dict]) -> dict[str, ModelCost]:
+    """Per-model costs measured by the replay (cold-start load, warm exec, loaded bytes)."""
+    models = model_of(functions)
+    loads: dict[str, list[float]] = defaultdict(list)
+    execs: dict[str, list[float]] = defaultdict(list)
+    with open(records, newline="") as fh:
+        for row in csv.DictReader(fh):
+            model = models.get(row["function"], row["function"])
+            try:
+                if row["x_cache"] == "miss" and float(row["load_s"] or 0) > 0:
+                    loads[model].append(float(row["load_s"]))
+                execs[model].append(float(row["exec_s"]))
+            except ValueError:
+                continue
+    sizes = {}
+    for f in functions:
+        size = f.get("loaded_bytes") or f.get("memory") or f.get("bytes")
+        if size:
+            sizes[models[f["name"]]] = int(size)
+    out = {}
+    for model in set(models.values()):
+        ex = execs.get(model) or [0.001]
+        ld = loads.get(model) or [0.0]
+        out[model] = ModelCost(
+            load_s=sum(ld) / len(ld),
+            exec_s=sum(ex) / len(ex),
+            bytes=sizes.get(model),
+            unload_s=0.0,
+        )
+    return out
+
+
+def simulate_replay(
+    replay_file: str | os.PathLike,
+    out: Path,
+    functions: list[dict],
+    settings: dict,
+    speedup: float,
+    duration: float | None,
+    profiles_path: str | None = None,
+) -> dict:
+    """Run the simulator on exactly what was replayed (times divided by the speed-up)."""
+    from loadgen import simulator
+    from loadgen.sim_workload import CompactWorkload
+
+    models = model_of(functions)
+    sim_file = out / "workload.sim.csv"
+    write_workload(
+        sim_file,
+        (
+            Request(r.time / speedup, models.get(r.function, r.function), r.id, r.source)
+            for r in iter_workload(replay_file)
+            if duration is None or r.time < duration
+        ),
+    )
+    if profiles_path:
+        profiles = load_profiles(profiles_path)
+        source = str(profiles_path)
+    else:
+        profiles = measured_profiles(out / "records.csv", functions)
+        source = "measured in this run"
+    used = {r.function for r in iter_workload(sim_file)}
+    profiles = {m: c for m, c in profiles.items() if m in used}
+    missing = [m for m in used if m not in profiles or profiles[m].bytes is None]
+    if missing:
+        raise RuntimeError(
+            f"the agent reports no loaded size for model(s) {', '.join(sorted(missing))} "
+            "(never loaded in this run?); pass --profiles with sizes"
+        )
+    with CompactWorkload(sim_file) as workload:
+        result = simulator.run(
+            workload,
+            profiles,
+            policy=str(settings["policy"]),
+            cap_bytes=int(settings["cap_bytes"]),
+            workers=int(settings["workers"]),
+        )
+    flat = result.summary()
+    return {
+        "profiles": source,
+        "settings": settings,
+        "requests": flat["requests"],
+        "hit_ratio": round(flat["hit_ratio"], 4),
+        "cold_starts": flat["cold_starts"],
+        "mean_load_s": round(flat["mean_load_delay_s"], 6),
+        "mean_exec_s": round(flat["mean_exec_s"], 6),
+        "load_over_exec": round(flat["load_delay_ratio"], 4),
+        "rejected": flat["rejected"],
+    }
+
+
+def compare(measured: dict, simulated: dict) -> dict:
+    """Differences against the targets: hit ratio within 5 pp, cold starts within 10 %."""
+    hr_m, hr_s = measured.get("hit_ratio"), simulated.get("hit_ratio")
+    cs_m, cs_s = measured.get("cold_starts") or 0, simulated.get("cold_starts") or 0
+    hit_pp = None if hr_m is None or hr_s is None else round(abs(hr_m - hr_s) * 100, 2)
+    cold_pct = round(abs(cs_m - cs_s) / max(cs_m, 1) * 100, 2)
+    return {
+        "hit_ratio_pp": hit_pp,
+        "cold_starts_pct": cold_pct,
+        "hit_ratio_ok": hit_pp is not None and hit_pp <= 5,
+        "cold_starts_ok": cold_pct <= 10,
+    }

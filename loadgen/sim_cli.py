@@ -1,0 +1,229 @@
+"""``brulee simulate``: compare eviction policies over a workload at several memory caps.
+
+Prints a table, writes ``results.csv``/``results.json`` (with memory timelines and response
+CDFs) and three PNG plots into ``--out``. The work is ``loadgen.simulator``; this module only
+parses options, loops over (policy, cap) and reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from loadgen.profiles import ProfileError, load_profiles
+from loadgen.sim_workload import CompactWorkload
+from loadgen.simulator import (
+    SimResult,
+    SimulationError,
+    check_models,
+    parse_cap,
+    parse_policy_spec,
+    run,
+    workload_bytes,
+)
+from loadgen.workload_file import WorkloadError
+
+TABLE_COLUMNS = (
+    "policy",
+    "cap",
+    "hit_ratio",
+    "cold_starts",
+    "rejected",
+    "evictions",
+    "mean_load_delay_s",
+    "load_delay_ratio",
+    "p50_s",
+    "p95_s",
+    "p99_s",
+)
+
+MARKERS = "os^vD<>pXh"
+LINES = ("-", "--")
+
+
+def read_sizes(path: str) -> dict[str, int]:
+    """A JSON object ``{model name: bytes}`` (sizes for the seed's profile, which has none)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise click.BadParameter(f"{path}: {exc}", param_hint="--sizes") from None
+    if not isinstance(doc, dict) or not all(
+        isinstance(v, (int, float)) and v > 0 for v in doc.values()
+    ):
+        raise click.BadParameter(
+            f"{path}: expected a JSON object {{model: bytes > 0}}", param_hint="--sizes"
+        )
+    return {str(k): int(v) for k, v in doc.items()}
+
+
+def validate_policies(specs: Sequence[str]) -> None:
+    """Fail before any run on an unknown policy name (the message lists the valid ones)."""
+    from agent.policies import ALIASES, POLICIES
+
+    for spec in specs:
+        name, _ = parse_policy_spec(spec)
+        if ALIASES.get(name, name) not in POLICIES:
+            valid = ", ".join(sorted([*POLICIES, *ALIASES]))
+            raise click.BadParameter(
+                f"unknown policy {name!r}; valid: {valid}", param_hint="--policies"
+            )
+
+
+def write_outputs(out: Path, rows: list[tuple[str, SimResult]], meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = [{"cap": cap, **r.summary()} for cap, r in rows]
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(summaries[0]))
+        writer.writeheader()
+        writer.writerows(summaries)
+    full = [
+        {**s, "memory_timeline": r.memory_timeline, "response_cdf": r.response_cdf}
+        for s, (_, r) in zip(summaries, rows)
+    ]
+    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": full}, indent=1))
+    plot(out, rows)
+
+
+def plot(out: Path, rows: list[tuple[str, SimResult]]) -> None:
+    """sim-load-delay.png, sim-hit-ratio.png (vs cap, one line per policy) and
+    sim-response-cdf.png (one curve per policy at the middle cap)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    caps = list(dict.fromkeys(cap for cap, _ in rows))
+    policies = list(dict.fromkeys(r.policy for _, r in rows))
+    by = {(cap, r.policy): r for cap, r in rows}
+    xs = list(range(len(caps)))
+    for fname, attr, label in (
+        ("sim-load-delay.png", "load_delay_ratio", "mean load delay / mean exec latency"),
+        ("sim-hit-ratio.png", "hit_ratio", "hit ratio"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, p in enumerate(policies):
+            ys = [getattr(by[(c, p)], attr) for c in caps]
+            ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], ls=LINES[i // 10 % 2], label=p)
+        if attr == "load_delay_ratio" and all(
+            getattr(r, attr) > 0 for _, r in rows
+        ):  # ratios span decades across caps
+            ax.set_yscale("log")
+        ax.set_xticks(xs, caps)
+        ax.set_xlabel("memory cap")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+    mid = caps[len(caps) // 2]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, p in enumerate(policies):
+        cdf = by[(mid, p)].response_cdf
+        if cdf:
+            xs_, fs_ = [v for v, _ in cdf], [f for _, f in cdf]
+            ax.step(xs_, fs_, where="post", ls=LINES[i // 10 % 2], label=p)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"response time (s), cap {mid}")
+    ax.set_ylabel("fraction of requests")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "sim-response-cdf.png", dpi=110)
+    plt.close(fig)
+
+
+def fmt(v: object) -> object:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return v
+
+
+@click.command("simulate")
+@click.option("--workload", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--profiles", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--policies",
+    default="cremebrulee,lru",
+    show_default=True,
+    help="Comma-separated; options as name:key=value (e.g. cremebrulee:cost=increase).",
+)
+@click.option(
+    "--memory-cap",
+    default="25%,50%,75%",
+    show_default=True,
+    help="Comma-separated caps: % of the workload's total model bytes, or bytes.",
+)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--proactive", default=None, help="Proactive policy (e.g. ttl:ttl_s=600).")
+@click.option(
+    "--sizes",
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON {model: bytes} for profiles without sizes (the seed's models.m5.json).",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+def simulate_command(
+    workload, profiles, policies, memory_cap, workers, seed, proactive, sizes, out
+):
+    """Simulate eviction POLICIES over WORKLOAD at each memory cap; table, CSV, JSON, plots."""
+    from tabulate import tabulate
+    from tqdm import tqdm
+
+    specs = [p.strip() for p in policies.split(",") if p.strip()]
+    if not specs:
+        raise click.BadParameter("no policy given", param_hint="--policies")
+    validate_policies(specs)
+    caps = [c.strip() for c in memory_cap.split(",") if c.strip()]
+    try:
+        profs = load_profiles(profiles, sizes=read_sizes(sizes) if sizes else None)
+    except ProfileError as exc:
+        raise click.ClickException(str(exc)) from None
+    rows: list[tuple[str, SimResult]] = []
+    try:
+        with CompactWorkload(workload) as wl:
+            check_models(wl, profs)
+            total_bytes = workload_bytes(wl, profs)
+            cap_bytes = [parse_cap(c, total_bytes) for c in caps]
+            started = time.perf_counter()
+            with tqdm(
+                total=wl.n * len(specs) * len(caps),
+                unit="req",
+                unit_scale=True,
+                disable=wl.n * len(specs) * len(caps) < 200_000,
+            ) as bar:
+                for cap, cb in zip(caps, cap_bytes):
+                    for spec in specs:
+                        rows.append(
+                            (cap, run(wl, profs, spec, cb, workers, seed, proactive, bar.update))
+                        )
+            elapsed = time.perf_counter() - started
+            meta = {
+                "workload": str(workload),
+                "profiles": str(profiles),
+                "sizes": sizes,
+                "requests": wl.n,
+                "functions": len(wl.names),
+                "total_model_bytes": total_bytes,
+                "workers": workers,
+                "seed": seed,
+                "proactive": proactive,
+                "elapsed_s": elapsed,
+                "requests_per_s": wl.n * len(rows) / elapsed if elapsed > 0 else None,
+            }
+    except (WorkloadError, SimulationError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    table = [[r.policy, cap, *(fmt(r.summary()[k]) for k in TABLE_COLUMNS[2:])] for cap, r in rows]
+    click.echo(tabulate(table, headers=list(TABLE_COLUMNS)))
+    click.echo(
+        f"{meta['requests']} requests x {len(rows)} runs in {meta['elapsed_s']:.1f}s "
+        f"({meta['requests_per_s']:.0f} requests/s); cap 100% = {total_bytes} bytes"
+    )
+    write_outputs(Path(out), rows, meta)
+    click.echo(f"wrote {out}/results.csv, results.json, sim-*.png")

@@ -1,0 +1,472 @@
+"""A discrete-event, trace-driven simulator of one device's model cache, using the SAME policy
+objects as the live agent (``agent.policies.make_policy``; ``agent.policies.proactive``).
+
+Model of the device (why each choice, see ``docs/simulation.md``):
+
+- Requests arrive at their workload times. Each goes to the worker with the fewest outstanding
+  requests (ties: lowest index); every worker serves its FIFO queue one request at a time.
+- When a worker starts a request for model m: if m is resident it is a **hit** (exec only). If m
+  is being loaded (by another worker or a prewarm) the worker waits for that load (m is never
+  loaded twice; counted as a miss, not a cold start). Otherwise it is a **cold start**: the
+  eviction policy picks victims for ``need = bytes(m) - free``; the worker unloads them
+  (``unload_s`` each), loads m (``load_s``) and executes it (``exec_s``). If the policy answers
+  ``None`` (executing/loading models are pinned) or m is larger than the cap, the request is
+  **rejected** (counted, no response time).
+- Model-load delay of a request = time it spent waiting for its model to load (``load_s`` for
+  a cold start, the remaining load time for a waiter; unloads are not included).
+- Response time = finish - arrival; percentiles come from a fixed log-binned histogram
+  (``LogHistogram``: 100 bins per decade, relative error < 2.4 %), so memory does not grow with
+  the number of requests; the workload is streamed through ``CompactWorkload`` chunks.
+- Proactive policy (optional): consulted on every arrival, when a model stops executing and at
+  its own ``next_event_time``; its unloads free memory at once, its prewarms load in the
+  background (not on a worker) into free memory only.
+
+Everything is deterministic: ties are broken by index, the policies take ``seed``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agent.policies import Entry, make_policy
+from loadgen.profiles import ModelCost
+from loadgen.sim_workload import CompactWorkload
+
+
+class SimulationError(ValueError):
+    """Input the simulator cannot run on; the message names the problem."""
+
+
+class LogHistogram:
+    """Counts of positive values in log-spaced bins (``per_decade`` per factor 10) from ``lo``
+    to ``hi``; a quantile is read as the geometric centre of its bin. Fixed memory."""
+
+    def __init__(self, lo: float = 1e-6, hi: float = 1e6, per_decade: int = 100) -> None:
+        self.lo, self.per_decade = lo, per_decade
+        self.nbins = int(round(math.log10(hi / lo) * per_decade)) + 1
+        self.counts = [0] * (self.nbins + 1)  # bin 0: values <= lo
+        self.n = 0
+        self._scale = per_decade / math.log(10)
+        self._loglo = math.log(lo)
+
+    def add(self, x: float) -> None:
+        i = (
+            0
+            if x <= self.lo
+            else min(self.nbins, 1 + int((math.log(x) - self._loglo) * self._scale))
+        )
+        self.counts[i] += 1
+        self.n += 1
+
+    def value(self, i: int) -> float:
+        if i == 0:
+            return self.lo
+        return self.lo * 10 ** ((i - 0.5) / self.per_decade)
+
+    def quantile(self, q: float) -> float:
+        if not self.n:
+            return math.nan
+        target, acc = q * self.n, 0
+        for i, c in enumerate(self.counts):
+            acc += c
+            if acc >= target and c:
+                return self.value(i)
+        return self.value(self.nbins)
+
+    def cdf(self) -> list[tuple[float, float]]:
+        """(value, fraction of values <= it) for every non-empty bin."""
+        out, acc = [], 0
+        for i, c in enumerate(self.counts):
+            if c:
+                acc += c
+                out.append((self.value(i), acc / self.n))
+        return out
+
+
+@dataclass
+class SimResult:
+    """What one (policy, cap) run measured. ``memory_timeline``: (time, peak bytes used in the
+    interval ending then), at most ``TIMELINE_POINTS`` points; ``response_cdf`` likewise."""
+
+    policy: str
+    proactive: str
+    cap_bytes: int
+    workers: int
+    requests: int = 0
+    hits: int = 0
+    cold_starts: int = 0
+    load_waits: int = 0
+    rejected: int = 0
+    evictions: int = 0
+    proactive_unloads: int = 0
+    prewarms: int = 0
+    total_load_delay_s: float = 0.0
+    total_exec_s: float = 0.0
+    p50_s: float = math.nan
+    p95_s: float = math.nan
+    p99_s: float = math.nan
+    mean_response_s: float = math.nan
+    peak_memory_bytes: int = 0
+    mean_memory_bytes: float = 0.0
+    memory_timeline: list[tuple[float, int]] = field(default_factory=list)
+    response_cdf: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def served(self) -> int:
+        return self.requests - self.rejected
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.hits / self.requests if self.requests else math.nan
+
+    @property
+    def mean_load_delay_s(self) -> float:
+        return self.total_load_delay_s / self.served if self.served else math.nan
+
+    @property
+    def mean_exec_s(self) -> float:
+        return self.total_exec_s / self.served if self.served else math.nan
+
+    @property
+    def load_delay_ratio(self) -> float:
+        """The paper's metric: mean model-load delay / mean execution latency."""
+        return self.mean_load_delay_s / self.mean_exec_s if self.served else math.nan
+
+    def summary(self) -> dict[str, Any]:
+        """Flat numbers for the table/CSV (no timelines)."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("memory_timeline", "response_cdf")}
+        d.update(
+            hit_ratio=self.hit_ratio,
+            mean_load_delay_s=self.mean_load_delay_s,
+            mean_exec_s=self.mean_exec_s,
+            load_delay_ratio=self.load_delay_ratio,
+        )
+        return d
+
+
+TIMELINE_POINTS = 500
+
+
+def parse_cap(spec: str | int, total_bytes: int) -> int:
+    """``"50%"`` of the workload's total model bytes, or an absolute byte count (``"2e9"``)."""
+    text = str(spec).strip()
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if not 0 < pct:
+                raise ValueError
+            return int(total_bytes * pct / 100)
+        value = int(float(text))
+        if value <= 0:
+            raise ValueError
+        return value
+    except ValueError:
+        raise SimulationError(
+            f"memory cap {spec!r}: expected a percentage like 50% or bytes > 0"
+        ) from None
+
+
+def parse_policy_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"cremebrulee:cost=increase:size=false"`` -> (name, options); values are parsed as
+    numbers or booleans where they look like one."""
+    name, *opts = spec.strip().split(":")
+    options: dict[str, Any] = {}
+    for opt in opts:
+        key, sep, raw = opt.partition("=")
+        if not sep:
+            raise SimulationError(f"policy option {opt!r} in {spec!r}: expected key=value")
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            try:
+                value = float(raw) if any(c in raw for c in ".e") else int(raw)
+            except ValueError:
+                pass
+        options[key] = value
+    return name, options
+
+
+class _Oracle:
+    """``next_use`` for oracle policies: ``now`` if a request for the model is queued, else its
+    next arrival (kept current by the event loop from the workload's precomputed next uses)."""
+
+    def __init__(self, index: Mapping[str, int], next_arrival: list[float], pending: list[int]):
+        self.index, self.next_arrival, self.pending = index, next_arrival, pending
+
+    def next_use(self, name: str, now: float) -> float:
+        m = self.index[name]
+        return now if self.pending[m] else self.next_arrival[m]
+
+
+def check_models(workload: CompactWorkload, profiles: Mapping[str, ModelCost]) -> None:
+    """Before a run: every workload function must have a profile with a known size."""
+    missing = sorted(n for n in workload.names if n not in profiles)
+    if missing:
+        raise SimulationError(
+            f"{workload.source}: {len(missing)} model(s) not in the profiles: {', '.join(missing)}"
+        )
+    sizeless = sorted(n for n in workload.names if not profiles[n].bytes)
+    if sizeless:
+        raise SimulationError(
+            f"profiles give no size for {', '.join(sizeless)}: pass --sizes (the seed's "
+            "models.m5.json has loaded_size 0)"
+        )
+
+
+def workload_bytes(workload: CompactWorkload, profiles: Mapping[str, ModelCost]) -> int:
+    """Total bytes of the distinct models the workload uses (what a 100 % cap holds)."""
+    return sum(int(profiles[n].bytes or 0) for n in workload.names)
+
+
+def run(
+    workload: CompactWorkload,
+    profiles: Mapping[str, ModelCost],
+    policy: str,
+    cap_bytes: int,
+    workers: int = 1,
+    seed: int = 0,
+    proactive: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SimResult:
+    """Simulate one (policy, cap) over an already-compacted workload. ``policy`` may carry
+    options (``parse_policy_spec``); ``progress(n)`` is called with requests done per chunk."""
+    if workers < 1:
+        raise SimulationError(f"workers must be >= 1, not {workers}")
+    if cap_bytes <= 0:
+        raise SimulationError(f"memory cap must be > 0 bytes, not {cap_bytes}")
+    check_models(workload, profiles)
+    names = workload.names
+    nm = len(names)
+    index = {n: i for i, n in enumerate(names)}
+    cost = [profiles[n] for n in names]
+    size = [int(c.bytes or 0) for c in cost]
+    next_arrival = [math.inf] * nm
+    pending = [0] * nm
+    oracle = _Oracle(index, next_arrival, pending)
+    pname, popts = parse_policy_spec(policy)
+    pol = make_policy(pname, seed=seed, oracle=oracle, **popts)
+    pro = None
+    if proactive:
+        from agent.policies.proactive import make_proactive
+
+        ppname, ppopts = parse_policy_spec(proactive)
+        pro = make_proactive(ppname, **ppopts)
+    res = SimResult(policy, proactive or "none", cap_bytes, workers)
+    hist = LogHistogram()
+    resp_sum = [0.0]
+
+    requests = [0] * nm  # per model, over the trace's life
+    cached: dict[int, Entry] = {}  # model -> entry (resident or loading)
+    ready_at = [0.0] * nm  # when a cached model's load completes
+    pins = [0] * nm  # requests executing or waiting on m
+    used = 0
+    total = 0
+    # workers
+    busy_until = [0.0] * workers  # when the current request finishes (<= now: idle)
+    outstanding = [0] * workers
+    queues: list[list[tuple[float, int]]] = [[] for _ in range(workers)]
+    qhead = [0] * workers
+    events: list[tuple[float, int, int, int]] = []  # (time, seq, worker, model) finishes
+    seq = 0
+    # memory timeline
+    t0, t1 = workload.t_first, max(workload.t_last, workload.t_first + 1e-9)
+    step = (t1 - t0) / TIMELINE_POINTS
+    tl_next, tl_peak = t0 + step, 0
+    mem_area, mem_t = 0.0, t0
+
+    def set_used(now: float, value: int) -> None:
+        nonlocal used, tl_peak, mem_area, mem_t, tl_next
+        while now > tl_next and len(res.memory_timeline) < TIMELINE_POINTS:
+            res.memory_timeline.append((tl_next, tl_peak))
+            tl_peak = used
+            tl_next += step
+        mem_area += used * (now - mem_t)
+        mem_t = now
+        used = value
+        tl_peak = max(tl_peak, used)
+        res.peak_memory_bytes = max(res.peak_memory_bytes, used)
+
+    def refresh_pins(now: float) -> list[Entry]:
+        entries = []
+        for m, e in cached.items():
+            e.pinned = pins[m] > 0 or ready_at[m] > now
+            entries.append(e)
+        return entries
+
+    def evict(m: int, now: float) -> None:
+        e = cached.pop(m)
+        pol.on_evict(e, now)
+        set_used(now, used - size[m])
+
+    def start(w: int, now: float) -> None:
+        """Worker ``w`` is free at ``now``: serve the head of its queue (skipping rejects)."""
+        nonlocal seq
+        q = queues[w]
+        while qhead[w] < len(q):
+            arrival, m = q[qhead[w]]
+            qhead[w] += 1
+            pending[m] -= 1
+            e = cached.get(m)
+            t = now
+            if e is not None:
+                e.requests = requests[m]
+                e.last_used = now
+                if ready_at[m] <= now:
+                    res.hits += 1
+                else:
+                    res.load_waits += 1
+                    res.total_load_delay_s += ready_at[m] - now
+                    t = ready_at[m]
+                pol.on_hit(e, now)
+            else:
+                c = cost[m]
+                incoming = Entry(names[m], size[m], c.load_s, c.exec_s, requests[m], now, now)
+                need = size[m] - (cap_bytes - used)
+                victims = (
+                    None
+                    if size[m] > cap_bytes
+                    else pol.victims(refresh_pins(now), incoming, need, total, now)
+                )
+                if victims is None:
+                    res.rejected += 1
+                    outstanding[w] -= 1
+                    continue
+                for v in victims:
+                    vm = index[v.name]
+                    if pins[vm] or ready_at[vm] > now:
+                        raise RuntimeError(f"policy {pol.name} evicted pinned model {v.name}")
+                    t += cost[vm].unload_s
+                    evict(vm, now)
+                    res.evictions += 1
+                if size[m] > cap_bytes - used:
+                    raise RuntimeError(f"policy {pol.name} freed too little for {names[m]}")
+                res.cold_starts += 1
+                incoming.inserted_at = now
+                cached[m] = incoming
+                set_used(now, used + size[m])
+                pol.on_insert(incoming, now)
+                t += c.load_s
+                ready_at[m] = t
+                res.total_load_delay_s += c.load_s
+            pins[m] += 1
+            exe = cost[m].exec_s
+            res.total_exec_s += exe
+            busy_until[w] = t + exe
+            seq += 1
+            heapq.heappush(events, (t + exe, seq, w, m))
+            # response time is known now: finish - arrival
+            hist.add(t + exe - arrival)
+            resp_sum[0] += t + exe - arrival
+            return
+        if qhead[w] > 1024:  # drop the served prefix
+            del q[: qhead[w]]
+            qhead[w] = 0
+
+    def proactive_tick(now: float, entries: Sequence[Entry] | None = None) -> None:
+        if pro is None:
+            return
+        for name in pro.expired(refresh_pins(now) if entries is None else entries, now):
+            m = index[name]
+            if m in cached and not pins[m] and ready_at[m] <= now:
+                evict(m, now)
+                res.proactive_unloads += 1
+        free = cap_bytes - used
+        if free > 0:
+            cands = [
+                Entry(names[m], size[m], cost[m].load_s, cost[m].exec_s, requests[m])
+                for m in range(nm)
+                if m not in cached and size[m] <= free
+            ]
+            for name in pro.prewarm(now, free, cands) if cands else []:
+                m = index[name]
+                if m in cached or size[m] > cap_bytes - used:
+                    continue
+                e = Entry(names[m], size[m], cost[m].load_s, cost[m].exec_s, requests[m], now, now)
+                cached[m] = e
+                ready_at[m] = now + cost[m].load_s
+                set_used(now, used + size[m])
+                pol.on_insert(e, now)
+                res.prewarms += 1
+
+    pro_next = math.inf
+
+    def finish_until(limit: float) -> None:
+        """Process every finish (and proactive wake-up) at or before ``limit``."""
+        nonlocal pro_next
+        while True:
+            tf = events[0][0] if events else math.inf
+            if pro_next <= limit and pro_next < tf:
+                now = pro_next
+                proactive_tick(now)
+                pro_next = pro.next_event_time(now) if pro else math.inf
+                continue
+            if tf > limit:
+                return
+            tf, _, w, m = heapq.heappop(events)
+            pins[m] -= 1
+            outstanding[w] -= 1
+            if pro is not None and m in cached and not pins[m]:
+                cached[m].pinned = ready_at[m] > tf
+                proactive_tick(tf, [cached[m]])
+            start(w, tf)
+
+    use_next = pol.needs_oracle
+    for _, times, funcs, nexts in workload.chunks(with_next=use_next):
+        for i, t in enumerate(times):
+            m = funcs[i]
+            finish_until(t)
+            total += 1
+            requests[m] += 1
+            pending[m] += 1
+            if nexts is not None:
+                next_arrival[m] = nexts[i]
+            e = cached.get(m)
+            if e is not None:
+                e.requests = requests[m]
+            if pro is not None:
+                pro.on_invocation(names[m], t)
+                proactive_tick(t)
+                pro_next = pro.next_event_time(t)
+            w = outstanding.index(min(outstanding)) if workers > 1 else 0
+            queues[w].append((t, m))
+            outstanding[w] += 1
+            if busy_until[w] <= t and outstanding[w] == 1:
+                start(w, t)
+        if progress is not None:
+            progress(len(times))
+    res.requests = total
+    while events:  # drain; with a proactive policy stop at the last finish, not its wake-ups
+        finish_until(max(e[0] for e in events))
+    end = max(mem_t, max(busy_until, default=t0))
+    set_used(end, used)
+    span = end - t0
+    res.mean_memory_bytes = mem_area / span if span > 0 else float(used)
+    res.p50_s, res.p95_s, res.p99_s = (hist.quantile(q) for q in (0.5, 0.95, 0.99))
+    if hist.n:
+        res.mean_response_s = resp_sum[0] / hist.n
+    cdf = hist.cdf()
+    stride = max(1, len(cdf) // TIMELINE_POINTS)
+    res.response_cdf = cdf[::stride] + ([cdf[-1]] if cdf and len(cdf) % stride != 1 else [])
+    return res
+
+
+def simulate(
+    workload_path: str,
+    profiles: Mapping[str, ModelCost],
+    policy: str,
+    cap_bytes: int | str,
+    workers: int = 1,
+    seed: int = 0,
+    proactive: str | None = None,
+) -> SimResult:
+    """One run from a workload file: the entry point for the agent's replay comparison.
+    ``cap_bytes`` may be a percentage string of the workload's total model bytes."""
+    with CompactWorkload(workload_path) as wl:
+        check_models(wl, profiles)
+        cap = parse_cap(cap_bytes, workload_bytes(wl, profiles))
+        return run(wl, profiles, policy, cap, workers, seed, proactive)

@@ -1,0 +1,323 @@
+"""The gateway end to end: real redis-server, real `brulee worker` processes, real HTTP (werkzeug
+serving the Flask app), real TFLite models from the test set."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from tests.agent_fixtures import running_agent
+
+pytestmark = pytest.mark.timeout(120)
+CAP = 64 * 1024 * 1024
+TOKEN = "test-token"
+
+
+@pytest.fixture(scope="module")
+def models_dir(test_models: Path, tmp_path_factory) -> Path:
+    """The test models plus a corrupt one and one whose file is missing (fault cases)."""
+    out = tmp_path_factory.mktemp("models")
+    for item in test_models.iterdir():
+        shutil.copy(item, out / item.name)
+    catalog = json.loads((out / "catalog.json").read_text())
+    base = next(m for m in catalog["models"] if m["name"] == "digits-cnn")
+    (out / "corrupt.tflite").write_bytes(b"not a flatbuffer" * 100)
+    catalog["models"].append({**base, "name": "corrupt", "file": "corrupt.tflite"})
+    catalog["models"].append({**base, "name": "missing", "file": "missing.tflite"})
+    (out / "catalog.json").write_text(json.dumps(catalog))
+    return out
+
+
+@pytest.fixture(scope="module")
+def agent(models_dir: Path):
+    with running_agent(models_dir, CAP, workers=1, token=TOKEN) as info:
+        yield info
+
+
+def auth() -> dict:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def digits_input() -> np.ndarray:
+    return np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)
+
+
+def post_json(agent: dict, name: str, array, path: str = "function") -> requests.Response:
+    return requests.post(
+        f"{agent['url']}/{path}/{name}", json={"inputs": np.asarray(array).tolist()}, timeout=60
+    )
+
+
+def test_miss_then_hit_with_headers_and_in_process_equality(agent, models_dir):
+    from agent.runtime import load_model
+
+    x = digits_input()
+    first = post_json(agent, "digits-cnn", x)
+    assert first.status_code == 200, first.text
+    second = post_json(agent, "digits-cnn", x)
+    assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("miss", "hit")
+    for header in ("X-Load-Seconds", "X-Exec-Seconds", "X-Queue-Seconds", "X-Worker"):
+        assert header in second.headers
+    assert float(first.headers["X-Load-Seconds"]) > 0
+    model = load_model(models_dir / "digits-cnn.tflite")
+    expected = model.predict(x)
+    got = np.asarray(second.json()["outputs"], dtype=np.float32)
+    np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_function_is_404(agent):
+    resp = post_json(agent, "nope", [[1]])
+    assert resp.status_code == 404 and "nope" in resp.json()["error"]
+
+
+def test_wrong_shape_and_content_type_are_400(agent):
+    resp = post_json(agent, "digits-cnn", np.zeros((1, 3, 3, 1)))
+    assert resp.status_code == 400 and "shape" in resp.json()["error"]
+    resp = requests.post(
+        f"{agent['url']}/function/digits-cnn",
+        data=b"hello",
+        headers={"Content-Type": "text/plain"},
+        timeout=10,
+    )
+    assert resp.status_code == 400 and "content type" in resp.json()["error"].lower()
+
+
+def test_body_over_limit_is_413(agent):
+    resp = requests.post(
+        f"{agent['url']}/function/digits-cnn",
+        data=b"0" * (17 * 1024 * 1024),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert resp.status_code == 413 and "limit" in resp.json()["error"]
+
+
+def test_failed_models_answer_503_while_others_serve(agent):
+    missing = post_json(agent, "missing", digits_input())
+    assert missing.status_code == 503 and "does not exist" in missing.json()["error"]
+    corrupt = post_json(agent, "corrupt", digits_input())
+    assert corrupt.status_code == 503, corrupt.text
+    listed = requests.get(f"{agent['url']}/system/functions", headers=auth(), timeout=10).json()
+    states = {f["name"]: f for f in listed["functions"]}
+    assert states["corrupt"]["state"] == "failed" and states["corrupt"]["reason"]
+    assert states["missing"]["state"] == "failed"
+    assert post_json(agent, "digits-cnn", digits_input()).status_code == 200
+
+
+def test_model_larger_than_cap_is_507(agent):
+    import redis
+
+    from agent.placement import key
+
+    conn = redis.Redis.from_url(agent["redis_url"])
+    conn.hset(key("stats", "tiny-cnn"), "bytes", CAP * 2)  # observed size beyond the cap
+    try:
+        image = io.BytesIO()
+        Image.new("RGB", (32, 32), (120, 30, 200)).save(image, format="PNG")
+        resp = requests.post(
+            f"{agent['url']}/function/tiny-cnn",
+            data=image.getvalue(),
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        )
+        assert resp.status_code == 507
+        assert str(CAP) in resp.json()["error"]
+    finally:
+        conn.hdel(key("stats", "tiny-cnn"), "bytes")
+
+
+def test_management_needs_token_and_deploys_at_run_time(agent):
+    url = f"{agent['url']}/system/functions"
+    assert requests.get(url, timeout=10).status_code == 401
+    assert (
+        requests.get(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+    )
+    resp = requests.post(
+        url,
+        json={"name": "digits2", "model": "digits-cnn", "handler": "tensor"},
+        headers=auth(),
+        timeout=10,
+    )
+    assert resp.status_code == 201, resp.text
+    assert post_json(agent, "digits2", digits_input()).status_code == 200
+    resp = requests.delete(url, json={"functionName": "digits2"}, headers=auth(), timeout=10)
+    assert resp.status_code == 200
+    assert post_json(agent, "digits2", digits_input()).status_code == 404
+
+
+def test_async_job_and_callback(agent):
+    resp = post_json(agent, "digits-cnn", digits_input(), path="async-function")
+    assert resp.status_code == 202
+    location = resp.headers["Location"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        doc = requests.get(f"{agent['url']}{location}", timeout=10).json()
+        if doc["status"] in ("finished", "failed"):
+            break
+        time.sleep(0.05)
+    assert doc["status"] == "finished", doc
+    assert len(doc["result"]["outputs"][0]) == 10
+    assert requests.get(f"{agent['url']}/jobs/nope", timeout=10).status_code == 404
+
+
+def test_cache_metrics_health_openapi(agent):
+    post_json(agent, "digits-cnn", digits_input())
+    cache = requests.get(f"{agent['url']}/system/cache", timeout=10).json()
+    device = cache["devices"]["dev"]
+    assert device["cap_bytes"] == CAP and device["used_bytes"] <= CAP
+    assert requests.get(f"{agent['url']}/healthz", timeout=10).json()["workers"] == 1
+    metrics = requests.get(f"{agent['url']}/metrics", timeout=10).text
+    assert 'brulee_invocations_total{cache="hit",function="digits-cnn"}' in metrics
+    assert "brulee_exec_seconds_bucket" in metrics
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(metrics)
+        for s in fam.samples
+    }
+    assert samples[("brulee_cache_cap_bytes", (("device", "dev"),))] == CAP
+    assert 0 < samples[("brulee_cache_used_bytes", (("device", "dev"),))] <= CAP
+    doc = requests.get(f"{agent['url']}/openapi.json", timeout=10).json()
+    from openapi_spec_validator import validate
+
+    validate(doc)
+    rules = {
+        "/function/{name}",
+        "/async-function/{name}",
+        "/jobs/{id}",
+        "/system/functions",
+        "/system/cache",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+    }
+    assert set(doc["paths"]) == rules
+
+
+def test_redis_down_is_503_and_recovers(agent):
+    server = agent["server"]
+    server.stop()
+    try:
+        resp = post_json(agent, "digits-cnn", digits_input())
+        assert resp.status_code == 503 and "Redis" in resp.json()["error"]
+        assert requests.get(f"{agent['url']}/healthz", timeout=10).status_code == 503
+    finally:
+        server.start()
+    from tests.agent_fixtures import wait_for_workers
+
+    wait_for_workers(agent["redis_url"], 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        resp = post_json(agent, "digits-cnn", digits_input())
+        if resp.status_code == 200:
+            break
+        time.sleep(0.2)
+    assert resp.status_code == 200, resp.text
+
+
+def test_async_callback_is_posted(agent):
+    import http.server
+    import threading
+
+    received: list[bytes] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            received.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hook = f"http://127.0.0.1:{server.server_address[1]}/done"
+        resp = requests.post(
+            f"{agent['url']}/async-function/digits-cnn",
+            json={"inputs": digits_input().tolist()},
+            headers={"X-Callback-Url": hook},
+            timeout=30,
+        )
+        assert resp.status_code == 202
+        deadline = time.monotonic() + 30
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert received, "callback URL was never called"
+        assert resp.json()["id"].encode() in received[0]
+    finally:
+        server.shutdown()
+
+
+def test_concurrent_cold_requests_never_exceed_cap(models_dir: Path, tmp_path_factory):
+    """Ten copies of the digits model, two workers, a cap for about three of them: concurrent
+    cold requests evict, but /system/cache never shows more than the cap."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    catalog = json.loads((models_dir / "catalog.json").read_text())
+    base = next(m for m in catalog["models"] if m["name"] == "digits-cnn")
+    out = tmp_path_factory.mktemp("copies")
+    copies = []
+    for i in range(10):
+        shutil.copy(models_dir / base["file"], out / f"d{i}.tflite")
+        copies.append({**base, "name": f"d{i}", "file": f"d{i}.tflite"})
+    (out / "catalog.json").write_text(json.dumps({**catalog, "models": copies}))
+    cap = 3 * 2 * base["file_bytes"]  # the gateway's first estimate is twice the file size
+    with running_agent(out, cap, workers=2, token=TOKEN) as small:
+        peaks: list[int] = []
+        done = threading.Event()
+
+        def watch():
+            while not done.is_set():
+                snap = requests.get(f"{small['url']}/system/cache", timeout=10).json()
+                peaks.extend(d["used_bytes"] for d in snap["devices"].values())
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            with ThreadPoolExecutor(10) as pool:
+                answers = list(
+                    pool.map(lambda i: post_json(small, f"d{i}", digits_input()), range(10))
+                )
+        finally:
+            done.set()
+            watcher.join()
+        codes = [a.status_code for a in answers]
+        assert all(c in (200, 503) for c in codes), [a.text for a in answers]
+        assert codes.count(200) >= 5, [a.text for a in answers]
+        assert peaks and max(peaks) <= cap
+        snap = requests.get(f"{small['url']}/system/cache", timeout=10).json()
+        assert sum(d["evictions"].get("cremebrulee", 0) for d in snap["devices"].values()) > 0
+
+
+def test_killed_worker_fails_sync_and_async_jobs_with_a_reason(agent):
+    """Runs last in this module: it kills the module's worker."""
+    import signal
+
+    worker = agent["workers"][0]
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    queued = post_json(agent, "digits-cnn", digits_input(), path="async-function")
+    started = time.monotonic()
+    resp = post_json(agent, "digits-cnn", digits_input())
+    assert resp.status_code == 503 and "died" in resp.json()["error"]
+    assert time.monotonic() - started < 15
+    if queued.status_code == 202:
+        doc = requests.get(f"{agent['url']}{queued.headers['Location']}", timeout=10).json()
+        assert doc["status"] == "failed" and "died" in doc["error"]
+    # the dead worker's models are released from the accounting
+    snap = requests.get(f"{agent['url']}/system/cache", timeout=10).json()
+    assert snap["devices"] == {}
+    resp = post_json(agent, "digits-cnn", digits_input())
+    assert resp.status_code == 503 and "no worker" in resp.json()["error"]

@@ -1,0 +1,135 @@
+"""Placement against a real redis-server: the atomic decision never over-commits the cap, never
+evicts what is executing, and never loads a model twice in parallel."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from agent.placement import Cache, MemoryBusy, ModelFacts, ModelTooLarge, key
+from tests.agent_fixtures import redis_server
+
+CAP = 1000
+
+
+@pytest.fixture()
+def conn():
+    with redis_server() as server:
+        yield redis.Redis.from_url(server.url)
+
+
+def _setup(conn: redis.Redis, workers: int = 2) -> Cache:
+    cache = Cache(conn, "cremebrulee")
+    cache.set_device("dev", cap=CAP, policy="cremebrulee")
+    for i in range(workers):
+        cache.register_worker(f"w{i}", "dev", f"brulee.w{i}", 100 + i, "host")
+    return cache
+
+
+def _used(cache: Cache) -> int:
+    return cache.snapshot()["devices"]["dev"]["used_bytes"]
+
+
+def _no_enqueue(pipe, placement):
+    return placement
+
+
+def test_concurrent_misses_never_exceed_cap(conn):
+    cache = _setup(conn, workers=3)
+    over, errors = [], []
+
+    def place(i: int) -> None:
+        own = Cache(redis.Redis(connection_pool=conn.connection_pool), "cremebrulee")
+        try:
+            placement, _ = own.place(ModelFacts(f"m{i}", 300, 0.1, 0.01), _no_enqueue)
+            # the job finishes and the model is ready: it becomes evictable
+            own.loaded("dev", f"m{i}", placement.worker, 300, 0.1)
+            own.finished("dev", f"m{i}", placement.worker, 0.01)
+            for victim, worker in placement.evicted:
+                own.released("dev", victim, worker)
+        except MemoryBusy as exc:
+            errors.append(exc)
+        used = _used(own)
+        if used > CAP:
+            over.append(used)
+
+    threads = [threading.Thread(target=place, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not over, f"cache over cap: {over}"
+    assert _used(cache) <= CAP
+    assert len(errors) < 20  # most placements succeed
+
+
+def test_pinned_models_are_never_evicted(conn):
+    cache = _setup(conn, workers=1)
+    cache.place(ModelFacts("a", 600, 0.1, 0.01), _no_enqueue)  # loading, pinned: not finished
+    with pytest.raises(MemoryBusy):
+        cache.place(ModelFacts("b", 600, 0.1, 0.01), _no_enqueue)
+    cache.loaded("dev", "a", "w0", 600, 0.1)
+    cache.finished("dev", "a", "w0", 0.01)
+    placement, _ = cache.place(ModelFacts("b", 600, 0.1, 0.01), _no_enqueue)
+    assert placement.evicted == [("a", "w0")]
+
+
+def test_loading_model_is_not_loaded_twice(conn):
+    cache = _setup(conn, workers=2)
+    first, _ = cache.place(ModelFacts("a", 100, 0.1, 0.01), _no_enqueue)
+    second, _ = cache.place(ModelFacts("a", 100, 0.1, 0.01), _no_enqueue)
+    assert not first.hit and second.hit
+    assert second.worker == first.worker  # queued behind the load instead of a second load
+    entries = conn.hkeys(key("entries", "dev"))
+    assert len(entries) == 1
+
+
+def test_model_larger_than_cap_is_refused(conn):
+    cache = _setup(conn, workers=1)
+    with pytest.raises(ModelTooLarge, match="1000 bytes"):
+        cache.place(ModelFacts("huge", 5000, 0.1, 0.01), _no_enqueue)
+
+
+def test_dead_worker_models_are_released(conn):
+    cache = _setup(conn, workers=1)
+    cache.place(ModelFacts("a", 100, 0.1, 0.01), _no_enqueue)
+    assert cache.forget_worker("w0") == ["a"]
+    assert not conn.hkeys(key("entries", "dev"))
+
+
+def test_keep_alive_evicts_idle_models_only(conn):
+    from agent.policies.proactive import make_proactive
+
+    cache = _setup(conn, workers=1)
+    for name, busy in (("idle", False), ("busy", True)):
+        cache.place(ModelFacts(name, 100, 0.1, 0.01), _no_enqueue, now=1000.0)
+        cache.loaded("dev", name, "w0", 100, 0.1)
+        if not busy:
+            cache.finished("dev", name, "w0", 0.01)
+    evicted = cache.expire_idle(make_proactive("ttl", ttl_s=60), now=1100.0)
+    assert evicted == [("idle", "w0")]  # "busy" is still executing: never expired
+    assert conn.llen("rq:queue:brulee.w0") == 1  # the worker is told to drop it
+
+
+def _warm(cache: Cache, name: str, load_s: float, requests: int, now: float) -> None:
+    for i in range(requests):
+        placement, _ = cache.place(ModelFacts(name, 400, load_s, 0.01), _no_enqueue, now=now + i)
+        if not placement.hit:
+            cache.loaded("dev", name, "w0", 400, load_s)
+        cache.finished("dev", name, "w0", 0.01)
+
+
+@pytest.mark.parametrize(("policy", "victim"), [("lru", "popular"), ("cremebrulee", "rare")])
+def test_cremebrulee_evicts_differently_from_lru(conn, policy, victim):
+    """A popular model that is slow to load, used first, and a rarely used cheap one, used
+    last: LRU evicts the popular one (least recent); CremeBrulee keeps it (a miss on it costs
+    more and it is likelier to be asked for again) and evicts the rare one."""
+    cache = Cache(conn, policy)
+    cache.set_device("dev", cap=CAP, policy=policy)
+    cache.register_worker("w0", "dev", "brulee.w0", 100, "host")
+    _warm(cache, "popular", load_s=2.0, requests=10, now=1000.0)
+    _warm(cache, "rare", load_s=0.05, requests=1, now=2000.0)
+    placement, _ = cache.place(ModelFacts("new", 400, 0.1, 0.01), _no_enqueue, now=3000.0)
+    assert placement.evicted == [(victim, "w0")]

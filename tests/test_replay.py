@@ -1,0 +1,216 @@
+"""Locust replay end to end: real HTTP, real Locust subprocess, real TFLite models.
+
+The server is loadgen/replay_standin.py under gunicorn (LRU cache of real TFLite interpreters
+under a byte cap, the agent's HTTP surface). The workload is the real Azure 2019 rows in
+loadgen/data, compressed to ~20 s and mapped onto the test models.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from agent.cli import main as brulee
+from loadgen.replay import ReplayError, function_mapping, run_replay, workload_functions
+from loadgen.workload_file import Request, iter_workload, write_workload
+
+ROOT = Path(__file__).resolve().parent.parent
+AZURE_ROWS = ROOT / "loadgen" / "data" / "azure2019_invocations_first9rows.csv"
+SMALL_MODELS = ["digits-cnn", "mobilenet-micro", "mobilenetv2-mini", "tiny-cnn"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(test_models: Path, test_catalog: dict):
+    """gunicorn serving the test models with the cap at 50 % of the small models' working set."""
+    import requests
+
+    sizes = {name: rec["file_bytes"] for name, rec in test_catalog.items()}
+    cap = sum(sizes[m] for m in SMALL_MODELS) // 2
+    port = _free_port()
+    env = dict(os.environ, BRULEE_STANDIN_MODELS=str(test_models), BRULEE_STANDIN_CAP=str(cap))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "1", "-k", "gthread",
+         "--threads", "8", "--keep-alive", "60", "--chdir", str(ROOT),
+         "loadgen.replay_standin:make_app()"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(75):
+        try:
+            requests.get(url + "/system/functions", timeout=1)
+            break
+        except requests.RequestException:
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def azure_workload(tmp_path_factory) -> Path:
+    """The real Azure rows (one day, all triggers) compressed to ~20 s, mapped onto the models."""
+    tmp = tmp_path_factory.mktemp("wl")
+    raw = tmp / "azure.csv"
+    result = CliRunner().invoke(
+        brulee,
+        ["trace", "workload", str(AZURE_ROWS), "--out", str(raw), "--triggers", "all",
+         "--speedup", str(86400 / 20), "--seed", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    mapping = function_mapping(workload_functions(raw), SMALL_MODELS)
+    mapped = tmp / "azure-mapped.csv"
+    write_workload(
+        mapped, (Request(r.time, mapping[r.function], r.id, r.source) for r in iter_workload(raw))
+    )
+    return mapped
+
+
+def test_replay_counts_match_workload_and_agent(server, azure_workload, tmp_path):
+    expected = Counter(r.function for r in iter_workload(azure_workload))
+    assert sum(expected.values()) > 500  # the real rows give ~1000 requests
+    summary = run_replay(azure_workload, server, tmp_path, simulate=True)
+
+    n = sum(expected.values())
+    assert summary["scheduled"] == n
+    assert summary["requests"] == n and summary["failures"] == 0
+    assert {f: b["requests"] for f, b in summary["functions"].items()} == dict(expected)
+    assert summary["hits"] + summary["cold_starts"] == n
+    # the agent's own counters agree with what the replay saw in X-Cache
+    assert summary["agent_counts"]["hits"] == summary["hits"]
+    assert summary["agent_counts"]["misses"] == summary["cold_starts"]
+    assert 0 < summary["cold_starts"] < n  # the cap at 50 % forces some, not all, misses
+    assert summary["lag_p99_s"] < 0.25  # open loop kept its schedule on a shared 2-core box
+    assert max(m["used_bytes"] for m in summary["memory"]) > 0
+    for name in ("summary.json", "summary.png", "report.html", "locust_stats.csv"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["requests"] == n
+
+    sim = summary["simulated"]
+    assert sim["requests"] == n
+    assert sim["settings"] == {
+        "policy": "lru",
+        "workers": 1,
+        "cap_bytes": saved["memory"][0]["cap_bytes"],
+    }
+    # the comparison is reported, whatever it says
+    assert set(summary["comparison"]) >= {"hit_ratio_pp", "cold_starts_pct"}
+
+
+def test_unknown_functions_reported_before_run(server, tmp_path):
+    path = tmp_path / "w.csv"
+    write_workload(path, [Request(0.0, "tiny-cnn", "0"), Request(0.1, "no-such-model", "1"),
+                          Request(0.2, "also-missing", "2")])  # fmt: skip
+    with pytest.raises(ReplayError, match="also-missing, no-such-model") as err:
+        run_replay(path, server, tmp_path / "out")
+    assert "--map" in str(err.value)
+    assert not (tmp_path / "out" / "records.csv").exists()  # nothing was sent
+
+
+def test_map_is_deterministic():
+    trace = {"b": 5, "a": 5, "c": 9, "tiny-cnn": 1}
+    served = ["tiny-cnn", "digits-cnn"]
+    mapping = function_mapping(trace, served)
+    assert mapping == {
+        "tiny-cnn": "tiny-cnn",
+        "c": "digits-cnn",
+        "a": "tiny-cnn",
+        "b": "digits-cnn",
+    }
+    assert function_mapping(dict(reversed(trace.items())), served[::-1]) == mapping
+
+
+@pytest.mark.parametrize("silent", [False, True], ids=["nothing-listening", "never-answers"])
+def test_unreachable_host_fails_fast(silent, tmp_path):
+    path = tmp_path / "w.csv"
+    write_workload(path, [Request(0.0, "tiny-cnn", "0")])
+    listener = socket.socket()  # accepts connections (backlog) but never answers
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1] if silent else _free_port()
+    started = time.time()
+    result = CliRunner().invoke(
+        brulee,
+        ["replay", "--workload", str(path), "--host", f"http://127.0.0.1:{port}",
+         "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    listener.close()
+    assert result.exit_code == 1
+    assert f"cannot reach the agent at http://127.0.0.1:{port}" in result.output
+    assert time.time() - started < 6
+
+
+def test_sigint_writes_partial_reports(server, tmp_path):
+    path = tmp_path / "long.csv"
+    write_workload(path, (Request(i * 0.05, "tiny-cnn", str(i)) for i in range(1200)))  # 60 s
+    out = tmp_path / "out"
+    brulee_bin = Path(sys.executable).with_name("brulee")
+    proc = subprocess.Popen(
+        [str(brulee_bin), "replay", "--workload", str(path), "--host", server, "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    time.sleep(5)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=40)
+    assert proc.returncode == 130, output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert 20 < summary["requests"] < 1200
+    with open(out / "records.csv", newline="") as fh:
+        assert sum(1 for _ in csv.DictReader(fh)) == summary["requests"]
+    assert (out / "report.html").exists() and (out / "locust_stats.csv").exists()
+    assert "INTERRUPTED" in output
+
+
+AGENT_MODELS = ["digits-cnn", "mobilenet-micro", "tiny-cnn"]
+
+
+def test_replay_against_real_agent(test_models: Path, tmp_path):
+    """The real agent (private Redis, a real worker, real models): the replay's X-Cache counts
+    equal the agent's own hit/miss counters, and the simulator runs on the same workload."""
+    from tests.agent_fixtures import running_agent
+
+    raw = tmp_path / "azure.csv"
+    result = CliRunner().invoke(
+        brulee,
+        ["trace", "workload", str(AZURE_ROWS), "--out", str(raw), "--triggers", "all",
+         "--speedup", str(86400 / 20), "--downsample", "4", "--seed", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    mapping = function_mapping(workload_functions(raw), AGENT_MODELS)
+    workload = tmp_path / "mapped.csv"
+    write_workload(
+        workload, (Request(r.time, mapping[r.function], r.id, r.source) for r in iter_workload(raw))
+    )
+    n = sum(1 for _ in iter_workload(workload))
+    with running_agent(test_models, cap=2_200_000, workers=1, policy="lru") as agent:
+        summary = run_replay(
+            workload, agent["url"], tmp_path / "out", simulate=True, token=agent["token"]
+        )
+    assert summary["scheduled"] == summary["requests"] == n
+    ok = summary["requests"] - summary["failures"]
+    assert ok > 0.9 * n, summary["failures"]
+    assert summary["hits"] + summary["cold_starts"] == ok
+    assert summary["agent_counts"]["hits"] == summary["hits"]
+    # a failed request (e.g. 503 after a load) may still count as a miss at the agent
+    misses = summary["agent_counts"]["misses"]
+    assert summary["cold_starts"] <= misses <= summary["cold_starts"] + summary["failures"]
+    assert summary["simulated"]["requests"] == n
+    assert summary["simulated"]["settings"]["policy"] == "lru"

@@ -1,0 +1,232 @@
+"""The trace-driven simulator: hand-computed tiny scenarios, the CLI end to end, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from agent.cli import main
+from loadgen.profiles import ModelCost
+from loadgen.simulator import LogHistogram, SimulationError, parse_cap, simulate
+from loadgen.workload_file import Request, write_workload
+
+# name: ModelCost(load_s, exec_s, bytes, unload_s)
+PROFILES = {
+    "A": ModelCost(1.0, 0.5, 100, 0.0),
+    "B": ModelCost(2.0, 0.5, 100, 0.0),
+    "C": ModelCost(1.0, 0.5, 100, 0.0),
+    "BIG": ModelCost(1.0, 0.5, 500, 0.0),
+}
+
+
+def workload(tmp_path: Path, reqs: list[tuple[float, str]], name: str = "w.csv") -> str:
+    path = tmp_path / name
+    write_workload(path, [Request(t, f, str(i)) for i, (t, f) in enumerate(reqs)])
+    return str(path)
+
+
+def test_hits_misses_and_load_delay(tmp_path):
+    w = workload(tmp_path, [(0, "A"), (10, "A"), (20, "B"), (30, "A")])
+    r = simulate(w, PROFILES, "lru", 200)
+    assert (r.requests, r.hits, r.cold_starts, r.evictions, r.rejected) == (4, 2, 2, 0, 0)
+    assert r.total_load_delay_s == pytest.approx(3.0)  # A loads 1 s, B 2 s
+    assert r.mean_load_delay_s == pytest.approx(0.75)
+    assert r.load_delay_ratio == pytest.approx(0.75 / 0.5)
+    assert r.peak_memory_bytes == 200
+
+
+def test_lru_evicts_least_recent_and_belady_uses_the_future(tmp_path):
+    w = workload(tmp_path, [(0, "A"), (1, "B"), (2, "C"), (3, "A"), (4, "B")])
+    lru = simulate(w, PROFILES, "lru", 200)
+    assert (lru.hits, lru.cold_starts, lru.evictions) == (0, 5, 3)
+    belady = simulate(w, PROFILES, "belady", 200)  # at C: evicts B (next use 4 > A's 3)
+    assert (belady.hits, belady.cold_starts, belady.evictions) == (1, 4, 2)
+
+
+def test_queueing_one_vs_two_workers(tmp_path):
+    w = workload(tmp_path, [(0, "A"), (0, "A")])
+    one = simulate(w, PROFILES, "lru", 200, workers=1)
+    # first: load 1 + exec 0.5 -> 1.5; second waits in the FIFO, hit, finishes at 2.0
+    assert (one.hits, one.cold_starts, one.load_waits) == (1, 1, 0)
+    assert one.mean_response_s == pytest.approx((1.5 + 2.0) / 2)
+    two = simulate(w, PROFILES, "lru", 200, workers=2)
+    # second worker waits for the load already under way (not loaded twice): 1 s, done at 1.5
+    assert (two.hits, two.cold_starts, two.load_waits) == (0, 1, 1)
+    assert two.mean_response_s == pytest.approx(1.5)
+    assert two.total_load_delay_s == pytest.approx(2.0)
+    assert two.peak_memory_bytes == 100
+
+
+def test_model_larger_than_cap_is_rejected(tmp_path):
+    w = workload(tmp_path, [(0, "BIG"), (1, "A")])
+    r = simulate(w, PROFILES, "lru", 200)
+    assert (r.rejected, r.cold_starts, r.served) == (1, 1, 1)
+
+
+def test_executing_models_are_pinned(tmp_path):
+    profiles = {**PROFILES, "B": ModelCost(1.0, 10.0, 100, 0.0), "A": ModelCost(1.0, 1.0, 100, 0)}
+    # 3 workers. B executes until 11. C at 0.5: A loading, B loading -> both pinned: rejected.
+    # C at 3: A finished at 2.1; FIFO prefers B (inserted first) but B is executing -> evict A.
+    w = workload(tmp_path, [(0, "B"), (0.1, "A"), (0.5, "C"), (3, "C"), (4, "B")])
+    r = simulate(w, profiles, "fifo", 200, workers=3)
+    assert r.rejected == 1
+    assert r.evictions == 1
+    assert (r.hits, r.cold_starts) == (1, 3)  # B at 4 is still cached
+
+
+def test_percent_cap_and_parse_errors(tmp_path):
+    assert parse_cap("50%", 400) == 200
+    assert parse_cap("300", 400) == 300
+    with pytest.raises(SimulationError, match="percentage"):
+        parse_cap("lots", 400)
+    w = workload(tmp_path, [(0, "A"), (1, "B"), (2, "A")])
+    r = simulate(w, PROFILES, "lru", "50%")  # of A+B = 200 bytes -> 100: B evicts A
+    assert r.cap_bytes == 100
+    assert (r.hits, r.evictions) == (0, 2)
+
+
+def test_deterministic_with_seed(tmp_path):
+    reqs = [(i * 0.7, "ABC"[(i * 7) % 3 if i % 5 else 0]) for i in range(300)]
+    w = workload(tmp_path, reqs)
+    a = simulate(w, PROFILES, "random", 200, workers=2, seed=3).summary()
+    b = simulate(w, PROFILES, "random", 200, workers=2, seed=3).summary()
+    assert a == b and a["evictions"] > 0
+
+
+def test_ttl_proactive_unloads_idle_models(tmp_path):
+    w = workload(tmp_path, [(0, "A"), (100, "A")])
+    r = simulate(w, PROFILES, "lru", 200, proactive="ttl:ttl_s=10")
+    assert (r.cold_starts, r.proactive_unloads, r.hits) == (2, 1, 0)
+
+
+def test_histogram_quantiles_within_bin_error():
+    h = LogHistogram()
+    for i in range(1, 1001):
+        h.add(i / 100)
+    assert h.quantile(0.5) == pytest.approx(5.0, rel=0.03)
+    assert h.quantile(0.99) == pytest.approx(9.9, rel=0.03)
+
+
+def test_unknown_model_and_policy_errors(tmp_path):
+    w = workload(tmp_path, [(0, "A"), (1, "ZZZ")])
+    with pytest.raises(SimulationError, match="ZZZ"):
+        simulate(w, PROFILES, "lru", 200)
+    w2 = workload(tmp_path, [(0, "A")], "w2.csv")
+    with pytest.raises(ValueError, match="valid: .*lru"):
+        simulate(w2, PROFILES, "nope", 200)
+
+
+def profile_file(tmp_path: Path, sizes: bool = True) -> str:
+    models = [
+        {"name": n, "load_s": c.load_s, "exec_s": c.exec_s, "unload_s": c.unload_s}
+        | ({"bytes": c.bytes} if sizes else {})
+        for n, c in PROFILES.items()
+    ]
+    path = tmp_path / ("p.json" if sizes else "p-nosize.json")
+    path.write_text(json.dumps({"models": models}))
+    return str(path)
+
+
+def test_cli_writes_table_csv_json_and_plots(tmp_path):
+    reqs = [(i * 0.9, "ABC"[i % 3] if i % 4 else "A") for i in range(60)]
+    w = workload(tmp_path, reqs)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "--workload",
+            w,
+            "--profiles",
+            profile_file(tmp_path),
+            "--policies",
+            "lru,cremebrulee,belady",
+            "--memory-cap",
+            "34%,67%",
+            "--workers",
+            "2",
+            "--out",
+            str(out),
+        ],  # fmt: skip
+    )
+    assert res.exit_code == 0, res.output
+    assert "cremebrulee" in res.output and "hit_ratio" in res.output
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 6
+    assert {r["policy"] for r in rows} == {"lru", "cremebrulee", "belady"}
+    assert all(int(r["requests"]) == 60 for r in rows)
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["meta"]["requests"] == 60 and doc["runs"][0]["memory_timeline"]
+    for png in ("sim-load-delay.png", "sim-hit-ratio.png", "sim-response-cdf.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_bad_input(tmp_path):
+    w = workload(tmp_path, [(0, "A"), (1, "MISSING1")])
+    run = CliRunner().invoke
+    common = ["simulate", "--workload", w, "--out", str(tmp_path / "o")]
+    res = run(main, [*common, "--profiles", profile_file(tmp_path), "--policies", "lru,bogus"])
+    assert res.exit_code != 0 and "bogus" in res.output and "cremebrulee" in res.output
+    res = run(main, [*common, "--profiles", profile_file(tmp_path)])
+    assert res.exit_code != 0 and "MISSING1" in res.output
+    w_ok = workload(tmp_path, [(0, "A")], "ok.csv")
+    res = run(main, ["simulate", "--workload", w_ok, "--out", str(tmp_path / "o"),
+                     "--profiles", profile_file(tmp_path, sizes=False)])  # fmt: skip
+    assert res.exit_code != 0 and "--sizes" in res.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time,function,id,source\n0,A,1,\nabc,A,2,\n")
+    res = run(main, ["simulate", "--workload", str(bad), "--out", str(tmp_path / "o"),
+                     "--profiles", profile_file(tmp_path)])  # fmt: skip
+    assert res.exit_code != 0 and "bad.csv:3" in res.output
+
+
+def test_real_2019_rows_end_to_end(tmp_path):
+    """The real Azure rows -> workload (quantile pairing with the seed's profile) -> simulate."""
+    data = Path(__file__).parent.parent / "loadgen" / "data"
+    prof = str(data / "models.m5.json")
+    w = tmp_path / "azure.csv"
+    res = CliRunner().invoke(
+        main,
+        [
+            "trace",
+            "workload",
+            str(data / "azure2019_invocations_first9rows.csv"),
+            "--triggers",
+            "all",
+            "--out",
+            str(w),
+            "--profiles",
+            prof,
+        ],  # fmt: skip
+    )
+    assert res.exit_code == 0, res.output
+    sizes = tmp_path / "sizes.json"
+    models = json.loads(Path(prof).read_text())
+    sizes.write_text(json.dumps({m["name"]: 10_000_000 for m in models}))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "--workload",
+            str(w),
+            "--profiles",
+            prof,
+            "--sizes",
+            str(sizes),
+            "--policies",
+            "cremebrulee,lru",
+            "--memory-cap",
+            "50%",
+            "--out",
+            str(out),
+        ],  # fmt: skip
+    )
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [int(r["requests"]) for r in rows] == [1061, 1061]
+    assert all(0 < float(r["hit_ratio"]) < 1 for r in rows)

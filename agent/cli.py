@@ -5,8 +5,11 @@ from __future__ import annotations
 import click
 
 from agent import __version__
+from agent.agent_cli import invoke_command, up_command, worker_command
 from agent.policies.cli import policies_command
 from loadgen.replay_cli import replay_command
+from loadgen.sim_cli import simulate_command
+from loadgen.testbed import testbed_command
 from loadgen.trace_cli import trace_group
 from models.cli import models_group
 
@@ -17,11 +20,18 @@ def main() -> None:
     """brulee: serve many deep-learning models on one edge device, with memory as a model cache."""
 
 
-main.add_command(models_group)
-main.add_command(policies_command)
-main.add_command(trace_group)
-main.add_command(__import__("loadgen.sim_cli").sim_cli.simulate_command)
-main.add_command(replay_command)
-main.add_command(__import__("agent.agent_cli").agent_cli.up_command)
-main.add_command(__import__("agent.agent_cli").agent_cli.worker_command)
-main.add_command(__import__("agent.agent_cli").agent_cli.invoke_command)
+for command in (
+    models_group,
+    policies_command,
+    trace_group,
+    simulate_command,
+    up_command,
+    worker_command,
+    invoke_command,
+    replay_command,
+    testbed_command,
+):
+    main.add_command(command)
+
+if __name__ == "__main__":
+    main()

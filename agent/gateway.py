@@ -142,23 +142,58 @@ class Registry:
         return cached[1]
 
 
-def model_facts(conn: redis.Redis, doc: dict[str, Any], models_dir: Path) -> ModelFacts:
-    """Bytes and times placement accounts with: observed by a worker if any, else the profile
-    record, else the memory hint, else twice the file size (weights plus arena, roughly)."""
+class Profiles:
+    """The models directory's ``profiles.json`` (``brulee models profile``), re-read when it
+    changes; empty when there is none."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.path = models_dir / "profiles.json"
+        self._stamp: float | None = None
+        self._records: dict[str, dict[str, Any]] = {}
+
+    def get(self, model: str) -> dict[str, Any] | None:
+        from models.profile import read_profiles
+
+        try:
+            stamp = self.path.stat().st_mtime
+        except OSError:
+            return None
+        if stamp != self._stamp:
+            try:
+                self._records = read_profiles(self.path)
+            except (ValueError, KeyError, TypeError):
+                self._records = {}
+            self._stamp = stamp
+        return self._records.get(model)
+
+
+def model_facts(
+    conn: redis.Redis, doc: dict[str, Any], models_dir: Path, profile: dict[str, Any] | None
+) -> tuple[ModelFacts, bool]:
+    """Bytes and times placement accounts with, and whether they come from a profile.
+
+    Bytes: the profile's loaded bytes (measured in a fresh process) when there is one; else
+    what a worker observed when it loaded the model; else the memory hint; else twice the file
+    size (weights plus arena, roughly). A worker's resident-memory delta is only a correction
+    for models without a profile: in a long-lived process the allocator reuses pages freed by
+    earlier evictions, so the delta can be far below what the model really holds."""
     record = doc.get("record") or {}
     stats = {k.decode(): v.decode() for k, v in conn.hgetall(key("stats", doc["model"])).items()}
+    profile = profile or {}
     size = (
-        stats.get("bytes")
+        profile.get("loaded_bytes")
+        or stats.get("bytes")
         or record.get("loaded_bytes")
         or doc.get("memory")
         or 2 * int(record.get("file_bytes") or (models_dir / doc["file"]).stat().st_size)
     )
-    return ModelFacts(
+    facts = ModelFacts(
         doc["model"],
         int(size),
-        float(stats.get("load_s") or record.get("avg_load_latency") or 0.05),
-        float(stats.get("exec_s") or record.get("exec_s") or 0.01),
+        float(stats.get("load_s") or profile.get("avg_load_latency") or 0.05),
+        float(stats.get("exec_s") or profile.get("exec_s") or record.get("exec_s") or 0.01),
     )
+    return facts, bool(profile.get("loaded_bytes"))
 
 
 def _observe(conn: redis.Redis, function: str, result: dict[str, Any]) -> None:
@@ -341,6 +376,7 @@ def create_app(
     )
     cache = Cache(conn, policy)
     registry = Registry(conn, models, functions_file)
+    profiles = Profiles(models)
     metrics = CollectorRegistry(auto_describe=False)
     metrics.register(RedisCollector(cache))
     app = Flask("brulee")
@@ -395,7 +431,7 @@ def create_app(
             raise ApiError(exc.status, str(exc)) from exc
         input_key = key("input", uuid.uuid4().hex)
         conn.set(input_key, to_npy(batch), ex=INPUT_TTL_S)
-        facts = model_facts(conn, doc, models)
+        facts, profiled = model_facts(conn, doc, models, profiles.get(doc["model"]))
 
         def enqueue(pipe, placement):
             req = {
@@ -408,6 +444,7 @@ def create_app(
                 "input_key": input_key,
                 "enqueued_at": time.time(),
                 "miss": not placement.hit,
+                "profiled_bytes": profiled,
                 "evict_here": placement.evict_here,
                 "wait_for": placement.wait_for,
             }
@@ -537,24 +574,14 @@ def create_app(
         body = request.get_json(silent=True)
         if not isinstance(body, dict) or not body.get("name"):
             raise ApiError(400, "body must be JSON with at least 'name' and 'model'")
-        from functions.handlers import handler_for
-        from functions.stack import Function
+        from functions.stack import build_function
         from models.catalog import load_catalog
 
-        catalog = load_catalog(models)
-        model = body.get("model", body["name"])
-        if model not in catalog:
-            raise ApiError(400, f"model {model!r} is not in {models}/catalog.json")
-        record = catalog[model]
-        fn = Function(
-            name=body["name"],
-            model=model,
-            file=body.get("file", record["file"]),
-            handler=body.get("handler") or handler_for(record),
-            memory=body.get("memory"),
-            options=body.get("options") or {},
-            record=record,
-        )
+        spec = {k: v for k, v in body.items() if k != "name"}
+        try:
+            fn = build_function(body["name"], spec, models, load_catalog(models))
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from exc
         registry.ensure_loaded()
         return jsonify(registry.deploy(_function_doc(fn))), 201
 

@@ -21,7 +21,8 @@ Keys (``brulee:`` prefix):
   evictions)
 - ``releasing:{d}`` hash ``model|worker`` → bytes: evicted, not yet dropped by its worker;
   a load that evicted them waits until they are gone, so resident memory follows the cap
-- ``stats:{model}`` hash: ``requests``, ``load_s``, ``exec_s``, ``bytes`` (observed);
+- ``stats:{model}`` hash: ``requests``, ``load_s``, ``exec_s``, ``bytes`` (the reservation a
+  worker corrected, for models without a profile), ``observed_bytes`` (RSS increase at load);
   ``requests`` counter: all requests (the policies' ``R``); ``clock:{d}``: GDSF's clock
 - ``failed`` hash function → reason
 """
@@ -136,6 +137,13 @@ class Cache:
         pipe.sadd(key("workers"), worker)
         pipe.set(key("alive", worker), 1, px=int(HEARTBEAT_TTL * 1000))
         pipe.execute()
+
+    def observed(self, model: str, observed_bytes: int, load_s: float) -> None:
+        """What a worker saw when it loaded ``model``: its resident-memory increase (shown in
+        ``/system/cache``) and the load time (the policies' load cost)."""
+        self.r.hset(
+            key("stats", model), mapping={"observed_bytes": observed_bytes, "load_s": load_s}
+        )
 
     def heartbeat(self, worker: str) -> None:
         self.r.set(key("alive", worker), 1, px=int(HEARTBEAT_TTL * 1000))
@@ -359,6 +367,10 @@ class Cache:
             last_used=now,
         )
         if p.hit:
+            # the policy's state lives in the stored priority (LFU keeps its insert-time
+            # count there): a hit starts from it, so policies that leave it alone keep it
+            stored = self.r.hget(key("priority", p.device), s)
+            entry.priority = float(stored) if stored is not None else 0.0
             self.policy.on_hit(entry, now)
         else:
             self.policy.on_insert(entry, now)

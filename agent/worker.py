@@ -148,7 +148,11 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
         result = handler.encode(output)
         if not hit:
             observed = rss_bytes() - rss_before
-            if not ctx.cache.loaded(ctx.device, model, ctx.worker, observed, load_s):
+            # a profile's loaded bytes (measured in a fresh process) beat this process's RSS
+            # delta, which undercounts when the allocator reuses pages of evicted models
+            correction = None if req.get("profiled_bytes") else observed
+            ctx.cache.observed(model, observed, load_s)
+            if not ctx.cache.loaded(ctx.device, model, ctx.worker, correction, load_s):
                 ctx.interpreters.drop(model)
                 return {
                     "error": f"model {model!r} needs {observed} bytes, more than reserved, and "

@@ -92,6 +92,8 @@ def build_function(
     name: str, spec: dict[str, Any], models_dir: str | os.PathLike, catalog: dict[str, dict]
 ) -> Function:
     """One function from its stack entry (or a management-API body); ValueError on bad keys."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError(f"function name {name!r} must be letters, digits, . _ -")
     unknown = sorted(set(spec) - FUNCTION_KEYS)
     if unknown:
         raise ValueError(f"unknown key(s) {unknown}; known: {sorted(FUNCTION_KEYS)}")
@@ -127,8 +129,6 @@ def load_stack(
         raise ValueError(f"{path}: unknown top-level key(s) {unknown}; known: {sorted(TOP_KEYS)}")
     functions: dict[str, Function] = {}
     for name, spec in doc["functions"].items():
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-            raise ValueError(f"{path}: function name {name!r} must be letters, digits, . _ -")
         if not isinstance(spec, dict):
             raise ValueError(f"{path}: function {name!r} must be a mapping (model:, handler:, ...)")
         try:

@@ -47,6 +47,7 @@ RECORD_FIELDS = (
     "exec_s",
     "queue_s",
     "worker",
+    "error",
 )
 
 _records: dict[str, object] = {}
@@ -100,8 +101,19 @@ def _record_request(
             headers.get("X-Exec-Seconds", ""),
             headers.get("X-Queue-Seconds", ""),
             headers.get("X-Worker", ""),
+            _error_text(response, exception),
         )
     )
+
+
+def _error_text(response, exception) -> str:
+    """Why a request failed: the agent's JSON ``error`` message, else the exception."""
+    if exception is None:
+        return ""
+    try:
+        return str(json.loads(response.text)["error"])[:300]
+    except Exception:  # not JSON, no body, connection error: fall back to the exception
+        return str(exception)[:300]
 
 
 class ReplayUser(FastHttpUser):

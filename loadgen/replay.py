@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -386,8 +386,17 @@ def summarise(records: Path, workload: Path, duration: float | None = None) -> d
         "lag_p99_s": _pct(lags, 99),
         "lag_max_s": round(max(lags), 6) if lags else None,
         "functions": {name: _latency_block(per_function[name]) for name in sorted(per_function)},
+        "errors": _error_counts(rows),
     }
     return summary
+
+
+def _error_counts(rows: list[dict]) -> dict[str, int]:
+    """Failures by status and message (names and numbers that vary are kept: they explain)."""
+    counts: Counter[str] = Counter(
+        f"{r['status']}: {r.get('error') or '(no message)'}" for r in rows if r["ok"] != "1"
+    )
+    return dict(counts.most_common(10))
 
 
 def format_summary(summary: dict) -> str:
@@ -406,6 +415,8 @@ def format_summary(summary: dict) -> str:
         f"mean load {ms(summary['mean_load_s'])} ms / mean exec {ms(summary['mean_exec_s'])} ms"
         f" = {summary['load_over_exec']}",
     ]
+    for error, count in (summary.get("errors") or {}).items():
+        lines.append(f"  {count} x {error}")
     if summary.get("agent_counts"):
         lines.append(f"agent counted: {json.dumps(summary['agent_counts'])}")
     table = [
@@ -448,8 +459,9 @@ def format_comparison(summary: dict) -> str:
 
     sim = summary["simulated"]
     rows = []
-    for key in ("hit_ratio", "cold_starts", "mean_load_s"):
+    for key in ("hit_ratio", "cold_starts", "mean_load_s", "mean_exec_s"):
         rows.append([key, summary.get(key), sim.get(key)])
+    rows.append(["failed / rejected", summary.get("failures"), sim.get("rejected")])
     cmp_ = summary.get("comparison", {})
     return (
         tabulate(rows, headers=["", "measured", "simulated"])

@@ -154,3 +154,26 @@ def profile_cmd(models_dir, out, runs, threads, timeout, plot, compare, names) -
         click.echo(f"FAILED {name}: {reason}", err=True)
     if failures:
         sys.exit(1)
+
+
+@models_group.command("table")
+@click.argument("profile", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--compare",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Add the load/exec ratio of another profile (e.g. loadgen/data/models.m5.json).",
+)
+def table_cmd(profile, compare) -> None:
+    """Print the table of a profile written by `brulee models profile`, without re-measuring."""
+    import json
+
+    from models.profile import format_table, read_profiles
+
+    try:
+        doc = json.loads(profile.read_text())
+        records = doc["models"]
+    except (ValueError, KeyError, TypeError):
+        raise click.UsageError(f"{profile} is not a brulee profile (no 'models' list)") from None
+    click.echo(format_table(records, read_profiles(compare) if compare else None))
+    click.echo(f"\nmeasured on {doc.get('device', {})}")

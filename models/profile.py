@@ -201,8 +201,8 @@ def format_table(
     return tabulate(rows, headers=headers, floatfmt=".2f", tablefmt="github")
 
 
-def _ratio(rec: dict[str, Any] | None) -> float | str:
-    return rec["avg_load_latency"] / rec["avg_exec_latency"] if rec else "-"
+def _ratio(rec: dict[str, Any] | None) -> str:
+    return f"{rec['avg_load_latency'] / rec['avg_exec_latency']:.2f}" if rec else "-"
 
 
 def plot_profiles(doc: dict[str, Any], path: Path) -> None:

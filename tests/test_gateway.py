@@ -154,6 +154,27 @@ def test_management_needs_token_and_deploys_at_run_time(agent):
     assert post_json(agent, "digits2", digits_input()).status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"name": "x", "model": "digits-cnn", "file": "../../etc/passwd"}, "inside the model"),
+        ({"name": "x", "model": "digits-cnn", "handler": "nonsense"}, "nonsense"),
+        ({"name": "x", "model": "no-such-model"}, "no-such-model"),
+        ({"name": "../x", "model": "digits-cnn"}, "function name"),
+        ({"name": "x", "model": "digits-cnn", "memory": "lots"}, "lots"),
+        ({"name": "x", "model": "digits-cnn", "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_deploy_is_400_and_changes_nothing(agent, body, named):
+    url = f"{agent['url']}/system/functions"
+    resp = requests.post(url, json=body, headers=auth(), timeout=10)
+    assert resp.status_code == 400, resp.text
+    assert named in resp.json()["error"]
+    listed = requests.get(url, headers=auth(), timeout=10).json()["functions"]
+    assert "x" not in {f["name"] for f in listed}
+    assert post_json(agent, "digits-cnn", digits_input()).status_code == 200
+
+
 def test_async_job_and_callback(agent):
     resp = post_json(agent, "digits-cnn", digits_input(), path="async-function")
     assert resp.status_code == 202

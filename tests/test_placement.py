@@ -133,3 +133,30 @@ def test_cremebrulee_evicts_differently_from_lru(conn, policy, victim):
     _warm(cache, "rare", load_s=0.05, requests=1, now=2000.0)
     placement, _ = cache.place(ModelFacts("new", 400, 0.1, 0.01), _no_enqueue, now=3000.0)
     assert placement.evicted == [(victim, "w0")]
+
+
+def test_lfu_counts_requests_since_load_not_lifetime(conn):
+    """In-cache LFU keeps each model's insert-time count in the stored priority, and a hit must
+    not overwrite it. "a" was popular, got evicted, came back and had one hit since; "c" has
+    had six since it was loaded. The next miss evicts "a" (1 since load) — counting lifetime
+    requests would say 8 against 7 and evict "c"."""
+    cache = Cache(conn, "lfu")
+    cache.set_device("dev", cap=CAP, policy="lfu")
+    cache.register_worker("w0", "dev", "brulee.w0", 100, "host")
+
+    def use(name: str, requests: int, now: float) -> list:
+        evicted = []
+        for i in range(requests):
+            placement, _ = cache.place(ModelFacts(name, 400, 0.1, 0.01), _no_enqueue, now=now + i)
+            evicted += placement.evicted
+            if not placement.hit:
+                cache.loaded("dev", name, "w0", 400, 0.1)
+            cache.finished("dev", name, "w0", 0.01)
+        return evicted
+
+    use("a", 6, 1000.0)
+    use("b", 1, 1100.0)
+    assert use("c", 7, 1200.0) == [("b", "w0")]  # a: 6 since load, b: 1
+    assert use("b", 1, 1300.0) == [("a", "w0")]  # a: 6, c: 7
+    assert use("a", 2, 1400.0) == [("b", "w0")]  # b: 0 since load, c: 7
+    assert use("d", 1, 1500.0) == [("a", "w0")]  # a: 1 since load (8 in all), c: 6

@@ -109,12 +109,55 @@ def worker_command(redis_url, device, memory_cap, policy, models_dir) -> None:
 
 @click.command("invoke")
 @click.argument("name")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--random", "random_input", is_flag=True, help="send a random input of the right shape"
+)
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True)
-def invoke_command(name: str, file: Path, url: str) -> None:
-    """POST FILE to function NAME; print the result and the cache headers."""
+@click.option(
+    "--token",
+    envvar="BRULEE_TOKEN",
+    help="management token, for --random  [default: $BRULEE_TOKEN, else STATE_DIR/token]",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".brulee"),
+    show_default=True,
+)
+def invoke_command(
+    name: str, file: Path | None, random_input: bool, url: str, token: str | None, state_dir: Path
+) -> None:
+    """POST FILE (or, with --random, an input of the right shape) to function NAME; print the
+    result and the cache headers."""
     import requests
 
+    if (file is None) == (not random_input):
+        raise click.UsageError("give either FILE or --random")
+    try:
+        if random_input:
+            body, ctype = _random_input(name, url, token, state_dir)
+        else:
+            body, ctype = file.read_bytes(), _content_type(file)
+        resp = requests.post(
+            f"{url}/function/{name}", data=body, headers={"Content-Type": ctype}, timeout=120
+        )
+    except requests.RequestException as exc:
+        raise click.ClickException(f"cannot reach the agent at {url}: {exc}") from None
+    for header in ("X-Cache", "X-Load-Seconds", "X-Exec-Seconds", "X-Queue-Seconds", "X-Worker"):
+        if header in resp.headers:
+            click.echo(f"{header}: {resp.headers[header]}")
+    try:
+        click.echo(json.dumps(resp.json(), indent=2))
+    except ValueError:
+        click.echo(resp.text)
+    if not resp.ok:
+        sys.exit(1)
+
+
+def _content_type(file: Path) -> str:
     types = {
         ".json": "application/json",
         ".npy": "application/x-npy",
@@ -122,19 +165,34 @@ def invoke_command(name: str, file: Path, url: str) -> None:
         ".jpg": "image/jpeg",
         ".jpeg": "image/jpeg",
     }
-    ctype = types.get(file.suffix.lower(), "application/octet-stream")
-    resp = requests.post(
-        f"{url}/function/{name}",
-        data=file.read_bytes(),
-        headers={"Content-Type": ctype},
-        timeout=120,
+    return types.get(file.suffix.lower(), "application/octet-stream")
+
+
+def _random_input(name: str, url: str, token: str | None, state_dir: Path) -> tuple[bytes, str]:
+    """A valid random body for ``name``, from what ``/system/functions`` says of it."""
+    import requests
+
+    from loadgen.replay_payloads import build_payloads
+
+    if token is None and (state_dir / "token").exists():
+        token = (state_dir / "token").read_text().strip()
+    if token is None:
+        raise click.UsageError(
+            "--random reads the function's input shape from /system/functions, which needs "
+            "the management token: pass --token, set BRULEE_TOKEN, or --state-dir "
+            f"(there is no {state_dir}/token)"
+        )
+    resp = requests.get(
+        f"{url}/system/functions", headers={"Authorization": f"Bearer {token}"}, timeout=10
     )
-    for header in ("X-Cache", "X-Load-Seconds", "X-Exec-Seconds", "X-Queue-Seconds", "X-Worker"):
-        if header in resp.headers:
-            click.echo(f"{header}: {resp.headers[header]}")
-    click.echo(json.dumps(resp.json(), indent=2))
     if not resp.ok:
-        sys.exit(1)
+        raise click.ClickException(f"/system/functions answered {resp.status_code}: {resp.text}")
+    functions = {f["name"]: f for f in resp.json()["functions"]}
+    if name not in functions:
+        raise click.ClickException(
+            f"function {name!r} is not deployed; deployed: {', '.join(sorted(functions))}"
+        )
+    return build_payloads([functions[name]])[name]
 
 
 if __name__ == "__main__":

@@ -128,12 +128,16 @@ class Cache:
         if values:
             self.r.hset(key("device", device), mapping=values)
 
-    def register_worker(self, worker: str, device: str, queue: str, pid: int, host: str) -> None:
+    def register_worker(
+        self, worker: str, device: str, queue: str, pid: int, host: str, rss: int = 0
+    ) -> None:
+        """``rss``: the worker's resident memory before it holds any model (its baseline)."""
         pipe = self.r.pipeline()
         pipe.hset(
             key("worker", worker),
-            mapping={"device": device, "queue": queue, "pid": pid, "host": host},
-        )
+            mapping={"device": device, "queue": queue, "pid": pid, "host": host,
+                     "baseline_rss": rss, "rss": rss},
+        )  # fmt: skip
         pipe.sadd(key("workers"), worker)
         pipe.set(key("alive", worker), 1, px=int(HEARTBEAT_TTL * 1000))
         pipe.execute()
@@ -145,8 +149,13 @@ class Cache:
             key("stats", model), mapping={"observed_bytes": observed_bytes, "load_s": load_s}
         )
 
-    def heartbeat(self, worker: str) -> None:
-        self.r.set(key("alive", worker), 1, px=int(HEARTBEAT_TTL * 1000))
+    def heartbeat(self, worker: str, rss: int | None = None) -> None:
+        """The worker is alive; ``rss``: its resident memory now (shown in ``/system/cache``)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(key("alive", worker), 1, px=int(HEARTBEAT_TTL * 1000))
+        if rss is not None:
+            pipe.hset(key("worker", worker), "rss", rss)
+        pipe.execute()
 
     def workers(self) -> tuple[dict[str, _Worker], list[str]]:
         """Alive workers by name, and the names of registered workers that are dead."""
@@ -540,6 +549,10 @@ class Cache:
 
     # -- what the gateway shows ----------------------------------------------------------
 
+    def _worker_rss(self, worker: str) -> dict[str, int]:
+        rss, base = self.r.hmget(key("worker", worker), "rss", "baseline_rss")
+        return {"rss_bytes": int(rss or 0), "baseline_rss_bytes": int(base or 0)}
+
     def snapshot(self) -> dict[str, Any]:
         alive, _ = self.workers()
         devices: dict[str, Any] = {}
@@ -551,7 +564,12 @@ class Cache:
                 for name in ("hits", "misses", "evictions")
             }
             workers = {
-                w.name: {"queue": w.queue, "queued": self._queue_length(w), "models": []}
+                w.name: {
+                    "queue": w.queue,
+                    "queued": self._queue_length(w),
+                    **self._worker_rss(w.name),
+                    "models": [],
+                }
                 for w in alive.values()
                 if w.device == device
             }
@@ -568,6 +586,10 @@ class Cache:
                 "cap_bytes": self._cap(device),
                 "used_bytes": sum(int(doc["bytes"]) for _, _, doc in entries),
                 "releasing": len(self.r.hkeys(key("releasing", device))),
+                # the pool's real footprint: resident memory of its workers, and what they
+                # held before any model (resident stays <= cap + baseline when eviction works)
+                "rss_bytes": sum(w["rss_bytes"] for w in workers.values()),
+                "baseline_rss_bytes": sum(w["baseline_rss_bytes"] for w in workers.values()),
                 **counters,
                 "workers": workers,
             }

@@ -230,8 +230,14 @@ class BruleeWorker(SimpleWorker):
 
     def register_birth(self, *args: Any, **kwargs: Any) -> None:
         super().register_birth(*args, **kwargs)
+        release_memory()
         self.brulee_cache.register_worker(
-            self.name, self.device, self.queues[0].name, os.getpid(), socket.gethostname()
+            self.name,
+            self.device,
+            self.queues[0].name,
+            os.getpid(),
+            socket.gethostname(),
+            rss_bytes(),
         )
         threading.Thread(target=self._beat, name="brulee-heartbeat", daemon=True).start()
 
@@ -255,8 +261,9 @@ class BruleeWorker(SimpleWorker):
                         self.queues[0].name,
                         os.getpid(),
                         socket.gethostname(),
+                        rss_bytes(),
                     )
-                self.brulee_cache.heartbeat(self.name)
+                self.brulee_cache.heartbeat(self.name, rss_bytes())
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 

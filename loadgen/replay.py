@@ -108,19 +108,26 @@ def prepare_workload(
     return mapped, mapping
 
 
-def _memory_bytes(cache: object) -> tuple[float, float]:
-    """(bytes used, cap) summed over devices from a ``/system/cache`` answer, tolerant of shape."""
-    used = cap = 0.0
+MEMORY_KEYS = {
+    "used": ("used_bytes", "bytes_used", "used"),
+    "cap": ("cap_bytes", "capacity_bytes", "cap"),
+    "rss": ("rss_bytes",),
+    "baseline": ("baseline_rss_bytes",),
+}
+
+
+def _memory(cache: object) -> dict[str, float]:
+    """Bytes used, cap, the workers' resident memory and their baseline, summed over devices,
+    from a ``/system/cache`` answer (tolerant of its shape)."""
+    sums = dict.fromkeys(MEMORY_KEYS, 0.0)
+    names = {k: field for field, keys in MEMORY_KEYS.items() for k in keys}
 
     def walk(node: object) -> None:
-        nonlocal used, cap
         if isinstance(node, dict):
             for key, value in node.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    if key in ("used_bytes", "bytes_used", "used"):
-                        used += value
-                    elif key in ("cap_bytes", "capacity_bytes", "cap"):
-                        cap += value
+                    if key in names:
+                        sums[names[key]] += value
                 elif key != "workers":  # workers repeat the device totals
                     walk(value)
         elif isinstance(node, list):
@@ -128,7 +135,13 @@ def _memory_bytes(cache: object) -> tuple[float, float]:
                 walk(value)
 
     walk(cache.get("devices", cache) if isinstance(cache, dict) else cache)
-    return used, cap
+    return sums
+
+
+def _memory_bytes(cache: object) -> tuple[float, float]:
+    """(bytes used, cap) summed over devices."""
+    m = _memory(cache)
+    return m["used"], m["cap"]
 
 
 class MemoryPoller(threading.Thread):
@@ -138,7 +151,7 @@ class MemoryPoller(threading.Thread):
         super().__init__(daemon=True)
         self.url = host.rstrip("/") + "/system/cache"
         self.interval = interval
-        self.samples: list[tuple[float, float, float]] = []
+        self.samples: list[tuple[float, dict[str, float]]] = []
         self.last: dict | None = None
         self.first: dict | None = None
         self._stop_event = threading.Event()
@@ -152,8 +165,7 @@ class MemoryPoller(threading.Thread):
         if self.first is None:
             self.first = answer
         self.last = answer
-        used, cap = _memory_bytes(answer)
-        self.samples.append((time.time(), used, cap))
+        self.samples.append((time.time(), _memory(answer)))
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -246,8 +258,14 @@ def run_replay(
         agent_cache=poller.last,
         agent_counts=agent_counts(poller.first, poller.last),
         memory=[
-            {"t": round(t - started, 3), "used_bytes": u, "cap_bytes": c}
-            for t, u, c in poller.samples
+            {
+                "t": round(t - started, 3),
+                "used_bytes": m["used"],
+                "cap_bytes": m["cap"],
+                "rss_bytes": m["rss"],
+                "baseline_rss_bytes": m["baseline"],
+            }
+            for t, m in poller.samples
         ],
     )
     if simulate:
@@ -269,8 +287,27 @@ def run_replay(
                 sim_overrides or {},
             )
         )
+    summary["pool_memory"] = pool_memory(summary["memory"])
     write_reports(summary, out)
     return summary
+
+
+def pool_memory(samples: list[dict]) -> dict | None:
+    """The worker pool's resident memory against the cap: its peak above the workers' own
+    baseline (what models hold, as the OS sees it) and whether it stayed within the cap."""
+    rss = [m for m in samples if m.get("rss_bytes")]
+    if not rss:
+        return None
+    peak = max(rss, key=lambda m: m["rss_bytes"] - m["baseline_rss_bytes"])
+    above = peak["rss_bytes"] - peak["baseline_rss_bytes"]
+    return {
+        "peak_rss_bytes": max(m["rss_bytes"] for m in rss),
+        "baseline_rss_bytes": peak["baseline_rss_bytes"],
+        "peak_above_baseline_bytes": above,
+        "cap_bytes": peak["cap_bytes"],
+        "within_cap": above <= peak["cap_bytes"],
+        "peak_accounted_bytes": max(m["used_bytes"] for m in samples),
+    }
 
 
 def simulate_summary(
@@ -417,6 +454,14 @@ def format_summary(summary: dict) -> str:
     ]
     for error, count in (summary.get("errors") or {}).items():
         lines.append(f"  {count} x {error}")
+    pool = summary.get("pool_memory")
+    if pool:
+        lines.append(
+            f"worker pool resident memory: peak {pool['peak_above_baseline_bytes'] / 2**20:.0f} MiB"
+            f" above its {pool['baseline_rss_bytes'] / 2**20:.0f} MiB baseline, cap "
+            f"{pool['cap_bytes'] / 2**20:.0f} MiB"
+            + (" (within the cap)" if pool["within_cap"] else " (OVER THE CAP)")
+        )
     if summary.get("agent_counts"):
         lines.append(f"agent counted: {json.dumps(summary['agent_counts'])}")
     table = [
@@ -514,6 +559,12 @@ def plot_summary(summary: dict, out: Path) -> None:
     mem = summary.get("memory") or []
     axes[2].plot([m["t"] for m in mem], [m["used_bytes"] / 2**20 for m in mem], label="used")
     axes[2].plot([m["t"] for m in mem], [m["cap_bytes"] / 2**20 for m in mem], "--", label="cap")
+    if any(m.get("rss_bytes") for m in mem):
+        axes[2].plot(
+            [m["t"] for m in mem],
+            [(m["rss_bytes"] - m["baseline_rss_bytes"]) / 2**20 for m in mem],
+            label="workers' RSS above baseline",
+        )
     axes[2].set(title="agent memory", xlabel="time (s)", ylabel="MiB")
     axes[2].legend()
     fig.tight_layout()

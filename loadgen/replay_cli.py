@@ -25,6 +25,14 @@ from loadgen.workload_file import WorkloadError
 @click.option("--sim-policy", help="override the agent's policy for --simulate")
 @click.option("--sim-cap-bytes", type=int, help="override the agent's cap for --simulate")
 @click.option("--sim-workers", type=int, help="override the agent's workers for --simulate")
+@click.option(
+    "--sim-page-cache",
+    type=click.Choice(["warm", "cold"]),
+    default="warm",
+    show_default=True,
+    help="--profiles: loads with the model file in the page cache (as the agent reports them) "
+    "or read from disk",
+)
 @click.option("--token", envvar="BRULEE_TOKEN", help="the agent's management token")
 @click.option("--web", is_flag=True, help="open Locust's web UI instead of running headless")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="report directory")
@@ -40,6 +48,7 @@ def replay_command(
     sim_policy: str | None,
     sim_cap_bytes: int | None,
     sim_workers: int | None,
+    sim_page_cache: str,
     token: str | None,
     web: bool,
     out: str,
@@ -66,6 +75,7 @@ def replay_command(
                 "policy": sim_policy,
                 "cap_bytes": sim_cap_bytes,
                 "workers": sim_workers,
+                "page_cache": sim_page_cache,
             },
         )
     except (ReplayError, WorkloadError) as exc:

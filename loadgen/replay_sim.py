@@ -106,8 +106,9 @@ def simulate_replay(
         ),
     )
     if profiles_path:
-        profiles = load_profiles(profiles_path)
-        source = str(profiles_path)
+        page_cache = str(settings.get("page_cache") or "warm")
+        profiles = load_profiles(profiles_path, page_cache=page_cache)
+        source = f"{profiles_path} ({page_cache} page cache)"
     else:
         profiles = measured_profiles(out / "records.csv", functions)
         source = "measured in this run"

@@ -166,9 +166,14 @@ def policy_rows(results: dict[str, dict]) -> list[dict]:
                 "load/exec": s.get("load_over_exec"),
                 "load vs random": penalty(s, random_run),
                 "sim load vs random": penalty(sim, (random_run or {}).get("simulated")),
+                "pool RSS MB": _mb((s.get("pool_memory") or {}).get("peak_above_baseline_bytes")),
             }
         )
     return rows
+
+
+def _mb(nbytes: float | None) -> float | None:
+    return None if nbytes is None else round(nbytes / 1e6, 1)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -312,6 +317,10 @@ def testbed_command(
         if summary.get("interrupted"):
             break
     rows = policy_rows(results)
+    click.echo(
+        "pool RSS MB: the workers' peak resident memory above their baseline (cap "
+        f"{cap_bytes / 1e6:.0f} MB)"
+    )
     doc = {"workload": str(workload), "cap_bytes": cap_bytes, "working_set_bytes": total,
            "workers": workers, "models": sizes, "policies": rows}  # fmt: skip
     (outdir / "testbed.json").write_text(json.dumps(doc, indent=1))

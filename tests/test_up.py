@@ -91,6 +91,21 @@ def test_up_serves_refuses_second_and_stops_cleanly(test_models: Path, tmp_path:
         )
         assert "digits-cnn" in {f["name"] for f in listed.json()["functions"]}
 
+        # `brulee invoke --random`: a random input of the right shape; first a miss, then a hit
+        invoke = [sys.executable, "-c", "from agent.cli import main; main()", "invoke"]
+        for expected in ("miss", "hit"):
+            done = subprocess.run(
+                [*invoke, "tiny-cnn", "--random", "--url", url, "--state-dir", str(state)],
+                cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr + done.stdout
+            assert f"X-Cache: {expected}" in done.stdout
+        unknown = subprocess.run(
+            [*invoke, "nope", "--random", "--url", url, "--state-dir", str(state)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert unknown.returncode != 0 and "not deployed" in unknown.stderr
+
         second = subprocess.run(
             cmd[:5] + [str(free_port())] + cmd[6:],
             cwd=REPO,

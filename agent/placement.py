@@ -30,6 +30,7 @@ Keys (``brulee:`` prefix):
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from typing import Any
 
 import redis
 
+from agent.memory import rss_bytes
 from agent.policies import Entry, EvictionPolicy, make_policy
 
 PREFIX = "brulee"
@@ -550,8 +552,19 @@ class Cache:
     # -- what the gateway shows ----------------------------------------------------------
 
     def _worker_rss(self, worker: str) -> dict[str, int]:
-        rss, base = self.r.hmget(key("worker", worker), "rss", "baseline_rss")
-        return {"rss_bytes": int(rss or 0), "baseline_rss_bytes": int(base or 0)}
+        """A worker's resident memory: read from ``/proc`` now when it runs on this host (so
+        the workers of one snapshot are sampled together, not at their last heartbeats, which
+        would count memory moving between two workers twice), else its last heartbeat's."""
+        rss, base, pid, host = self.r.hmget(
+            key("worker", worker), "rss", "baseline_rss", "pid", "host"
+        )
+        value = int(rss or 0)
+        if pid and host and host.decode() == socket.gethostname():
+            try:
+                value = rss_bytes(int(pid))
+            except (OSError, ValueError, IndexError):
+                pass  # gone meanwhile: keep the heartbeat's value
+        return {"rss_bytes": value, "baseline_rss_bytes": int(base or 0)}
 
     def snapshot(self) -> dict[str, Any]:
         alive, _ = self.workers()

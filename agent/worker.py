@@ -231,14 +231,8 @@ class BruleeWorker(SimpleWorker):
     def register_birth(self, *args: Any, **kwargs: Any) -> None:
         super().register_birth(*args, **kwargs)
         release_memory()
-        self.brulee_cache.register_worker(
-            self.name,
-            self.device,
-            self.queues[0].name,
-            os.getpid(),
-            socket.gethostname(),
-            rss_bytes(),
-        )
+        self._baseline_rss = rss_bytes()  # before any model: the worker's fixed cost
+        self._register()
         threading.Thread(target=self._beat, name="brulee-heartbeat", daemon=True).start()
 
     def register_death(self, *args: Any, **kwargs: Any) -> None:
@@ -249,20 +243,23 @@ class BruleeWorker(SimpleWorker):
             pass
         super().register_death(*args, **kwargs)
 
+    def _register(self) -> None:
+        self.brulee_cache.register_worker(
+            self.name,
+            self.device,
+            self.queues[0].name,
+            os.getpid(),
+            socket.gethostname(),
+            self._baseline_rss,
+        )
+
     def _beat(self) -> None:
         while not self._stop_heartbeat.wait(HEARTBEAT_TTL / 5):
             try:
                 if not self.connection.exists(key("worker", self.name)):
                     # Redis came back without our registration: announce ourselves again
                     self.brulee_cache.set_device(self.device, cap=self.cap, policy=self.policy_name)
-                    self.brulee_cache.register_worker(
-                        self.name,
-                        self.device,
-                        self.queues[0].name,
-                        os.getpid(),
-                        socket.gethostname(),
-                        rss_bytes(),
-                    )
+                    self._register()
                 self.brulee_cache.heartbeat(self.name, rss_bytes())
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)

@@ -127,6 +127,7 @@ def simulate_replay(
             policy=str(settings["policy"]),
             cap_bytes=int(settings["cap_bytes"]),
             workers=int(settings["workers"]),
+            placement="arrival",  # the agent decides when a request arrives
         )
     flat = result.summary()
     served = flat["requests"] - flat["rejected"]

@@ -164,13 +164,20 @@ def fmt(v: object) -> object:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--proactive", default=None, help="Proactive policy (e.g. ttl:ttl_s=600).")
 @click.option(
+    "--placement",
+    type=click.Choice(["start", "arrival"]),
+    default="start",
+    show_default=True,
+    help="when the cache decides: as a worker starts a request, or as it arrives (the agent)",
+)
+@click.option(
     "--sizes",
     type=click.Path(exists=True, dir_okay=False),
     help="JSON {model: bytes} for profiles without sizes (the seed's models.m5.json).",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 def simulate_command(
-    workload, profiles, policies, memory_cap, workers, seed, proactive, sizes, out
+    workload, profiles, policies, memory_cap, workers, seed, proactive, placement, sizes, out
 ):
     """Simulate eviction POLICIES over WORKLOAD at each memory cap; table, CSV, JSON, plots."""
     from tabulate import tabulate
@@ -201,7 +208,20 @@ def simulate_command(
                 for cap, cb in zip(caps, cap_bytes):
                     for spec in specs:
                         rows.append(
-                            (cap, run(wl, profs, spec, cb, workers, seed, proactive, bar.update))
+                            (
+                                cap,
+                                run(
+                                    wl,
+                                    profs,
+                                    spec,
+                                    cb,
+                                    workers,
+                                    seed,
+                                    proactive,
+                                    bar.update,
+                                    placement,
+                                ),
+                            )
                         )
             elapsed = time.perf_counter() - started
             meta = {
@@ -214,6 +234,7 @@ def simulate_command(
                 "workers": workers,
                 "seed": seed,
                 "proactive": proactive,
+                "placement": placement,
                 "elapsed_s": elapsed,
                 "requests_per_s": wl.n * len(rows) / elapsed if elapsed > 0 else None,
             }

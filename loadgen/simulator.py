@@ -21,6 +21,13 @@ Model of the device (why each choice, see ``docs/simulation.md``):
   its own ``next_event_time``; its unloads free memory at once, its prewarms load in the
   background (not on a worker) into free memory only.
 
+Arrival placement (``placement="arrival"``), the live agent's model (``agent/placement.py``):
+the cache decides when a request *arrives*, not when a worker starts it. A request for a cached
+model joins the queue of the worker that holds it; a miss chooses its victims at once — every
+model with requests queued or executing is pinned — and joins the least-loaded worker's queue,
+which loads the model when it reaches the request; requests queued behind that load find the
+model ready (hits, as the agent's ``X-Cache`` says). No policy answer: rejected at arrival.
+
 Everything is deterministic: ties are broken by index, the policies take ``seed``.
 """
 
@@ -149,6 +156,7 @@ class SimResult:
 
 
 TIMELINE_POINTS = 500
+PLACEMENTS = ("start", "arrival")
 
 
 def parse_cap(spec: str | int, total_bytes: int) -> int:
@@ -232,9 +240,16 @@ def run(
     seed: int = 0,
     proactive: str | None = None,
     progress: Callable[[int], None] | None = None,
+    placement: str = "start",
 ) -> SimResult:
     """Simulate one (policy, cap) over an already-compacted workload. ``policy`` may carry
-    options (``parse_policy_spec``); ``progress(n)`` is called with requests done per chunk."""
+    options (``parse_policy_spec``); ``progress(n)`` is called with requests done per chunk.
+    ``placement``: "start" (the cache decides when a worker starts a request) or "arrival"
+    (as the live agent does; see the module docstring)."""
+    if placement not in PLACEMENTS:
+        raise SimulationError(
+            f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}"
+        )
     if workers < 1:
         raise SimulationError(f"workers must be >= 1, not {workers}")
     if cap_bytes <= 0:
@@ -263,7 +278,8 @@ def run(
     requests = [0] * nm  # per model, over the trace's life
     cached: dict[int, Entry] = {}  # model -> entry (resident or loading)
     ready_at = [0.0] * nm  # when a cached model's load completes
-    pins = [0] * nm  # requests executing or waiting on m
+    pins = [0] * nm  # requests executing or waiting on m (arrival placement: or queued for m)
+    holder = [0] * nm  # arrival placement: the worker that holds m
     used = 0
     total = 0
     # workers
@@ -303,9 +319,20 @@ def run(
         pol.on_evict(e, now)
         set_used(now, used - size[m])
 
+    def execute(w: int, m: int, t: float, arrival: float) -> None:
+        """Worker ``w`` runs ``m`` from ``t`` (its model ready): schedule the finish."""
+        nonlocal seq
+        exe = cost[m].exec_s
+        res.total_exec_s += exe
+        busy_until[w] = t + exe
+        seq += 1
+        heapq.heappush(events, (t + exe, seq, w, m))
+        # response time is known now: finish - arrival
+        hist.add(t + exe - arrival)
+        resp_sum[0] += t + exe - arrival
+
     def start(w: int, now: float) -> None:
         """Worker ``w`` is free at ``now``: serve the head of its queue (skipping rejects)."""
-        nonlocal seq
         q = queues[w]
         while qhead[w] < len(q):
             arrival, m = q[qhead[w]]
@@ -354,18 +381,74 @@ def run(
                 ready_at[m] = t
                 res.total_load_delay_s += c.load_s
             pins[m] += 1
-            exe = cost[m].exec_s
-            res.total_exec_s += exe
-            busy_until[w] = t + exe
-            seq += 1
-            heapq.heappush(events, (t + exe, seq, w, m))
-            # response time is known now: finish - arrival
-            hist.add(t + exe - arrival)
-            resp_sum[0] += t + exe - arrival
+            execute(w, m, t, arrival)
             return
         if qhead[w] > 1024:  # drop the served prefix
             del q[: qhead[w]]
             qhead[w] = 0
+
+    def start_placed(w: int, now: float) -> None:
+        """Arrival placement: worker ``w`` is free at ``now``; the head of its queue was placed
+        when it arrived (a load, or a use of a model this worker holds)."""
+        q = queues[w]
+        if qhead[w] >= len(q):
+            if qhead[w] > 1024:
+                del q[: qhead[w]]
+                qhead[w] = 0
+            return
+        arrival, m, load = q[qhead[w]]
+        qhead[w] += 1
+        pending[m] -= 1
+        t = now
+        if load:
+            res.cold_starts += 1
+            t += cost[m].load_s
+            ready_at[m] = t
+            res.total_load_delay_s += cost[m].load_s
+        elif ready_at[m] <= now:
+            res.hits += 1
+        else:  # a prewarm still loading it
+            res.load_waits += 1
+            res.total_load_delay_s += ready_at[m] - now
+            t = ready_at[m]
+        execute(w, m, t, arrival)
+
+    def place_on_arrival(t: float, m: int) -> tuple[int, bool] | None:
+        """Arrival placement: the worker for this request and whether it loads the model
+        (None: rejected), as the agent's
+        placement decides it: a cached model goes to the worker that holds it; a miss evicts
+        now (models with queued or executing requests are pinned) and is loaded by the least
+        loaded worker when it reaches the request."""
+        e = cached.get(m)
+        if e is not None:
+            e.last_used = t
+            pol.on_hit(e, t)
+            pins[m] += 1
+            return holder[m], False
+        c = cost[m]
+        incoming = Entry(names[m], size[m], c.load_s, c.exec_s, requests[m], t, t)
+        need = size[m] - (cap_bytes - used)
+        victims = (
+            None if size[m] > cap_bytes else pol.victims(refresh_pins(t), incoming, need, total, t)
+        )
+        if victims is None:
+            return None
+        for v in victims:
+            vm = index[v.name]
+            if pins[vm] or ready_at[vm] > t:
+                raise RuntimeError(f"policy {pol.name} evicted pinned model {v.name}")
+            evict(vm, t)
+            res.evictions += 1
+        cached[m] = incoming
+        set_used(t, used + size[m])
+        pol.on_insert(incoming, t)
+        ready_at[m] = math.inf  # loading: pinned until its worker has loaded it
+        pins[m] += 1
+        holder[m] = outstanding.index(min(outstanding)) if workers > 1 else 0
+        return holder[m], True
+
+    if placement == "arrival":
+        start = start_placed  # noqa: F811 (the same event loop, the other decision point)
 
     def proactive_tick(now: float, entries: Sequence[Entry] | None = None) -> None:
         if pro is None:
@@ -432,8 +515,17 @@ def run(
                 pro.on_invocation(names[m], t)
                 proactive_tick(t)
                 pro_next = pro.next_event_time(t)
-            w = outstanding.index(min(outstanding)) if workers > 1 else 0
-            queues[w].append((t, m))
+            if placement == "arrival":
+                placed = place_on_arrival(t, m)
+                if placed is None:
+                    res.rejected += 1
+                    pending[m] -= 1
+                    continue
+                w, load = placed
+                queues[w].append((t, m, load))
+            else:
+                w = outstanding.index(min(outstanding)) if workers > 1 else 0
+                queues[w].append((t, m))
             outstanding[w] += 1
             if busy_until[w] <= t and outstanding[w] == 1:
                 start(w, t)
@@ -463,10 +555,11 @@ def simulate(
     workers: int = 1,
     seed: int = 0,
     proactive: str | None = None,
+    placement: str = "start",
 ) -> SimResult:
     """One run from a workload file: the entry point for the agent's replay comparison.
     ``cap_bytes`` may be a percentage string of the workload's total model bytes."""
     with CompactWorkload(workload_path) as wl:
         check_models(wl, profiles)
         cap = parse_cap(cap_bytes, workload_bytes(wl, profiles))
-        return run(wl, profiles, policy, cap, workers, seed, proactive)
+        return run(wl, profiles, policy, cap, workers, seed, proactive, placement=placement)

@@ -93,14 +93,23 @@ def agent_process(
 def make_workload(
     trace: str, profiles: str, models: list[str], minutes: float, seed: int, out: Path
 ) -> Path:
-    """The trace's first day, paired onto ``models`` by load cost, compressed into ``minutes``."""
+    """The trace's first day, paired onto ``models`` by load cost (the most invoked functions get
+    the costliest models, as in the seed), compressed into ``minutes``."""
     from loadgen.pairing import pair
     from loadgen.pipeline import PipelineOptions, build_workload
     from loadgen.profiles import load_profiles
 
     costs = load_profiles(profiles)
+    # Poisson spreading: "even" would start every function's single invocation of a minute at
+    # that minute's first instant, a synchronized burst the real trace does not have (and whose
+    # arrival order over HTTP, unlike in the simulator, is left to chance)
     opts = PipelineOptions(
-        triggers="all", minutes=1440, speedup=1440 / minutes, seed=seed, progress=False
+        triggers="all",
+        minutes=1440,
+        spread="poisson",
+        speedup=1440 / minutes,
+        seed=seed,
+        progress=False,
     )
     build_workload(
         [trace],

@@ -98,10 +98,6 @@ def test_replay_counts_match_workload_and_agent(server, azure_workload, tmp_path
     assert 0 < summary["cold_starts"] < n  # the cap at 50 % forces some, not all, misses
     assert summary["lag_p99_s"] < 0.25  # open loop kept its schedule on a shared 2-core box
     assert max(m["used_bytes"] for m in summary["memory"]) > 0
-    # the workers report their resident memory: the pool's footprint is in the summary
-    pool = summary["pool_memory"]
-    assert pool["baseline_rss_bytes"] > 10 * 2**20  # a Python process with the interpreter
-    assert pool["peak_rss_bytes"] >= pool["baseline_rss_bytes"]
     for name in ("summary.json", "summary.png", "report.html", "locust_stats.csv"):
         assert (tmp_path / name).stat().st_size > 0, name
     saved = json.loads((tmp_path / "summary.json").read_text())

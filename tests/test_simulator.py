@@ -230,3 +230,33 @@ def test_real_2019_rows_end_to_end(tmp_path):
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [int(r["requests"]) for r in rows] == [1061, 1061]
     assert all(0 < float(r["hit_ratio"]) < 1 for r in rows)
+
+
+def test_profiles_warm_page_cache_uses_the_interpreter_open_time(tmp_path):
+    """The testbed keeps model files in the page cache: its loads are the warm open time."""
+    from loadgen.profiles import load_profiles
+
+    path = tmp_path / "p.json"
+    rec = {"name": "m", "avg_load_latency": 0.2, "exec_s": 0.01, "loaded_bytes": 100}
+    path.write_text(json.dumps({"models": [{**rec, "warm_load_s": 0.05}]}))
+    assert load_profiles(path)["m"].load_s == 0.2
+    assert load_profiles(path, page_cache="warm")["m"].load_s == 0.05
+    path.write_text(json.dumps({"models": [rec]}))  # no warm measurement: the load stays
+    assert load_profiles(path, page_cache="warm")["m"].load_s == 0.2
+    with pytest.raises(ValueError, match="page_cache"):
+        load_profiles(path, page_cache="hot")
+
+
+def test_arrival_placement_decides_when_the_request_arrives(tmp_path):
+    """One worker, room for one model. A executes 0–1.1; B arrives at 0.5 and queues behind it.
+    Deciding at start (t=1.1, A idle) evicts A and serves B; deciding at arrival, as the agent
+    does, finds A pinned (executing) and rejects B. Requests queued behind a load are hits."""
+    profiles = {"A": ModelCost(0.1, 1.0, 100, 0.0), "B": ModelCost(0.1, 1.0, 100, 0.0)}
+    w = workload(tmp_path, [(0, "A"), (0.5, "B"), (3, "A"), (3.01, "A")])
+    at_start = simulate(w, profiles, "lru", 100, placement="start")
+    assert (at_start.rejected, at_start.cold_starts, at_start.evictions) == (0, 3, 2)
+    at_arrival = simulate(w, profiles, "lru", 100, placement="arrival")
+    assert (at_arrival.rejected, at_arrival.cold_starts, at_arrival.evictions) == (1, 1, 0)
+    assert (at_arrival.hits, at_arrival.load_waits) == (2, 0)
+    with pytest.raises(SimulationError, match="placement"):
+        simulate(w, profiles, "lru", 100, placement="sideways")

@@ -55,13 +55,33 @@ def in_process(path: Path, x: np.ndarray, runs: int) -> tuple[list[float], list[
     return warm, cold
 
 
-def _call(session: requests.Session, url: str, name: str, body: dict) -> requests.Response:
-    resp = session.post(f"{url}/function/{name}", json=body, timeout=120)
-    resp.raise_for_status()
+def _call(session: requests.Session, url: str, name: str, body: bytes) -> requests.Response:
+    resp = session.post(
+        f"{url}/function/{name}",
+        data=body,
+        headers={"Content-Type": "application/x-npy"},
+        timeout=120,
+    )
+    if not resp.ok:
+        raise click.ClickException(f"{name}: HTTP {resp.status_code}: {resp.text}")
     return resp
 
 
-def warm_hits(url: str, name: str, body: dict, runs: int) -> tuple[list[float], list[float]]:
+def deploy_tensor_functions(url: str, token: str, models: list[str]) -> None:
+    """Serve each model raw (``tensor`` handler, ``.npy`` in and out) as ``bench-<model>``, so
+    the agent and the in-process baseline run the very same input, with no image decoding."""
+    for model in models:
+        resp = requests.post(
+            f"{url}/system/functions",
+            json={"name": f"bench-{model}", "model": model, "handler": "tensor"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        if resp.status_code != 201:
+            raise click.ClickException(f"deploying bench-{model}: {resp.status_code} {resp.text}")
+
+
+def warm_hits(url: str, name: str, body: bytes, runs: int) -> tuple[list[float], list[float]]:
     session = requests.Session()
     _call(session, url, name, body)
     out, queued = [], []
@@ -76,7 +96,7 @@ def warm_hits(url: str, name: str, body: dict, runs: int) -> tuple[list[float], 
 
 
 def cold_misses(
-    url: str, name: str, body: dict, evictor: str, evictor_body: dict, runs: int
+    url: str, name: str, body: bytes, evictor: str, evictor_body: bytes, runs: int
 ) -> list[float]:
     """Each call is a miss: a call to ``evictor`` (as large as the cap allows) evicts it."""
     session = requests.Session()
@@ -91,7 +111,7 @@ def cold_misses(
     return out
 
 
-def throughput(url: str, name: str, body: dict, clients: int, seconds: float) -> float:
+def throughput(url: str, name: str, body: bytes, clients: int, seconds: float) -> float:
     """Requests/s completed by ``clients`` closed-loop clients over ``seconds``."""
     deadline = time.monotonic() + seconds
 
@@ -145,10 +165,12 @@ def main(
     if missing:
         raise click.UsageError(f"not in {models_dir}/catalog.json: {', '.join(missing)}")
 
-    def tensor(name: str) -> tuple[np.ndarray, dict]:
+    def tensor(name: str) -> tuple[np.ndarray, bytes]:
+        from functions.tensors import to_npy
+
         rec = catalog[name]
         x = np.random.default_rng(0).random(rec["input_shape"], dtype=np.float32)
-        return x, {"inputs": x.tolist()}
+        return x, to_npy(x)
 
     x, body = tensor(model)
     _, evictor_body = tensor(evictor)
@@ -161,11 +183,15 @@ def main(
 
     with tempfile.TemporaryDirectory(prefix="brulee-bench-") as state:
         with agent_process(models_dir, cap, "lru", workers, Path(state) / "a", token) as url:
-            warm_agent, queued = warm_hits(url, model, body, runs)
-            cold_agent = cold_misses(url, model, body, evictor, evictor_body, max(5, runs // 20))
+            deploy_tensor_functions(url, token, [model, evictor])
+            warm_agent, queued = warm_hits(url, f"bench-{model}", body, runs)
+            cold_agent = cold_misses(
+                url, f"bench-{model}", body, f"bench-{evictor}", evictor_body, max(5, runs // 20)
+            )
         big = 10 * cap
         with agent_process(models_dir, big, "lru", workers, Path(state) / "b", token) as url:
-            rate = throughput(url, compute_model, compute_body, 2 * workers, seconds)
+            deploy_tensor_functions(url, token, [compute_model])
+            rate = throughput(url, f"bench-{compute_model}", compute_body, 2 * workers, seconds)
     med = statistics.median
     rows = [
         ["warm hit, in-process", med(warm_local) * 1e3, _p(warm_local, 99) * 1e3],

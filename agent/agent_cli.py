@@ -36,7 +36,9 @@ def _cap(_ctx, _param, value: str | None) -> int | None:
 @click.option(
     "--keep-alive",
     default=None,
-    help="Unload idle models: ttl:SECONDS (or a proactive policy name).",
+    help="Proactive policy: ttl:SECONDS (unload models idle that long), histogram (unload "
+    "idle models, load them back before their predicted next request) or warming (fill free "
+    "memory with the unloaded models of highest utility). See `brulee policies`.",
 )
 @click.option("--redis-url", default=None, help="Use this Redis instead of an embedded one.")
 @click.option(

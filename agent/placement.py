@@ -17,8 +17,10 @@ Keys (``brulee:`` prefix):
 - ``pins:{d}`` hash ``model|worker`` → jobs placed and not finished (pinned: never a victim)
 - ``used:{d}``, ``priority:{d}`` hashes ``model|worker`` → last use, the policy's priority
   (GDSF); kept apart from ``entries`` so that hits never touch a watched key
-- ``hits:{d}``, ``misses:{d}``, ``evictions:{d}`` hashes: counters by model (by policy for
-  evictions)
+- ``hits:{d}``, ``misses:{d}``, ``evictions:{d}``, ``prewarms:{d}`` hashes: counters by model
+  (by policy for evictions)
+- ``arrivals`` stream: ``{m: model, t: time}`` per placement request (the last
+  ``ARRIVALS_KEPT``), read by the agent's proactive (keep-alive/prewarm) loop
 - ``releasing:{d}`` hash ``model|worker`` → bytes: evicted, not yet dropped by its worker;
   a load that evicted them waits until they are gone, so resident memory follows the cap
 - ``stats:{model}`` hash: ``requests``, ``load_s``, ``exec_s``, ``bytes`` (the reservation a
@@ -44,6 +46,7 @@ from agent.policies import Entry, EvictionPolicy, make_policy
 PREFIX = "brulee"
 HEARTBEAT_TTL = 5.0  # seconds without a heartbeat before a worker counts as dead
 SCALE_OUT_QUEUE = 2  # a hit on a worker with this many jobs queued may use a second copy
+ARRIVALS_KEPT = 10_000  # the arrivals stream proactive policies read (``arrivals``)
 
 
 def key(*parts: str) -> str:
@@ -260,6 +263,12 @@ class Cache:
 
         Raises NoWorkers, ModelTooLarge (the model exceeds every device's cap) or MemoryBusy
         (the memory is held by executing models; retry later)."""
+        self.r.xadd(
+            key("arrivals"),
+            {"m": model.name, "t": repr(now or time.time())},
+            maxlen=ARRIVALS_KEPT,
+            approximate=True,
+        )
         while True:
             alive, dead = self.workers()
             for name in dead:
@@ -523,6 +532,82 @@ class Cache:
                         continue
         return evicted
 
+    def prewarm(
+        self,
+        proactive: Any,
+        facts: dict[str, ModelFacts],
+        files: dict[str, str],
+        now: float | None = None,
+    ) -> list[tuple[str, str]]:
+        """Load what a proactive policy wants warm, into free memory only (never evicting), on
+        every device; ``facts``: the models that could be loaded, ``files``: their files in the
+        model directory. Returns ``(model, worker)`` for each load enqueued
+        (``agent.worker.prewarm`` jobs)."""
+        now = now or time.time()
+        alive, _ = self.workers()
+        placed: list[tuple[str, str]] = []
+        for device in sorted({w.device for w in alive.values()}):
+            entries = self._entries(device, alive)
+            cached = {m for m, _, _ in entries}
+            free = self._cap(device) - sum(int(doc["bytes"]) for _, _, doc in entries)
+            if free <= 0:
+                continue
+            pipe = self.r.pipeline(transaction=False)
+            names = sorted(m for m in facts if m not in cached)
+            for m in names:
+                pipe.hget(key("stats", m), "requests")
+            counts = dict(zip(names, pipe.execute()))
+            candidates = [
+                Entry(m, facts[m].bytes, facts[m].load_s, facts[m].exec_s, int(counts[m] or 0))
+                for m in names
+            ]
+            for name in proactive.prewarm(now, free, candidates):
+                done = self._prewarm_one(device, facts[name], files[name], alive, now)
+                if done:
+                    placed.append((name, done))
+        return placed
+
+    def _prewarm_one(
+        self, device: str, model: ModelFacts, file: str, alive: dict[str, _Worker], now: float
+    ) -> str | None:
+        """One proactive load: reserve the memory and enqueue the load on the least-loaded
+        worker, in one transaction; None if the model got cached or the room went meanwhile."""
+        from rq import Queue
+        from rq.serializers import JSONSerializer
+
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key("entries", device), key("pins", device))
+                    entries = self._entries(device, alive)
+                    used = sum(int(doc["bytes"]) for _, _, doc in entries)
+                    if any(m == model.name for m, _, _ in entries) or (
+                        used + model.bytes > self._cap(device)
+                    ):
+                        pipe.unwatch()
+                        return None
+                    candidates = [w for w in alive.values() if w.device == device]
+                    target = min(candidates, key=lambda w: (self._queue_length(w), w.name))
+                    s = slot(model.name, target.name)
+                    doc = {"bytes": model.bytes, "state": "loading", "inserted_at": now,
+                           "load_s": model.load_s, "exec_s": model.exec_s}  # fmt: skip
+                    entry = Entry(model.name, model.bytes, model.load_s, model.exec_s,
+                                  inserted_at=now, last_used=now)  # fmt: skip
+                    self.policy.on_insert(entry, now)
+                    pipe.multi()
+                    pipe.hset(key("entries", device), s, json.dumps(doc))
+                    pipe.hincrby(key("pins", device), s, 1)
+                    pipe.hset(key("used", device), s, now)
+                    pipe.hset(key("priority", device), s, entry.priority)
+                    pipe.hincrby(key("prewarms", device), model.name, 1)
+                    Queue(target.queue, connection=self.r, serializer=JSONSerializer).enqueue_call(
+                        "agent.worker.prewarm", args=(model.name, file), pipeline=pipe
+                    )
+                    pipe.execute()
+                    return target.name
+                except redis.WatchError:
+                    continue
+
     def finished(self, device: str, model: str, worker: str, exec_s: float | None) -> None:
         """A job is done (or failed): unpin, and fold its exec time into the model's mean."""
         pipe = self.r.pipeline()
@@ -574,7 +659,7 @@ class Cache:
             pins = _decode(self.r.hgetall(key("pins", device)))
             counters = {
                 name: {k: int(v) for k, v in _decode(self.r.hgetall(key(name, device))).items()}
-                for name in ("hits", "misses", "evictions")
+                for name in ("hits", "misses", "evictions", "prewarms")
             }
             workers = {
                 w.name: {

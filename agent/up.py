@@ -8,6 +8,7 @@ gateway and workers first (they finish their jobs), then Redis, so nothing is or
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import secrets
 import signal
@@ -52,16 +53,47 @@ def parse_keep_alive(text: str | None):
     return make_proactive(name, **({"ttl_s": float(seconds)} if seconds else {}))
 
 
-def keep_alive_loop(redis_url: str, proactive, stop: threading.Event, period: float = 1.0) -> None:
-    """Unload models the keep-alive policy finds idle, once a ``period``, until ``stop``."""
+def keep_alive_loop(
+    redis_url: str, proactive, stop: threading.Event, models_dir: Path, period: float = 1.0
+) -> None:
+    """Drive a proactive policy once a ``period`` until ``stop``: tell it of every arrival
+    (the ``arrivals`` stream placement writes), unload what it finds idle, and load what it
+    wants warm into free memory."""
     import redis
 
-    from agent.placement import Cache
+    from agent.gateway import Profiles, model_facts
+    from agent.placement import Cache, key
 
-    cache = Cache(redis.Redis.from_url(redis_url))
+    conn = redis.Redis.from_url(redis_url)
+    cache = Cache(conn)
+    profiles = Profiles(models_dir)
+    last_id, last_t = None, 0.0
     while not stop.wait(period):
         try:
+            if last_id is None:  # start with what arrives from now on
+                newest = conn.xrevrange(key("arrivals"), count=1)
+                last_id = newest[0][0] if newest else "0-0"
+            for _, arrivals in conn.xread({key("arrivals"): last_id}, count=10_000) or []:
+                for arrival_id, fields in arrivals:
+                    # several gateways write: keep the policy's clock from going back
+                    last_t = max(last_t, float(fields[b"t"]))
+                    proactive.on_invocation(fields[b"m"].decode(), last_t)
+                    last_id = arrival_id
             cache.expire_idle(proactive)
+            facts, files = {}, {}
+            for raw in conn.hvals(key("functions")):
+                doc = json.loads(raw)
+                if doc["model"] in facts or conn.hexists(key("failed"), doc["name"]):
+                    continue
+                try:
+                    facts[doc["model"]], _ = model_facts(
+                        conn, doc, models_dir, profiles.get(doc["model"])
+                    )
+                except OSError:  # its file went away: nothing to prewarm
+                    continue
+                files[doc["model"]] = doc["file"]
+            if facts:
+                cache.prewarm(proactive, facts, files)
         except redis.RedisError:  # Redis away for a moment: try again next period
             continue
 
@@ -183,7 +215,9 @@ def run_up(
         )
         if proactive is not None:
             threading.Thread(
-                target=keep_alive_loop, args=(redis_url, proactive, keeper_stop), daemon=True
+                target=keep_alive_loop,
+                args=(redis_url, proactive, keeper_stop, models_dir),
+                daemon=True,
             ).start()
         echo(f"brulee up: http://{host}:{port} ({workers} workers, cap {cap} bytes, {policy})")
         while not stopping:

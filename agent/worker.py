@@ -187,6 +187,31 @@ def evict(models: list[str]) -> dict[str, int]:
     return freed
 
 
+def prewarm(model: str, file: str) -> dict[str, Any]:
+    """Load ``model`` ahead of its requests (a proactive policy asked for it; placement has
+    reserved its memory): open it and run it once on zeros, so its tensor arena exists and its
+    first request is a plain hit."""
+    ctx = _context()
+    try:
+        if model in ctx.interpreters.models:
+            ctx.cache.loaded(ctx.device, model, ctx.worker, None, 0.0)
+            return {"model": model, "load_s": 0.0}
+        rss_before = rss_bytes()
+        try:
+            loaded, load_s = ctx.interpreters.load(model, file)
+        except (ValueError, RuntimeError, OSError) as exc:
+            ctx.cache.failed_load(ctx.device, model, ctx.worker)
+            return {"model": model, "error": f"cannot be loaded from {file}: {exc}"}
+        loaded.predict(np.zeros(loaded.input.shape, dtype=loaded.input.dtype))
+        observed = rss_bytes() - rss_before
+        ctx.cache.observed(model, observed, load_s)
+        if not ctx.cache.loaded(ctx.device, model, ctx.worker, None, load_s):
+            ctx.interpreters.drop(model)
+        return {"model": model, "load_s": load_s, "observed_bytes": observed}
+    finally:
+        ctx.cache.finished(ctx.device, model, ctx.worker, None)
+
+
 def _wait_for_release(ctx: _Context, slots: list[str]) -> None:
     deadline = time.monotonic() + RELEASE_WAIT_S
     while ctx.cache.is_releasing(ctx.device, slots):

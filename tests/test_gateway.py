@@ -342,3 +342,97 @@ def test_killed_worker_fails_sync_and_async_jobs_with_a_reason(agent):
     assert snap["devices"] == {}
     resp = post_json(agent, "digits-cnn", digits_input())
     assert resp.status_code == 503 and "no worker" in resp.json()["error"]
+
+
+def test_prewarm_loads_a_model_before_its_next_request(models_dir: Path):
+    """The proactive path end to end with a real worker: a model unloaded by keep-alive is
+    loaded again by ``warming`` (into free memory), and its next request is a hit."""
+    import redis
+
+    from agent.gateway import Profiles, model_facts
+    from agent.placement import Cache, key
+    from agent.policies.proactive import make_proactive
+
+    with running_agent(models_dir, CAP, workers=1, token=TOKEN) as agent:
+        assert post_json(agent, "digits-cnn", digits_input()).headers["X-Cache"] == "miss"
+        conn = redis.Redis.from_url(agent["redis_url"])
+        cache = Cache(conn)
+        assert cache.expire_idle(make_proactive("ttl", ttl_s=1.0), now=time.time() + 5)
+        deadline = time.monotonic() + 30
+        while cache.snapshot()["devices"]["dev"]["releasing"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        doc = json.loads(conn.hget(key("functions"), "digits-cnn"))
+        facts, _ = model_facts(conn, doc, models_dir, Profiles(models_dir).get("digits-cnn"))
+        placed = cache.prewarm(make_proactive("warming"), {"digits-cnn": facts},
+                               {"digits-cnn": doc["file"]})  # fmt: skip
+        assert [m for m, _ in placed] == ["digits-cnn"]
+        while time.monotonic() < deadline:
+            held = [
+                m
+                for w in cache.snapshot()["devices"]["dev"]["workers"].values()
+                for m in w["models"]
+                if m["model"] == "digits-cnn" and m["state"] == "ready"
+            ]
+            if held:
+                break
+            time.sleep(0.05)
+        assert held, "the prewarm job never made digits-cnn ready"
+        again = post_json(agent, "digits-cnn", digits_input())
+        assert again.status_code == 200 and again.headers["X-Cache"] == "hit"
+
+
+def test_keep_alive_loop_feeds_arrivals_and_prewarms(models_dir: Path):
+    """`brulee up --keep-alive warming`'s loop: it reads every arrival from Redis into the
+    policy and, once keep-alive has unloaded a model, loads it back into free memory."""
+    import threading
+
+    import redis
+
+    from agent.placement import Cache
+    from agent.policies.proactive import make_proactive
+    from agent.policies.proactive.warming import Warming
+    from agent.up import keep_alive_loop
+
+    class Recording(Warming):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def on_invocation(self, name: str, now: float) -> None:
+            super().on_invocation(name, now)
+            self.seen.append(name)
+
+    policy = Recording()
+    with running_agent(models_dir, CAP, workers=1, token=TOKEN) as agent:
+        stop = threading.Event()
+        loop = threading.Thread(
+            target=keep_alive_loop,
+            args=(agent["redis_url"], policy, stop, models_dir, 0.2),
+            daemon=True,
+        )
+        loop.start()
+        try:
+            time.sleep(0.5)  # the loop starts reading at the newest arrival
+            for _ in range(2):
+                assert post_json(agent, "digits-cnn", digits_input()).status_code == 200
+            cache = Cache(redis.Redis.from_url(agent["redis_url"]))
+            assert cache.expire_idle(make_proactive("ttl", ttl_s=1.0), now=time.time() + 5)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                device = cache.snapshot()["devices"]["dev"]
+                if device.get("prewarms", {}).get("digits-cnn") and not device["releasing"]:
+                    break
+                time.sleep(0.1)
+            assert device["prewarms"]["digits-cnn"] >= 1
+            assert policy.seen[:2] == ["digits-cnn", "digits-cnn"]
+            while time.monotonic() < deadline:
+                states = [m["state"] for w in device["workers"].values() for m in w["models"]]
+                if states == ["ready"]:
+                    break
+                time.sleep(0.1)
+                device = cache.snapshot()["devices"]["dev"]
+            again = post_json(agent, "digits-cnn", digits_input())
+            assert again.headers["X-Cache"] == "hit"
+        finally:
+            stop.set()
+            loop.join(5)

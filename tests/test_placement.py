@@ -160,3 +160,37 @@ def test_lfu_counts_requests_since_load_not_lifetime(conn):
     assert use("b", 1, 1300.0) == [("a", "w0")]  # a: 6, c: 7
     assert use("a", 2, 1400.0) == [("b", "w0")]  # b: 0 since load, c: 7
     assert use("d", 1, 1500.0) == [("a", "w0")]  # a: 1 since load (8 in all), c: 6
+
+
+def test_prewarm_fills_free_memory_only_with_wanted_models(conn):
+    """``warming`` loads the unloaded model of highest utility that fits in free memory: never
+    one without past requests, never one larger than the free memory, never by evicting."""
+    from agent.policies.proactive import make_proactive
+
+    cache = _setup(conn, workers=1)
+    _warm(cache, "cached", load_s=0.1, requests=1, now=1000.0)  # 400 of the 1000 bytes
+    conn.hset(key("stats", "wanted"), "requests", 5)  # asked for before, since evicted
+    conn.hset(key("stats", "huge"), "requests", 50)
+    facts = {
+        "wanted": ModelFacts("wanted", 500, 0.2, 0.01),
+        "never-asked": ModelFacts("never-asked", 100, 0.2, 0.01),
+        "huge": ModelFacts("huge", 700, 0.2, 0.01),  # more than the 600 bytes free
+        "cached": ModelFacts("cached", 400, 0.1, 0.01),
+    }
+    files = {name: f"{name}.tflite" for name in facts}
+    placed = cache.prewarm(make_proactive("warming"), facts, files, now=2000.0)
+    assert placed == [("wanted", "w0")]
+    device = cache.snapshot()["devices"]["dev"]
+    held = {m["model"]: m["state"] for m in device["workers"]["w0"]["models"]}
+    assert held == {"cached": "ready", "wanted": "loading"}  # nothing was evicted
+    assert device["used_bytes"] == 900 and device["prewarms"] == {"wanted": 1}
+    # the worker is asked to load it
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    jobs = Queue("brulee.w0", connection=conn, serializer=JSONSerializer).get_jobs()
+    assert [(j.func_name, j.args) for j in jobs] == [
+        ("agent.worker.prewarm", ["wanted", "wanted.tflite"])
+    ]
+    # asked again while it loads: nothing more (it is cached; the rest does not fit)
+    assert cache.prewarm(make_proactive("warming"), facts, files, now=2001.0) == []

@@ -188,6 +188,12 @@ def main(
             cold_agent = cold_misses(
                 url, f"bench-{model}", body, f"bench-{evictor}", evictor_body, max(5, runs // 20)
             )
+            listed = requests.get(
+                f"{url}/system/functions",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            ).json()["functions"]
+            measured = {f["model"]: f for f in listed if f["name"].startswith("bench-")}
         big = 10 * cap
         with agent_process(models_dir, big, "lru", workers, Path(state) / "b", token) as url:
             deploy_tensor_functions(url, token, [compute_model])
@@ -205,6 +211,30 @@ def main(
     ]  # fmt: skip
     click.echo(f"model {model} ({runs} warm runs), cold misses evicted by {evictor}; cap {cap} B")
     click.echo(tabulate(rows, headers=["path", "p50 ms", "p99 ms"], floatfmt=".2f"))
+    memory = [
+        [
+            name,
+            sizes[name] / 2**20,
+            measured[name].get("observed_bytes", 0) / 2**20,
+            measured[name].get("freed_bytes", 0) / 2**20,
+            measured[name].get("freed_bytes", 0) / sizes[name],
+        ]
+        for name in (model, evictor)
+    ]
+    click.echo("\nmemory per model: profiled loaded bytes vs. what the worker's RSS did")
+    click.echo(
+        tabulate(
+            memory,
+            headers=[
+                "model",
+                "profiled MiB",
+                "RSS +at load MiB",
+                "RSS -at eviction MiB",
+                "freed / profiled",
+            ],  # fmt: skip
+            floatfmt=".2f",
+        )
+    )
     ideal = workers / med(exec_compute)
     click.echo(
         f"\nthroughput on {compute_model}: {rate:.1f} req/s with {workers} workers and "

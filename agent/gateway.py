@@ -564,6 +564,7 @@ def create_app(
                     "state": state,
                     "reason": failed.get(name),
                     "loaded_bytes": loaded.get(doc["model"]),
+                    **cache.memory_stats(doc["model"]),
                 }
             )
         return jsonify(functions=out)

@@ -626,8 +626,27 @@ class Cache:
             pipe.hdel(key(name, device), s)
         pipe.execute()
 
-    def released(self, device: str, model: str, worker: str) -> None:
-        self.r.hdel(key("releasing", device), slot(model, worker))
+    def released(
+        self, device: str, model: str, worker: str, freed_bytes: int | None = None
+    ) -> None:
+        """The worker dropped an evicted model; ``freed_bytes``: its resident-memory decrease
+        (kept as the model's ``freed_bytes``, next to ``observed_bytes`` at load)."""
+        pipe = self.r.pipeline()
+        pipe.hdel(key("releasing", device), slot(model, worker))
+        if freed_bytes is not None:
+            pipe.hset(key("stats", model), "freed_bytes", freed_bytes)
+        pipe.execute()
+
+    def memory_stats(self, model: str) -> dict[str, int]:
+        """What workers measured of ``model``: RSS increase at its last load, decrease at its
+        last eviction (absent until it happened)."""
+        observed, freed = self.r.hmget(key("stats", model), "observed_bytes", "freed_bytes")
+        out = {}
+        if observed is not None:
+            out["observed_bytes"] = int(observed)
+        if freed is not None:
+            out["freed_bytes"] = int(freed)
+        return out
 
     def is_releasing(self, device: str, slots: list[str]) -> bool:
         if not slots:

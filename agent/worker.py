@@ -117,8 +117,8 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
     exec_s = None
     try:
         for victim in req.get("evict_here", []):
-            ctx.interpreters.drop(victim)
-            ctx.cache.released(ctx.device, victim, ctx.worker)
+            freed = ctx.interpreters.drop(victim)
+            ctx.cache.released(ctx.device, victim, ctx.worker, freed)
         loaded = ctx.interpreters.models.get(model)
         hit = loaded is not None
         load_s = 0.0
@@ -183,7 +183,7 @@ def evict(models: list[str]) -> dict[str, int]:
     freed = {}
     for model in models:
         freed[model] = ctx.interpreters.drop(model)
-        ctx.cache.released(ctx.device, model, ctx.worker)
+        ctx.cache.released(ctx.device, model, ctx.worker, freed[model])
     return freed
 
 

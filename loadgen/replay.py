@@ -229,9 +229,14 @@ def run_replay(
     poller = MemoryPoller(host)
     poller.start()
     started = time.time()
+    # headless, Locust's own console tables go to DIR/locust.log (its CSV and HTML reports are
+    # in DIR too); the summary printed afterwards says what matters
+    log = None if web else open(out / "locust.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         locust_command(host, out, web, None if web else wall + 60),
         env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT if log else None,
         start_new_session=True,  # Ctrl-C reaches us only; we pass it on once
     )
     interrupted = False
@@ -247,6 +252,12 @@ def run_replay(
             proc.wait()
     finally:
         poller.stop()
+        if log is not None:
+            log.close()
+            if proc.returncode not in (0, 1) and not interrupted:  # 1: some requests failed
+                tail = (out / "locust.log").read_text(errors="replace").splitlines()[-15:]
+                print(f"Locust exited with {proc.returncode}; the end of {out / 'locust.log'}:",
+                      *tail, sep="\n", file=sys.stderr)  # fmt: skip
     summary = summarise(out / "records.csv", replay_file, duration)
     summary.update(
         host=host,

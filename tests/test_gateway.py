@@ -361,6 +361,10 @@ def test_prewarm_loads_a_model_before_its_next_request(models_dir: Path):
         deadline = time.monotonic() + 30
         while cache.snapshot()["devices"]["dev"]["releasing"] and time.monotonic() < deadline:
             time.sleep(0.05)
+        # the worker measured the model: RSS growth at load, and what dropping it gave back
+        listed = requests.get(f"{agent['url']}/system/functions", headers=auth(), timeout=10)
+        digits = next(f for f in listed.json()["functions"] if f["name"] == "digits-cnn")
+        assert digits["observed_bytes"] > 0 and "freed_bytes" in digits
         doc = json.loads(conn.hget(key("functions"), "digits-cnn"))
         facts, _ = model_facts(conn, doc, models_dir, Profiles(models_dir).get("digits-cnn"))
         placed = cache.prewarm(make_proactive("warming"), {"digits-cnn": facts},

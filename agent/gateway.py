@@ -170,23 +170,27 @@ class Profiles:
 def model_facts(
     conn: redis.Redis, doc: dict[str, Any], models_dir: Path, profile: dict[str, Any] | None
 ) -> tuple[ModelFacts, bool]:
-    """Bytes and times placement accounts with, and whether they come from a profile.
+    """Bytes and times placement accounts with, and whether the bytes come from a profile.
 
-    Bytes: the profile's loaded bytes (measured in a fresh process) when there is one; else
-    what a worker observed when it loaded the model; else the memory hint; else twice the file
-    size (weights plus arena, roughly). A worker's resident-memory delta is only a correction
-    for models without a profile: in a long-lived process the allocator reuses pages freed by
-    earlier evictions, so the delta can be far below what the model really holds."""
+    Bytes: the profile's loaded bytes (measured in a fresh process) when there is one, raised
+    to what a worker measured if that was more (a worker also holds the request's tensors
+    while the model runs); without a profile, what a worker observed when it loaded the model,
+    else the memory hint, else twice the file size (weights plus arena, roughly). A worker's
+    resident-memory delta never *lowers* a profile: in a long-lived process the allocator
+    reuses pages freed by earlier evictions, so the delta can be far below what the model
+    really holds."""
     record = doc.get("record") or {}
     stats = {k.decode(): v.decode() for k, v in conn.hgetall(key("stats", doc["model"])).items()}
     profile = profile or {}
-    size = (
-        profile.get("loaded_bytes")
-        or stats.get("bytes")
-        or record.get("loaded_bytes")
-        or doc.get("memory")
-        or 2 * int(record.get("file_bytes") or (models_dir / doc["file"]).stat().st_size)
-    )
+    if profile.get("loaded_bytes"):
+        size = max(int(profile["loaded_bytes"]), int(stats.get("bytes") or 0))
+    else:
+        size = (
+            stats.get("bytes")
+            or record.get("loaded_bytes")
+            or doc.get("memory")
+            or 2 * int(record.get("file_bytes") or (models_dir / doc["file"]).stat().st_size)
+        )
     facts = ModelFacts(
         doc["model"],
         int(size),
@@ -445,6 +449,7 @@ def create_app(
                 "enqueued_at": time.time(),
                 "miss": not placement.hit,
                 "profiled_bytes": profiled,
+                "reserved_bytes": facts.bytes,
                 "evict_here": placement.evict_here,
                 "wait_for": placement.wait_for,
             }

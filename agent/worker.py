@@ -148,9 +148,12 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
         result = handler.encode(output)
         if not hit:
             observed = rss_bytes() - rss_before
-            # a profile's loaded bytes (measured in a fresh process) beat this process's RSS
-            # delta, which undercounts when the allocator reuses pages of evicted models
-            correction = None if req.get("profiled_bytes") else observed
+            # a profile's loaded bytes (measured in a fresh process) are a floor: this process's
+            # RSS delta undercounts when the allocator reuses pages of evicted models, but when
+            # it is larger (the request's tensors ride along) the reservation grows to it
+            correction = observed
+            if req.get("profiled_bytes") and observed <= int(req.get("reserved_bytes") or 0):
+                correction = None
             ctx.cache.observed(model, observed, load_s)
             if not ctx.cache.loaded(ctx.device, model, ctx.worker, correction, load_s):
                 ctx.interpreters.drop(model)

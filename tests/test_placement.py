@@ -194,3 +194,22 @@ def test_prewarm_fills_free_memory_only_with_wanted_models(conn):
     ]
     # asked again while it loads: nothing more (it is cached; the rest does not fit)
     assert cache.prewarm(make_proactive("warming"), facts, files, now=2001.0) == []
+
+
+def test_model_facts_profile_is_a_floor_that_observations_raise(conn, tmp_path):
+    """The bytes placement reserves: a profile's loaded bytes, never lowered by a worker's RSS
+    delta (the allocator reuses freed pages), raised when a worker measured more; without a
+    profile, the worker's observation, else twice the file size."""
+    from agent.gateway import model_facts
+
+    doc = {"name": "f", "model": "m", "file": "m.tflite", "record": {"file_bytes": 10}}
+    profile = {"loaded_bytes": 1000, "avg_load_latency": 0.2, "exec_s": 0.01}
+    facts, profiled = model_facts(conn, doc, tmp_path, profile)
+    assert (facts.bytes, facts.load_s, profiled) == (1000, 0.2, True)
+    conn.hset(key("stats", "m"), "bytes", 400)
+    assert model_facts(conn, doc, tmp_path, profile)[0].bytes == 1000
+    conn.hset(key("stats", "m"), "bytes", 1200)
+    assert model_facts(conn, doc, tmp_path, profile)[0].bytes == 1200
+    assert model_facts(conn, doc, tmp_path, None) == (ModelFacts("m", 1200, 0.05, 0.01), False)
+    conn.delete(key("stats", "m"))
+    assert model_facts(conn, doc, tmp_path, None)[0].bytes == 20

@@ -11,6 +11,14 @@ import click
 
 from agent.up import AlreadyRunning, parse_cap, run_up
 
+# the agent's state directory (embedded Redis, token, lock), shared by `up` and `invoke`
+state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".brulee"),
+    show_default=True,
+)
+
 
 def _cap(_ctx, _param, value: str | None) -> int | None:
     if value is None:
@@ -49,12 +57,7 @@ def _cap(_ctx, _param, value: str | None) -> int | None:
     show_default=True,
 )
 @click.option("--functions", "functions_file", default=None, help="stack.yml (default: all models)")
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".brulee"),
-    show_default=True,
-)
+@state_dir_option
 def up_command(
     port,
     host,
@@ -123,12 +126,7 @@ def worker_command(redis_url, device, memory_cap, policy, models_dir) -> None:
     envvar="BRULEE_TOKEN",
     help="management token, for --random  [default: $BRULEE_TOKEN, else STATE_DIR/token]",
 )
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".brulee"),
-    show_default=True,
-)
+@state_dir_option
 def invoke_command(
     name: str, file: Path | None, random_input: bool, url: str, token: str | None, state_dir: Path
 ) -> None:

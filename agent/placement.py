@@ -63,6 +63,19 @@ def unslot(field_: str | bytes) -> tuple[str, str]:
     return model, worker
 
 
+def _loading_entry(model: ModelFacts, now: float) -> str:
+    """The ``entries`` value of a copy being loaded (a miss or a prewarm)."""
+    return json.dumps(
+        {"bytes": model.bytes, "state": "loading", "inserted_at": now,
+         "load_s": model.load_s, "exec_s": model.exec_s}
+    )  # fmt: skip
+
+
+def _used(entries: list[tuple[str, str, dict]]) -> int:
+    """Bytes held by a device's ``entries`` (as ``Cache._entries`` lists them)."""
+    return sum(int(doc["bytes"]) for _, _, doc in entries)
+
+
 class PlacementError(Exception):
     """A request that cannot be placed; ``status`` is the HTTP answer."""
 
@@ -262,13 +275,27 @@ class Cache:
         the RQ job(s) to the same transaction. Returns the placement and what enqueue returned.
 
         Raises NoWorkers, ModelTooLarge (the model exceeds every device's cap) or MemoryBusy
-        (the memory is held by executing models; retry later)."""
-        self.r.xadd(
-            key("arrivals"),
-            {"m": model.name, "t": repr(now or time.time())},
-            maxlen=ARRIVALS_KEPT,
-            approximate=True,
+        (the memory is held by executing models; retry later). Either way the arrival is
+        recorded for the proactive policies (in the commit's transaction when it succeeds)."""
+        now = now or time.time()
+        try:
+            return self._place(model, enqueue, now)
+        except PlacementError:
+            self._record_arrival(self.r, model.name, now)
+            raise
+
+    @staticmethod
+    def _record_arrival(conn, model: str, now: float) -> None:
+        conn.xadd(
+            key("arrivals"), {"m": model, "t": repr(now)}, maxlen=ARRIVALS_KEPT, approximate=True
         )
+
+    def _place(
+        self,
+        model: ModelFacts,
+        enqueue: Callable[[redis.client.Pipeline, Placement], Any],
+        now: float,
+    ) -> tuple[Placement, Any]:
         while True:
             alive, dead = self.workers()
             for name in dead:
@@ -283,9 +310,10 @@ class Cache:
                     pipe.watch(
                         *(key(n, d) for d in devices for n in ("entries", "pins")), key("workers")
                     )
-                    placement = self._decide(model, alive, devices, now or time.time())
+                    placement = self._decide(model, alive, devices, now)
                     pipe.multi()
-                    self._commit(pipe, model, placement, now or time.time())
+                    self._record_arrival(pipe, model.name, now)
+                    self._commit(pipe, model, placement, now)
                     result = enqueue(pipe, placement)
                     pipe.execute()
                     return placement, result
@@ -315,7 +343,7 @@ class Cache:
             if not candidates:
                 continue
             target = min(candidates, key=lambda w: (self._queue_length(w), w.name))
-            used = sum(int(doc["bytes"]) for _, _, doc in per_device[device])
+            used = _used(per_device[device])
             need = model.bytes - (cap - used)
             if best_hit is not None:
                 # a second copy only into free memory: never evict to scale out
@@ -398,14 +426,7 @@ class Cache:
         pipe.hincrby(key("hits" if p.hit else "misses", p.device), model.name, 1)
         if p.hit:
             return
-        doc = {
-            "bytes": model.bytes,
-            "state": "loading",
-            "inserted_at": now,
-            "load_s": model.load_s,
-            "exec_s": model.exec_s,
-        }
-        pipe.hset(key("entries", p.device), s, json.dumps(doc))
+        pipe.hset(key("entries", p.device), s, _loading_entry(model, now))
         for victim_model, victim_worker in p.evicted:
             v = slot(victim_model, victim_worker)
             for name in ("entries", "used", "priority"):
@@ -549,7 +570,7 @@ class Cache:
         for device in sorted({w.device for w in alive.values()}):
             entries = self._entries(device, alive)
             cached = {m for m, _, _ in entries}
-            free = self._cap(device) - sum(int(doc["bytes"]) for _, _, doc in entries)
+            free = self._cap(device) - _used(entries)
             if free <= 0:
                 continue
             pipe = self.r.pipeline(transaction=False)
@@ -580,7 +601,7 @@ class Cache:
                 try:
                     pipe.watch(key("entries", device), key("pins", device))
                     entries = self._entries(device, alive)
-                    used = sum(int(doc["bytes"]) for _, _, doc in entries)
+                    used = _used(entries)
                     if any(m == model.name for m, _, _ in entries) or (
                         used + model.bytes > self._cap(device)
                     ):
@@ -589,13 +610,11 @@ class Cache:
                     candidates = [w for w in alive.values() if w.device == device]
                     target = min(candidates, key=lambda w: (self._queue_length(w), w.name))
                     s = slot(model.name, target.name)
-                    doc = {"bytes": model.bytes, "state": "loading", "inserted_at": now,
-                           "load_s": model.load_s, "exec_s": model.exec_s}  # fmt: skip
                     entry = Entry(model.name, model.bytes, model.load_s, model.exec_s,
                                   inserted_at=now, last_used=now)  # fmt: skip
                     self.policy.on_insert(entry, now)
                     pipe.multi()
-                    pipe.hset(key("entries", device), s, json.dumps(doc))
+                    pipe.hset(key("entries", device), s, _loading_entry(model, now))
                     pipe.hincrby(key("pins", device), s, 1)
                     pipe.hset(key("used", device), s, now)
                     pipe.hset(key("priority", device), s, entry.priority)
@@ -701,7 +720,7 @@ class Cache:
                 )
             devices[device] = {
                 "cap_bytes": self._cap(device),
-                "used_bytes": sum(int(doc["bytes"]) for _, _, doc in entries),
+                "used_bytes": _used(entries),
                 "releasing": len(self.r.hkeys(key("releasing", device))),
                 # the pool's real footprint: resident memory of its workers, and what they
                 # held before any model (resident stays <= cap + baseline when eviction works)

@@ -81,9 +81,10 @@ def keep_alive_loop(
                     last_id = arrival_id
             cache.expire_idle(proactive)
             facts, files = {}, {}
+            failed = {name.decode() for name in conn.hkeys(key("failed"))}
             for raw in conn.hvals(key("functions")):
                 doc = json.loads(raw)
-                if doc["model"] in facts or conn.hexists(key("failed"), doc["name"]):
+                if doc["model"] in facts or doc["name"] in failed:
                     continue
                 try:
                     facts[doc["model"]], _ = model_facts(
@@ -96,6 +97,20 @@ def keep_alive_loop(
                 cache.prewarm(proactive, facts, files)
         except redis.RedisError:  # Redis away for a moment: try again next period
             continue
+
+
+def stop_processes(processes: list[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM every process still running, then wait for each; kill what outlives
+    ``timeout`` seconds."""
+    for proc in processes:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in processes:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def lock_state_dir(state_dir: Path):
@@ -227,15 +242,7 @@ def run_up(
             time.sleep(0.2)
     finally:
         keeper_stop.set()
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop_processes(children, timeout=20)
         if server is not None:
             server.stop()
         lock.close()

@@ -110,12 +110,17 @@ def _rows(path, header: tuple | list, bad: BadRows | None, exact: bool = True) -
             if not row:
                 continue
             if len(row) != width:
-                msg = f"{path}:{line}: expected {width} columns, got {len(row)}"
-                if bad is None:
-                    raise TraceError(msg)
-                bad.add(msg)
+                _reject(bad, TraceError(f"{path}:{line}: expected {width} columns, got {len(row)}"))
                 continue
             yield line, row, first
+
+
+def _reject(bad: BadRows | None, error: TraceError) -> None:
+    """A malformed row: stop with ``error`` (file:line and the reason), or, when skipping bad
+    rows, count it in ``bad``."""
+    if bad is None:
+        raise error from None
+    bad.add(str(error))
 
 
 def _num(path, line: int, name: str, text: str, kind=float) -> float:
@@ -145,9 +150,7 @@ def read_invocations_2019(path, bad_rows: BadRows | None = None) -> Iterator[Fun
             msg = (
                 f"{path}:{line}: count of minute {bad_at + 1} {row[4 + bad_at]!r} is not an integer"
             )
-            if bad_rows is None:
-                raise TraceError(msg) from None
-            bad_rows.add(msg)
+            _reject(bad_rows, TraceError(msg))
             continue
         yield FunctionDay(row[0], row[1], row[2], row[3], counts)
 
@@ -159,9 +162,7 @@ def read_durations_2019(path, bad_rows: BadRows | None = None) -> Iterator[Durat
         try:
             nums = [_num(path, line, h, v) for h, v in zip(DURATION_HEADER[3:], row[3:])]
         except TraceError as exc:
-            if bad_rows is None:
-                raise
-            bad_rows.add(str(exc))
+            _reject(bad_rows, exc)
             continue
         pct = {"min": nums[2], "max": nums[3], **dict(zip(names, nums[4:]))}
         yield Durations(row[0], row[1], row[2], nums[0], int(nums[1]), pct)
@@ -174,9 +175,7 @@ def read_memory_2019(path, bad_rows: BadRows | None = None) -> Iterator[AppMemor
         try:
             nums = [_num(path, line, h, v) for h, v in zip(MEMORY_HEADER[2:], row[2:])]
         except TraceError as exc:
-            if bad_rows is None:
-                raise
-            bad_rows.add(str(exc))
+            _reject(bad_rows, exc)
             continue
         yield AppMemory(row[0], row[1], int(nums[0]), nums[1], dict(zip(names, nums[2:])))
 
@@ -190,8 +189,6 @@ def read_invocations_2021(path, bad_rows: BadRows | None = None) -> Iterator[Inv
             if dur < 0:
                 raise TraceError(f"{path}:{line}: duration {row[3]!r} is negative")
         except TraceError as exc:
-            if bad_rows is None:
-                raise
-            bad_rows.add(str(exc))
+            _reject(bad_rows, exc)
             continue
         yield Invocation(row[0], row[1], end - dur, dur)

@@ -15,7 +15,6 @@ Usage: ``python -m loadgen.bench_generator [--rates 100,200,...] [--seconds 10]`
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,21 +24,16 @@ from pathlib import Path
 import click
 import requests
 
+from agent.redis_server import free_port
 from loadgen.replay import run_replay
 from loadgen.workload_file import Request, write_workload
 
 LAG_LIMIT_S = 0.050
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_trivial_server(threads: int = 16) -> tuple[subprocess.Popen, str]:
     """A minimal gunicorn app (the stand-in's ``trivial`` function); returns (process, URL)."""
-    port = _free_port()
+    port = free_port()
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "1", "-k", "gthread",

@@ -475,31 +475,13 @@ def format_summary(summary: dict) -> str:
         )
     if summary.get("agent_counts"):
         lines.append(f"agent counted: {json.dumps(summary['agent_counts'])}")
-    table = [
-        [
-            "ALL",
-            summary["requests"],
-            summary["failures"],
-            ms(summary["latency_p50_s"]),
-            ms(summary["latency_p95_s"]),
-            ms(summary["latency_p99_s"]),
-            summary["hit_ratio"],
-            summary["cold_starts"],
-        ]
-    ]
-    for name, block in summary["functions"].items():
-        table.append(
-            [
-                name,
-                block["requests"],
-                block["failures"],
-                ms(block["latency_p50_s"]),
-                ms(block["latency_p95_s"]),
-                ms(block["latency_p99_s"]),
-                block["hit_ratio"],
-                block["cold_starts"],
-            ]
-        )
+
+    def row(label: str, block: dict) -> list:
+        return [label, block["requests"], block["failures"], ms(block["latency_p50_s"]),
+                ms(block["latency_p95_s"]), ms(block["latency_p99_s"]), block["hit_ratio"],
+                block["cold_starts"]]  # fmt: skip
+
+    table = [row("ALL", summary), *(row(n, b) for n, b in summary["functions"].items())]
     headers = ["function", "requests", "fail", "p50 ms", "p95 ms", "p99 ms", "hit ratio", "cold"]
     lines.append(tabulate(table, headers=headers))
     if summary.get("simulated"):

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -29,16 +28,12 @@ from pathlib import Path
 import click
 import requests
 
+from agent.redis_server import free_port
+from agent.up import stop_processes
 from loadgen.replay import ReplayError, format_summary, run_replay
 from loadgen.workload_file import iter_workload
 
 BUNDLED_TRACE = Path(__file__).parent / "data" / "azure2019_invocations_first9rows.csv"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -54,7 +49,7 @@ def agent_process(
     """A private ``brulee up`` (embedded Redis) on a free port; yields its URL, stops it after.
     Its output goes to ``state_dir/agent.log``."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     brulee = str(Path(sys.executable).with_name("brulee"))
     cmd = [brulee, "up", "--port", str(port), "--workers", str(workers),
            "--memory-cap", str(cap_bytes), "--policy", policy, "--models", str(models),
@@ -82,12 +77,7 @@ def agent_process(
                 time.sleep(0.3)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_processes([proc], timeout=60)
 
 
 def make_workload(

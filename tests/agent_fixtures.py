@@ -18,6 +18,7 @@ import redis
 import requests
 
 from agent.redis_server import RedisServer, free_port
+from agent.up import stop_processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,15 +70,7 @@ def wait_for_workers(redis_url: str, n: int, timeout: float = 60.0) -> None:
 
 
 def stop_all(processes: list[subprocess.Popen]) -> None:
-    for p in processes:
-        if p.poll() is None:
-            p.terminate()
-    for p in processes:
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    stop_processes(processes, timeout=15)
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ import requests
 import yaml
 
 from agent.redis_server import RedisServer, free_port
+from agent.up import stop_processes
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -77,6 +78,21 @@ def recap(output: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
 
 
+def local_hostvars(test_models: Path, **more: object) -> dict:
+    """Settings for a run on this host: local connection, no root, no system packages, no
+    services (CI has no systemd), the test models; ``more`` adds or overrides."""
+    return dict(
+        ansible_connection="local",
+        ansible_python_interpreter=sys.executable,
+        ansible_become=False,
+        brulee_create_user=False,
+        brulee_install_system_packages=False,
+        brulee_manage_services=False,
+        brulee_models_src=str(test_models),
+        **more,
+    )
+
+
 def write_inventory(path: Path, **hostvars: object) -> Path:
     path.write_text(yaml.safe_dump({"brulee": {"hosts": {"localhost": hostvars}}}))
     return path
@@ -98,16 +114,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, test_models: Path) -> d
         else:
             source.mkdir(exist_ok=True)
             shutil.copy2(REPO / name, source / name)
-    settings = dict(
-        ansible_connection="local",
-        ansible_python_interpreter=sys.executable,
-        ansible_become=False,
+    settings = local_hostvars(
+        test_models,
         brulee_prefix=str(prefix),
-        brulee_create_user=False,
         brulee_user=getpass.getuser(),
-        brulee_install_system_packages=False,
-        brulee_manage_services=False,
-        brulee_models_src=str(test_models),
         # the venv is made by the interpreter this environment was made from
         brulee_python=getattr(sys, "_base_executable", sys.executable),
         brulee_memory_cap=150_000_000,
@@ -285,14 +295,7 @@ def test_agent_starts_from_the_installed_units_and_serves_a_function(deployment:
             denied = requests.get(f"{url}/system/functions", timeout=10)
             assert denied.status_code in (401, 403)
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_processes(procs, timeout=20)
 
 
 def logs(deployment: dict) -> str:
@@ -398,15 +401,9 @@ def test_ansible_lint_production_profile(tmp_path: Path) -> None:
 def test_bad_memory_cap_is_refused_with_a_clear_message(tmp_path: Path, test_models: Path) -> None:
     inventory = write_inventory(
         tmp_path / "inventory.yml",
-        ansible_connection="local",
-        ansible_python_interpreter=sys.executable,
-        ansible_become=False,
-        brulee_prefix=str(tmp_path / "root"),
-        brulee_create_user=False,
-        brulee_install_system_packages=False,
-        brulee_manage_services=False,
-        brulee_models_src=str(test_models),
-        brulee_memory_cap="lots",
+        **local_hostvars(
+            test_models, brulee_prefix=str(tmp_path / "root"), brulee_memory_cap="lots"
+        ),
     )
     output = playbook(inventory, tmp_path, check=False)
     assert recap(output)["failed"] == 1
@@ -417,15 +414,9 @@ def test_bad_memory_cap_is_refused_with_a_clear_message(tmp_path: Path, test_mod
 def test_shared_redis_without_a_password_is_refused(tmp_path: Path, test_models: Path) -> None:
     inventory = write_inventory(
         tmp_path / "inventory.yml",
-        ansible_connection="local",
-        ansible_python_interpreter=sys.executable,
-        ansible_become=False,
-        brulee_prefix=str(tmp_path / "root"),
-        brulee_create_user=False,
-        brulee_install_system_packages=False,
-        brulee_manage_services=False,
-        brulee_models_src=str(test_models),
-        brulee_redis_shared=True,
+        **local_hostvars(
+            test_models, brulee_prefix=str(tmp_path / "root"), brulee_redis_shared=True
+        ),
     )
     output = playbook(inventory, tmp_path, check=False)
     assert recap(output)["failed"] == 1
@@ -434,15 +425,9 @@ def test_shared_redis_without_a_password_is_refused(tmp_path: Path, test_models:
 
 def test_fleet_devices_share_the_first_devices_redis(tmp_path: Path, test_models: Path) -> None:
     """Two "devices" on this host: dev-a's Redis is shared, dev-b points at it (config only)."""
-    common = dict(
-        ansible_connection="local",
-        ansible_python_interpreter=sys.executable,
-        ansible_become=False,
-        brulee_create_user=False,
+    common = local_hostvars(
+        test_models,
         brulee_user=getpass.getuser(),
-        brulee_install_system_packages=False,
-        brulee_manage_services=False,
-        brulee_models_src=str(test_models),
         brulee_credentials_dir=str(tmp_path / "credentials"),
     )
     password = "s3cret-" + "x" * 20

@@ -22,18 +22,13 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import main as brulee
+from agent.redis_server import free_port
 from loadgen.replay import ReplayError, function_mapping, run_replay, workload_functions
 from loadgen.workload_file import Request, iter_workload, write_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 AZURE_ROWS = ROOT / "loadgen" / "data" / "azure2019_invocations_first9rows.csv"
 SMALL_MODELS = ["digits-cnn", "mobilenet-micro", "mobilenetv2-mini", "tiny-cnn"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +38,7 @@ def server(test_models: Path, test_catalog: dict):
 
     sizes = {name: rec["file_bytes"] for name, rec in test_catalog.items()}
     cap = sum(sizes[m] for m in SMALL_MODELS) // 2
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, BRULEE_STANDIN_MODELS=str(test_models), BRULEE_STANDIN_CAP=str(cap))
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "1", "-k", "gthread",
@@ -63,23 +58,27 @@ def server(test_models: Path, test_catalog: dict):
     proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def azure_workload(tmp_path_factory) -> Path:
-    """The real Azure rows (one day, all triggers) compressed to ~20 s, mapped onto the models."""
-    tmp = tmp_path_factory.mktemp("wl")
+def mapped_azure_workload(tmp: Path, models: list[str], *options: str) -> Path:
+    """The real Azure rows (one day, all triggers) compressed to ~20 s by `brulee trace
+    workload` (plus ``options``), with their functions mapped onto ``models``."""
     raw = tmp / "azure.csv"
     result = CliRunner().invoke(
         brulee,
         ["trace", "workload", str(AZURE_ROWS), "--out", str(raw), "--triggers", "all",
-         "--speedup", str(86400 / 20), "--seed", "1"],
+         "--speedup", str(86400 / 20), "--seed", "1", *options],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    mapping = function_mapping(workload_functions(raw), SMALL_MODELS)
+    mapping = function_mapping(workload_functions(raw), models)
     mapped = tmp / "azure-mapped.csv"
     write_workload(
         mapped, (Request(r.time, mapping[r.function], r.id, r.source) for r in iter_workload(raw))
     )
     return mapped
+
+
+@pytest.fixture(scope="module")
+def azure_workload(tmp_path_factory) -> Path:
+    return mapped_azure_workload(tmp_path_factory.mktemp("wl"), SMALL_MODELS)
 
 
 def test_replay_counts_match_workload_and_agent(server, azure_workload, tmp_path):
@@ -144,7 +143,7 @@ def test_unreachable_host_fails_fast(silent, tmp_path):
     listener = socket.socket()  # accepts connections (backlog) but never answers
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
-    port = listener.getsockname()[1] if silent else _free_port()
+    port = listener.getsockname()[1] if silent else free_port()
     started = time.time()
     result = CliRunner().invoke(
         brulee,
@@ -187,18 +186,7 @@ def test_replay_against_real_agent(test_models: Path, tmp_path):
     equal the agent's own hit/miss counters, and the simulator runs on the same workload."""
     from tests.agent_fixtures import running_agent
 
-    raw = tmp_path / "azure.csv"
-    result = CliRunner().invoke(
-        brulee,
-        ["trace", "workload", str(AZURE_ROWS), "--out", str(raw), "--triggers", "all",
-         "--speedup", str(86400 / 20), "--downsample", "4", "--seed", "1"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    mapping = function_mapping(workload_functions(raw), AGENT_MODELS)
-    workload = tmp_path / "mapped.csv"
-    write_workload(
-        workload, (Request(r.time, mapping[r.function], r.id, r.source) for r in iter_workload(raw))
-    )
+    workload = mapped_azure_workload(tmp_path, AGENT_MODELS, "--downsample", "4")
     n = sum(1 for _ in iter_workload(workload))
     with running_agent(test_models, cap=2_200_000, workers=1, policy="lru") as agent:
         summary = run_replay(

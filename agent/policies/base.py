@@ -8,6 +8,7 @@ passed in. See ``docs/spec/policies.md`` for the facts and invariants.
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class EvictionPolicy(ABC):
     def __init__(self, seed: int = 0, oracle: Oracle | None = None) -> None:
         self.seed = seed
         self.oracle = oracle
+        self.rng = random.Random(seed)  # for the policies that draw (seeded: reproducible)
 
     @abstractmethod
     def victims(

@@ -14,36 +14,15 @@ not on the order the caller lists them in.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Sequence
 
-from agent.policies.base import Entry, Oracle
+from agent.policies.base import Entry
 from agent.policies.cremebrulee import CremeBrulee
 
 
 class CremeBruleeRandom(CremeBrulee):
     name = "cremebrulee-random"
     description = "Random victims, drawn with probability proportional to 1 - u/max(u) (seeded)."
-
-    def __init__(
-        self,
-        seed: int = 0,
-        oracle: Oracle | None = None,
-        *,
-        cost: str = "direct",
-        boundary_scale: float = 1.0,
-        cost_scale: float = 1.0,
-        use_size: bool = True,
-    ) -> None:
-        super().__init__(
-            seed=seed,
-            oracle=oracle,
-            cost=cost,
-            boundary_scale=boundary_scale,
-            cost_scale=cost_scale,
-            use_size=use_size,
-        )
-        self.rng = random.Random(seed)
 
     def order_key(
         self, cached: Sequence[Entry], candidates: Sequence[Entry], total_requests: int, now: float

@@ -7,19 +7,14 @@ only, not on the order the caller lists them in.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
-from agent.policies.base import Entry, EvictionPolicy, Oracle, evictable, take_until
+from agent.policies.base import Entry, EvictionPolicy, evictable, take_until
 
 
 class RandomEviction(EvictionPolicy):
     name = "random"
     description = "Uniformly random victims (seeded, reproducible)."
-
-    def __init__(self, seed: int = 0, oracle: Oracle | None = None) -> None:
-        super().__init__(seed=seed, oracle=oracle)
-        self.rng = random.Random(seed)
 
     def victims(
         self,

@@ -11,6 +11,13 @@ import click
 
 from agent.up import AlreadyRunning, parse_cap, run_up
 
+models_dir_option = click.option(
+    "--models",
+    "models_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("models"),
+    show_default=True,
+)
 # the agent's state directory (embedded Redis, token, lock), shared by `up` and `invoke`
 state_dir_option = click.option(
     "--state-dir",
@@ -49,13 +56,7 @@ def _cap(_ctx, _param, value: str | None) -> int | None:
     "memory with the unloaded models of highest utility). See `brulee policies`.",
 )
 @click.option("--redis-url", default=None, help="Use this Redis instead of an embedded one.")
-@click.option(
-    "--models",
-    "models_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("models"),
-    show_default=True,
-)
+@models_dir_option
 @click.option("--functions", "functions_file", default=None, help="stack.yml (default: all models)")
 @state_dir_option
 def up_command(
@@ -96,13 +97,7 @@ def up_command(
 @click.option("--device", default=None, help="Device name (default: host name).")
 @click.option("--memory-cap", default=None, callback=_cap, help="BYTES or PCT% of total RAM.")
 @click.option("--policy", default="cremebrulee", show_default=True)
-@click.option(
-    "--models",
-    "models_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("models"),
-    show_default=True,
-)
+@models_dir_option
 def worker_command(redis_url, device, memory_cap, policy, models_dir) -> None:
     """Run one RQ worker that keeps interpreters warm (for systemd or other devices)."""
     import socket

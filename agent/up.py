@@ -99,6 +99,16 @@ def keep_alive_loop(
             continue
 
 
+def worker_argv(
+    redis_url: str, models_dir: Path, cap: int, policy: str, device: str | None = None
+) -> list[str]:
+    """The command line of one ``brulee worker`` process (device: the host name if None)."""
+    argv = [sys.executable, "-m", "agent.agent_cli", "worker", "--redis-url", redis_url]
+    if device is not None:
+        argv += ["--device", device]
+    return argv + ["--memory-cap", str(cap), "--policy", policy, "--models", str(models_dir)]
+
+
 def stop_processes(processes: list[subprocess.Popen], timeout: float) -> None:
     """SIGTERM every process still running, then wait for each; kill what outlives
     ``timeout`` seconds."""
@@ -189,23 +199,7 @@ def run_up(
             env["BRULEE_FUNCTIONS"] = str(functions_file)
         for _ in range(workers):
             children.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "agent.agent_cli",
-                        "worker",
-                        "--redis-url",
-                        redis_url,
-                        "--memory-cap",
-                        str(cap),
-                        "--policy",
-                        policy,
-                        "--models",
-                        str(models_dir),
-                    ],
-                    env=env,
-                )
+                subprocess.Popen(worker_argv(redis_url, models_dir, cap, policy), env=env)
             )
         children.append(
             subprocess.Popen(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -18,7 +17,7 @@ import redis
 import requests
 
 from agent.redis_server import RedisServer, free_port
-from agent.up import stop_processes
+from agent.up import stop_processes, worker_argv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,22 +37,7 @@ def start_worker(
     redis_url: str, models_dir: Path, cap: int, policy: str = "cremebrulee", device: str = "dev"
 ) -> subprocess.Popen:
     """One real ``brulee worker`` process."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "agent.agent_cli",
-        "worker",
-        "--redis-url",
-        redis_url,
-        "--device",
-        device,
-        "--memory-cap",
-        str(cap),
-        "--policy",
-        policy,
-        "--models",
-        str(models_dir),
-    ]
+    cmd = worker_argv(redis_url, models_dir, cap, policy, device)
     return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 

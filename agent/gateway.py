@@ -1,10 +1,19 @@
 """The gateway: OpenFaaS-style HTTP API in front of the worker pool (a Flask app for gunicorn).
 
 Every gunicorn process is stateless: functions, cache state, metrics and jobs live in Redis,
-so any number of processes agree. An invocation decodes and validates the body here (bad input
-never reaches a worker), parks the tensor under a Redis key (no client data is pickled into
-jobs), lets :meth:`agent.placement.Cache.place` choose the worker atomically and enqueue the
-job in the same transaction, then blocks on RQ's result stream.
+so any number of processes agree (each keeps a copy of the function registry, dropped when
+its version in Redis changes). An invocation decodes and validates the body here (bad input
+never reaches a worker), then placement chooses the worker atomically and queues the work in
+the same step:
+
+- synchronous (``/function``): a warm hit is one Redis script (:meth:`Cache.try_hit`), a miss
+  one WATCH/MULTI transaction (:meth:`Cache.place`); either pushes the invocation, tensor
+  included, onto the worker's lane (see :mod:`agent.worker`) and the gateway blocks on its
+  reply list;
+- asynchronous (``/async-function``): the tensor is parked under a Redis key and an RQ job
+  enqueued in the placement's transaction; RQ keeps its state and result for ``/jobs``.
+
+No client data is pickled: lane messages and RQ jobs are JSON, tensors ``.npy`` bytes.
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.webhook import Webhook
 
-from agent.placement import Cache, ModelFacts, PlacementError, key
+from agent.lane import lane_message, read_reply
+from agent.placement import Cache, ModelFacts, PlacementError, key, lane
 
 INPUT_TTL_S = 300
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
@@ -75,6 +85,8 @@ class Registry:
         self.models_dir = models_dir
         self.functions_file = functions_file
         self._handlers: dict[str, tuple[str, Any]] = {}
+        self._docs: dict[str, dict[str, Any]] = {}  # this process's copy, valid for _version
+        self._version: bytes | None = None
 
     def ensure_loaded(self) -> None:
         """Seed the registry from the stack file (or every model) once per Redis database; a
@@ -111,20 +123,40 @@ class Registry:
             pipe.hset(key("failed"), name, problem)
         else:
             pipe.hdel(key("failed"), name)
+        pipe.incr(key("functions", "version"))
         pipe.execute()
         return doc
 
     def remove(self, name: str) -> bool:
-        return bool(self.r.hdel(key("functions"), name))
+        pipe = self.r.pipeline()
+        pipe.hdel(key("functions"), name)
+        pipe.hdel(key("failed"), name)
+        pipe.incr(key("functions", "version"))
+        return bool(pipe.execute()[0])
 
     def get(self, name: str) -> dict[str, Any]:
-        raw = self.r.hget(key("functions"), name)
-        if raw is None and not self.r.exists(key("functions", "seeded")):
-            self.ensure_loaded()
+        """The function's document, or 404; 503 with the reason if its model failed to load.
+        One round trip when this process's copy is current."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(key("functions", "version"))
+        pipe.hget(key("failed"), name)
+        version, reason = pipe.execute()
+        if version != self._version:
+            self._docs, self._version = {}, version
+        doc = self._docs.get(name)
+        if doc is None:
             raw = self.r.hget(key("functions"), name)
-        if raw is None:
-            raise ApiError(404, f"function {name!r} is not deployed (see GET /system/functions)")
-        return json.loads(raw)
+            if raw is None and not self.r.exists(key("functions", "seeded")):
+                self.ensure_loaded()
+                raw = self.r.hget(key("functions"), name)
+            if raw is None:
+                raise ApiError(
+                    404, f"function {name!r} is not deployed (see GET /system/functions)"
+                )
+            doc = self._docs[name] = json.loads(raw)
+        if reason is not None:
+            raise ApiError(503, f"function {name!r} failed: {reason.decode()}")
+        return doc
 
     def all(self) -> dict[str, dict[str, Any]]:
         return {k.decode(): json.loads(v) for k, v in self.r.hgetall(key("functions")).items()}
@@ -419,11 +451,9 @@ def create_app(
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise ApiError(401, "management endpoints need 'Authorization: Bearer <token>'")
 
-    def submit(name: str, callback: str | None = None) -> tuple[Job, dict[str, Any]]:
+    def decode(name: str) -> tuple[dict[str, Any], bytes]:
+        """The function's document and the request's input as ``.npy`` bytes (4xx/5xx here)."""
         doc = registry.get(name)
-        reason = conn.hget(key("failed"), name)
-        if reason is not None:
-            raise ApiError(503, f"function {name!r} failed: {reason.decode()}")
         from functions.handlers import BadInput
         from functions.tensors import to_npy
 
@@ -433,33 +463,62 @@ def create_app(
             batch = registry.handler(doc).decode(request.get_data(), request.content_type or "")
         except BadInput as exc:
             raise ApiError(exc.status, str(exc)) from exc
-        input_key = key("input", uuid.uuid4().hex)
-        conn.set(input_key, to_npy(batch), ex=INPUT_TTL_S)
-        facts, profiled = model_facts(conn, doc, models, profiles.get(doc["model"]))
+        return doc, to_npy(batch)
 
-        def enqueue(pipe, placement):
-            req = {
-                "function": name,
-                "model": doc["model"],
-                "file": doc["file"],
-                "handler": doc["handler"],
-                "options": doc.get("options") or {},
-                "record": doc.get("record") or {},
-                "input_key": input_key,
-                "enqueued_at": time.time(),
-                "miss": not placement.hit,
-                "profiled_bytes": profiled,
-                "reserved_bytes": facts.bytes,
-                "evict_here": placement.evict_here,
-                "wait_for": placement.wait_for,
-            }
-            for victim, worker in placement.evicted:
-                if worker != placement.worker:
-                    Queue(
-                        f"brulee.{worker}", connection=conn, serializer=JSONSerializer
-                    ).enqueue_call(
-                        "agent.worker.evict", args=([victim],), pipeline=pipe, at_front=True
-                    )
+    def job_request(name: str, doc: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """What a worker needs to run one invocation of ``doc`` (placement adds the rest)."""
+        return {
+            "function": name,
+            "model": doc["model"],
+            "file": doc["file"],
+            "handler": doc["handler"],
+            "options": doc.get("options") or {},
+            "record": doc.get("record") or {},
+            "enqueued_at": time.time(),
+            **extra,
+        }
+
+    def placed(req: dict[str, Any], facts: ModelFacts, profiled: bool, placement) -> None:
+        """Fill in what placement decided (the worker evicts, waits for, reserves)."""
+        req.update(
+            miss=not placement.hit,
+            profiled_bytes=profiled,
+            reserved_bytes=facts.bytes,
+            evict_here=placement.evict_here,
+            wait_for=placement.wait_for,
+        )
+
+    def evict_elsewhere(pipe, placement) -> None:
+        """Victims on other workers than the target: they drop them first thing."""
+        for victim, worker in placement.evicted:
+            if worker != placement.worker:
+                Queue(f"brulee.{worker}", connection=conn, serializer=JSONSerializer).enqueue_call(
+                    "agent.worker.evict", args=([victim],), pipeline=pipe, at_front=True
+                )
+
+    def place(doc: dict[str, Any], enqueue) -> Any:
+        """Placement's transaction with ``enqueue(pipe, placement, facts, profiled)``; errors
+        become answers (507 names the model's bytes)."""
+        facts, profiled = model_facts(conn, doc, models, profiles.get(doc["model"]))
+        try:
+            _placement, result = cache.place(
+                facts, lambda pipe, placement: enqueue(pipe, placement, facts, profiled)
+            )
+        except PlacementError as exc:
+            extra = {"model_bytes": facts.bytes} if exc.status == 507 else {}
+            raise ApiError(exc.status, str(exc), **extra) from exc
+        return result
+
+    def submit(name: str, callback: str | None = None) -> Job:
+        """An asynchronous invocation: the input under a Redis key, an RQ job on the worker."""
+        doc, payload = decode(name)
+        input_key = key("input", uuid.uuid4().hex)
+        conn.set(input_key, payload, ex=INPUT_TTL_S)
+
+        def enqueue(pipe, placement, facts, profiled):
+            req = job_request(name, doc, input_key=input_key)
+            placed(req, facts, profiled, placement)
+            evict_elsewhere(pipe, placement)
             hooks = (
                 [Webhook(callback, s, method="POST") for s in ("finished", "failed")]
                 if callback
@@ -478,46 +537,59 @@ def create_app(
             )
 
         try:
-            _placement, job = cache.place(facts, enqueue)
-        except PlacementError as exc:
+            return place(doc, enqueue)
+        except ApiError:
             conn.delete(input_key)
-            extra = {"model_bytes": facts.bytes} if exc.status == 507 else {}
-            raise ApiError(exc.status, str(exc), **extra) from exc
-        return job, doc
+            raise
 
-    def respond(name: str, result: dict[str, Any]):
-        if "error" in result:
-            return jsonify(error=result["error"]), int(result.get("status", 500))
-        _observe(conn, name, result)
-        resp = jsonify(result["result"])
+    def call(name: str) -> tuple[dict[str, Any], bytes]:
+        """A synchronous invocation through the worker's lane; returns the reply's header and
+        body. A warm hit is one script; anything else a placement transaction."""
+        doc, payload = decode(name)
+        reply = key("reply", uuid.uuid4().hex)
+        message = lane_message(job_request(name, doc, reply=reply), payload)
+        placement = cache.try_hit(doc["model"], message)
+        if placement is not None:
+            worker = placement.worker
+        else:
+
+            def enqueue(pipe, placement, facts, profiled):
+                req = job_request(name, doc, reply=reply)
+                placed(req, facts, profiled, placement)
+                evict_elsewhere(pipe, placement)
+                pipe.rpush(lane(placement.worker), lane_message(req, payload))
+                return placement.worker
+
+            worker = place(doc, enqueue)
+        deadline = time.monotonic() + sync_timeout
+        while True:
+            popped = conn.blpop([reply], timeout=1)
+            if popped is not None:
+                return read_reply(popped[1])
+            if not conn.exists(key("alive", worker)):
+                raise ApiError(
+                    503, f"worker {worker} died before finishing the job for {name!r}; retry"
+                )
+            if time.monotonic() > deadline:
+                raise ApiError(504, f"function {name!r} did not answer within {sync_timeout:g} s")
+
+    def respond(name: str, head: dict[str, Any], body: bytes):
+        if "error" in head:
+            return jsonify(error=head["error"]), int(head.get("status", 500))
+        _observe(conn, name, head)
+        resp = Response(body, mimetype="application/json")
         for header, field_ in HEADERS.items():
-            value = result.get(field_)
+            value = head.get(field_)
             resp.headers[header] = f"{value:.6f}" if isinstance(value, float) else str(value)
         return resp
 
     @app.post("/function/<name>")
     def invoke(name: str):
-        job, _doc = submit(name)
-        worker = job.meta["worker"]
-        deadline = time.monotonic() + sync_timeout
-        res = None
-        while res is None and time.monotonic() < deadline:
-            res = job.latest_result(timeout=1)
-            if res is None and not conn.exists(key("alive", worker)):
-                raise ApiError(
-                    503, f"worker {worker} died before finishing the job for {name!r}; retry"
-                )
-        if res is None:
-            raise ApiError(504, f"function {name!r} did not answer within {sync_timeout:g} s")
-        if res.type != res.Type.SUCCESSFUL:
-            raise ApiError(
-                500, f"function {name!r} failed in the worker: {res.exc_string or res.type}"
-            )
-        return respond(name, res.return_value)
+        return respond(name, *call(name))
 
     @app.post("/async-function/<name>")
     def invoke_async(name: str):
-        job, _doc = submit(name, request.headers.get("X-Callback-Url"))
+        job = submit(name, request.headers.get("X-Callback-Url"))
         resp = jsonify(id=job.id, status="queued", location=f"/jobs/{job.id}")
         resp.status_code = 202
         resp.headers["Location"] = f"/jobs/{job.id}"
@@ -598,7 +670,6 @@ def create_app(
         name = body.get("functionName") or body.get("name") or request.args.get("name")
         if not name or not registry.remove(name):
             raise ApiError(404, f"function {name!r} is not deployed")
-        conn.hdel(key("failed"), name)
         return jsonify(removed=name)
 
     @app.get("/system/cache")

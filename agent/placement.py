@@ -27,6 +27,9 @@ Keys (``brulee:`` prefix):
   worker corrected, for models without a profile), ``observed_bytes`` (RSS increase at load);
   ``requests`` counter: all requests (the policies' ``R``); ``clock:{d}``: GDSF's clock
 - ``failed`` hash function → reason
+- ``lane:{w}`` list: synchronous invocations placed on worker ``w`` (a JSON header line, then
+  the input tensor as ``.npy``); the worker pops it next to its RQ queue (RQ's queue first,
+  so evictions and async jobs are not starved) and pushes the answer to ``reply:{id}``
 """
 
 from __future__ import annotations
@@ -47,6 +50,53 @@ PREFIX = "brulee"
 HEARTBEAT_TTL = 5.0  # seconds without a heartbeat before a worker counts as dead
 SCALE_OUT_QUEUE = 2  # a hit on a worker with this many jobs queued may use a second copy
 ARRIVALS_KEPT = 10_000  # the arrivals stream proactive policies read (``arrivals``)
+REPLY_TTL_S = 120  # an answer nobody collected (its caller gave up) expires
+
+# A warm hit as one atomic step: find the alive worker holding ``model`` with the shortest
+# backlog (RQ queue + lane), pin it, account the request and push the invocation onto its lane.
+# Same decision as ``Cache._decide`` for hits; anything else (no holder, a dead holder, every
+# holder backed up: a second copy may be due) returns nil and takes the WATCH/MULTI path.
+# Returns {worker, device, requests of the model, stored priority, clock, entry JSON}.
+_HIT_SCRIPT = """
+local p, model, now, msg, max_queue = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local best, best_len, best_dev, best_entry
+for _, w in ipairs(redis.call('SMEMBERS', p .. ':workers')) do
+  if redis.call('EXISTS', p .. ':alive:' .. w) == 1 then
+    local info = redis.call('HMGET', p .. ':worker:' .. w, 'device', 'queue')
+    if info[1] then
+      local entry = redis.call('HGET', p .. ':entries:' .. info[1], model .. '|' .. w)
+      if entry then
+        local len = redis.call('LLEN', 'rq:queue:' .. info[2])
+        len = len + redis.call('LLEN', p .. ':lane:' .. w)
+        if best == nil or len < best_len or (len == best_len and w < best) then
+          best, best_len, best_dev, best_entry = w, len, info[1], entry
+        end
+      end
+    end
+  end
+end
+if best == nil or best_len >= max_queue then return nil end
+local s = model .. '|' .. best
+redis.call('XADD', p .. ':arrivals', 'MAXLEN', '~', ARGV[6], '*', 'm', model, 't', now)
+redis.call('HINCRBY', p .. ':pins:' .. best_dev, s, 1)
+redis.call('HSET', p .. ':used:' .. best_dev, s, now)
+local requests = redis.call('HINCRBY', p .. ':stats:' .. model, 'requests', 1)
+redis.call('INCR', p .. ':requests')
+redis.call('HINCRBY', p .. ':hits:' .. best_dev, model, 1)
+redis.call('RPUSH', p .. ':lane:' .. best, msg)
+local priority = redis.call('HGET', p .. ':priority:' .. best_dev, s) or '0'
+local clock = redis.call('GET', p .. ':clock:' .. best_dev) or '0'
+return {best, best_dev, requests, priority, clock, best_entry}
+"""
+
+# The model's exec time as an exponential moving average, updated atomically by every worker.
+_EMA_SCRIPT = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local new = tonumber(ARGV[2])
+if old then new = (1 - tonumber(ARGV[3])) * tonumber(old) + tonumber(ARGV[3]) * new end
+redis.call('HSET', KEYS[1], ARGV[1], tostring(new))
+return tostring(new)
+"""
 
 
 def key(*parts: str) -> str:
@@ -61,6 +111,11 @@ def unslot(field_: str | bytes) -> tuple[str, str]:
     text = field_.decode() if isinstance(field_, bytes) else field_
     model, worker = text.rsplit("|", 1)
     return model, worker
+
+
+def lane(worker: str) -> str:
+    """The list a worker pops synchronous invocations from."""
+    return key("lane", worker)
 
 
 def _loading_entry(model: ModelFacts, now: float) -> str:
@@ -138,6 +193,10 @@ class Cache:
         self.r = conn
         self.policy_name = policy
         self.policy: EvictionPolicy = make_policy(policy, **policy_options)
+        self._hit_script = conn.register_script(_HIT_SCRIPT)
+        self._ema_script = conn.register_script(_EMA_SCRIPT)
+        # only policies that override on_hit need the stored facts recomputed on a hit (GDSF)
+        self._recompute_on_hit = type(self.policy).on_hit is not EvictionPolicy.on_hit
 
     # -- devices and workers -------------------------------------------------------------
 
@@ -207,7 +266,7 @@ class Cache:
                         pipe.hdel(key(name, device), *fields)
                 pipe.execute()
         self.r.srem(key("workers"), worker)
-        self.r.delete(key("worker", worker), key("alive", worker))
+        self.r.delete(key("worker", worker), key("alive", worker), lane(worker))
         return released
 
     # -- the decision --------------------------------------------------------------------
@@ -263,7 +322,46 @@ class Cache:
         return result
 
     def _queue_length(self, worker: _Worker) -> int:
-        return int(self.r.llen(f"rq:queue:{worker.queue}"))
+        """Invocations waiting for ``worker``: its RQ queue plus its lane."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.llen(f"rq:queue:{worker.queue}")
+        pipe.llen(lane(worker.name))
+        return sum(pipe.execute())
+
+    def try_hit(self, model: str, message: bytes, now: float | None = None) -> Placement | None:
+        """The warm-hit fast path: one Redis script places ``message`` (a lane invocation) on
+        the least-backed-up worker holding ``model``, pinned and accounted like a hit of
+        :meth:`place`. None when it is not a plain hit; then call :meth:`place`.
+
+        Policies that update their state on a hit (GDSF) have it recomputed here from what
+        the script returned and written back (one more round trip, only for them)."""
+        now = now or time.time()
+        found = self._hit_script(
+            args=[PREFIX, model, repr(now), message, SCALE_OUT_QUEUE, ARRIVALS_KEPT]
+        )
+        if found is None:
+            return None
+        worker, device, requests, priority, clock, raw = (
+            v.decode() if isinstance(v, bytes) else v for v in found
+        )
+        if self._recompute_on_hit:
+            doc = json.loads(raw)
+            stats = _decode(self.r.hgetall(key("stats", model)))
+            entry = Entry(
+                model,
+                int(doc["bytes"]),
+                float(stats.get("load_s", doc.get("load_s", 0.0))),
+                float(stats.get("exec_s", doc.get("exec_s", 0.0))),
+                requests=int(requests),
+                last_used=now,
+                inserted_at=float(doc["inserted_at"]),
+                priority=float(priority),
+            )
+            if hasattr(self.policy, "clock"):
+                self.policy.clock = float(clock)
+            self.policy.on_hit(entry, now)
+            self.r.hset(key("priority", device), slot(model, worker), entry.priority)
+        return Placement(device, worker, "", hit=True)
 
     def place(
         self,
@@ -627,15 +725,23 @@ class Cache:
                 except redis.WatchError:
                     continue
 
-    def finished(self, device: str, model: str, worker: str, exec_s: float | None) -> None:
-        """A job is done (or failed): unpin, and fold its exec time into the model's mean."""
-        pipe = self.r.pipeline()
+    def finished(
+        self,
+        device: str,
+        model: str,
+        worker: str,
+        exec_s: float | None,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> None:
+        """A job is done (or failed): unpin, and fold its exec time into the model's moving
+        average. With ``pipe``, the commands join it (the caller executes it)."""
+        own = pipe is None
+        pipe = self.r.pipeline(transaction=False) if own else pipe
         pipe.hincrby(key("pins", device), slot(model, worker), -1)
-        pipe.execute()
         if exec_s is not None:
-            old = self.r.hget(key("stats", model), "exec_s")
-            new = exec_s if old is None else 0.8 * float(old) + 0.2 * exec_s
-            self.r.hset(key("stats", model), "exec_s", new)
+            self._ema_script(keys=[key("stats", model)], args=["exec_s", exec_s, 0.2], client=pipe)
+        if own:
+            pipe.execute()
 
     def failed_load(self, device: str, model: str, worker: str) -> None:
         """The model could not be loaded: give its reservation back."""

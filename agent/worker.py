@@ -3,13 +3,21 @@
 RQ's default worker forks a work horse per job, which would throw every interpreter away;
 ``SimpleWorker`` runs jobs in its own process, so :class:`InterpreterCache` survives from one
 job to the next. Each worker has its own queue (placement chooses the worker), a heartbeat
-thread that tells placement it is alive, and executes two kinds of job: :func:`invoke` (drop
-what placement evicted here, load the model if cold, run it) and :func:`evict` (drop
-interpreters that placement evicted to make room elsewhere on the device).
+thread that tells placement it is alive, and executes RQ jobs: :func:`invoke` (an async
+invocation: drop what placement evicted here, load the model if cold, run it), :func:`evict`
+(drop interpreters that placement evicted to make room elsewhere on the device) and
+:func:`prewarm`.
+
+Synchronous invocations skip RQ's job bookkeeping (about 5 ms a job here, several times a warm
+model's own latency): the gateway pushes them onto the worker's *lane*, a plain Redis list the
+worker pops in the same blocking call as its RQ queue (:class:`LaneQueue`), and the worker
+pushes the answer onto a reply list the gateway waits on. The work done is the same
+(:func:`_serve`); nothing durable is lost, since a synchronous caller is waiting for it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -18,15 +26,17 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import redis
 from rq import Queue, SimpleWorker
+from rq.exceptions import DequeueTimeout, StopRequested
 from rq.serializers import JSONSerializer
 
+from agent.lane import reply_message
 from agent.memory import release_memory, rss_bytes
-from agent.placement import HEARTBEAT_TTL, Cache, key
+from agent.placement import HEARTBEAT_TTL, REPLY_TTL_S, Cache, key, lane
 from agent.runtime import LoadedModel, load_model
 from functions.handlers import BadInput, make_handler
 from functions.stack import model_path
@@ -108,13 +118,46 @@ def _handler(ctx: _Context, req: dict[str, Any]):
 
 
 def invoke(req: dict[str, Any]) -> dict[str, Any]:
-    """Run one invocation placed on this worker; errors the caller should see are returned as
-    ``{"error": …, "status": …}`` rather than raised, so they reach it intact."""
+    """The RQ job of an asynchronous invocation: its input waits under ``req["input_key"]``."""
     ctx = _context()
+    result: dict[str, Any] = {}
+    try:
+        result = _serve(ctx, req, lambda: ctx.conn.get(req["input_key"]))
+        return result
+    finally:
+        pipe = ctx.conn.pipeline(transaction=False)
+        pipe.delete(req["input_key"])
+        ctx.cache.finished(ctx.device, req["model"], ctx.worker, result.get("exec_s"), pipe)
+        pipe.execute()
+
+
+def serve_lane(raw: bytes) -> None:
+    """Run one synchronous invocation popped from the lane and push its answer; the caller gets
+    an answer whatever happens here (an unexpected error becomes a 500 naming it)."""
+    ctx = _context()
+    head, _, payload = raw.partition(b"\n")
+    req = json.loads(head)
+    result: dict[str, Any] = {}
+    try:
+        result = _serve(ctx, req, lambda: payload)
+    except Exception as exc:  # noqa: BLE001 (the waiting caller must hear of it)
+        log.exception("invocation of %s failed", req.get("function"))
+        result = {"error": f"the worker failed: {exc!r}", "status": 500, "worker": ctx.worker}
+    finally:
+        pipe = ctx.conn.pipeline(transaction=False)
+        pipe.rpush(req["reply"], reply_message(result))
+        pipe.expire(req["reply"], REPLY_TTL_S)
+        ctx.cache.finished(ctx.device, req["model"], ctx.worker, result.get("exec_s"), pipe)
+        pipe.execute()
+
+
+def _serve(ctx: _Context, req: dict[str, Any], read_input) -> dict[str, Any]:
+    """Run one invocation placed on this worker (sync or async alike); errors the caller should
+    see are returned as ``{"error": …, "status": …}`` rather than raised, so they reach it
+    intact. ``read_input()`` returns the request's ``.npy`` bytes (None: they expired)."""
     started = time.time()
     queue_s = max(started - float(req["enqueued_at"]), 0.0)
     model = req["model"]
-    exec_s = None
     try:
         for victim in req.get("evict_here", []):
             freed = ctx.interpreters.drop(victim)
@@ -122,7 +165,7 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
         loaded = ctx.interpreters.models.get(model)
         hit = loaded is not None
         load_s = 0.0
-        rss_before = rss_bytes()
+        rss_before = 0
         if not hit:
             _wait_for_release(ctx, req.get("wait_for", []))
             rss_before = rss_bytes()
@@ -133,7 +176,7 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
                 ctx.cache.failed_load(ctx.device, model, ctx.worker)
                 ctx.conn.hset(key("failed"), req["function"], reason)
                 return {"error": reason, "status": 503, "worker": ctx.worker}
-        payload = ctx.conn.get(req["input_key"])
+        payload = read_input()
         if payload is None:
             return {
                 "error": "the request's input expired before a worker took it",
@@ -162,6 +205,7 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
                     "the rest of the memory is held by executing models; retry shortly",
                     "status": 503,
                     "worker": ctx.worker,
+                    "exec_s": exec_s,
                 }
         elif req.get("miss"):  # placement thought it cold (its state was lost): mark it ready
             ctx.cache.loaded(ctx.device, model, ctx.worker, None, 0.0)
@@ -175,9 +219,6 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
         }
     except BadInput as exc:
         return {"error": str(exc), "status": exc.status, "worker": ctx.worker}
-    finally:
-        ctx.conn.delete(req["input_key"])
-        ctx.cache.finished(ctx.device, model, ctx.worker, exec_s)
 
 
 def evict(models: list[str]) -> dict[str, int]:
@@ -226,6 +267,47 @@ def _wait_for_release(ctx: _Context, slots: list[str]) -> None:
         time.sleep(0.005)
 
 
+class LaneQueue(Queue):
+    """RQ's queue class for a :class:`BruleeWorker`: its blocking pop also takes the worker's
+    lane, so one call waits for both (RQ's queue first: evictions and async jobs are never
+    starved by a stream of synchronous calls)."""
+
+    lane_worker: ClassVar[BruleeWorker | None] = None
+
+    @classmethod
+    def dequeue_any(cls, queues, timeout, connection, job_class=None, serializer=None,
+                    death_penalty_class=None):  # fmt: skip
+        worker = cls.lane_worker
+        if worker is None:
+            return super().dequeue_any(
+                queues, timeout, connection, job_class, serializer, death_penalty_class
+            )
+        keys = [q.key for q in queues]
+        while True:
+            if timeout is None:  # RQ's burst mode: do not block
+                popped = next(
+                    ((k, v) for k in (*keys, worker.lane) if (v := connection.lpop(k))), None
+                )
+                if popped is None:
+                    return None
+            else:
+                popped = connection.blpop([*keys, worker.lane], timeout)
+                if popped is None:
+                    raise DequeueTimeout(timeout, keys)
+            popped_key = popped[0].decode() if isinstance(popped[0], bytes) else popped[0]
+            if popped_key == worker.lane:
+                worker.serve_lane(popped[1])
+                # back to RQ's loop, which heartbeats and asks again
+                raise DequeueTimeout(timeout, keys)
+            job_id = popped[1].decode() if isinstance(popped[1], bytes) else popped[1]
+            found = cls._fetch_dequeued_job(
+                connection, popped_key, job_id, job_class=job_class, serializer=serializer,
+                death_penalty_class=death_penalty_class,
+            )  # fmt: skip
+            if found is not None:
+                return found
+
+
 class BruleeWorker(SimpleWorker):
     """One long-lived worker per core: jobs run in-process so interpreters stay warm."""
 
@@ -255,6 +337,25 @@ class BruleeWorker(SimpleWorker):
             {},
         )
         self._stop_heartbeat = threading.Event()
+        self.lane = lane(self.name)
+        self.queue_class = type("BruleeLaneQueue", (LaneQueue,), {"lane_worker": self})
+        self._serving_lane = False
+
+    def serve_lane(self, raw: bytes) -> None:
+        """One synchronous invocation; a stop requested meanwhile waits for its answer."""
+        self._serving_lane = True
+        try:
+            serve_lane(raw)
+        finally:
+            self._serving_lane = False
+        if self._stop_requested:
+            raise StopRequested()
+
+    def _shutdown(self) -> None:
+        if self._serving_lane:  # warm shutdown: answer the caller first
+            self._stop_requested = True
+            return
+        super()._shutdown()
 
     def register_birth(self, *args: Any, **kwargs: Any) -> None:
         super().register_birth(*args, **kwargs)

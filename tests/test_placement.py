@@ -213,3 +213,59 @@ def test_model_facts_profile_is_a_floor_that_observations_raise(conn, tmp_path):
     assert model_facts(conn, doc, tmp_path, None) == (ModelFacts("m", 1200, 0.05, 0.01), False)
     conn.delete(key("stats", "m"))
     assert model_facts(conn, doc, tmp_path, None)[0].bytes == 20
+
+
+def _state(conn: redis.Redis) -> dict:
+    """What a hit changes in Redis (clock and arrival times aside)."""
+    return {
+        "pins": conn.hgetall(key("pins", "dev")),
+        "used": conn.hgetall(key("used", "dev")),
+        "requests": conn.get(key("requests")),
+        "stats": conn.hget(key("stats", "a"), "requests"),
+        "hits": conn.hgetall(key("hits", "dev")),
+        "priority": conn.hgetall(key("priority", "dev")),
+        "arrivals": conn.xlen(key("arrivals")),
+    }
+
+
+@pytest.mark.parametrize("policy", ["cremebrulee", "gdsf", "lfu"])
+def test_fast_hit_accounts_like_a_placed_hit(conn, policy):
+    """``try_hit`` (one script) and ``place`` (the transaction) leave the same state behind
+    for a hit, the policy's stored priority included (GDSF recomputes it on every hit)."""
+    states = []
+    for fast in (False, True):
+        conn.flushdb()
+        cache = Cache(conn, policy)
+        cache.set_device("dev", cap=CAP, policy=policy)
+        cache.register_worker("w0", "dev", "brulee.w0", 100, "host")
+        _warm(cache, "a", load_s=0.5, requests=2, now=1000.0)
+        _warm(cache, "b", load_s=0.1, requests=1, now=1000.0)
+        cache.place(ModelFacts("c", 400, 0.1, 0.01), _no_enqueue, now=1100.0)  # evicts: clock
+        if fast:
+            placement = cache.try_hit("a", b"msg", now=2000.0)
+            assert conn.lrange(key("lane", "w0"), 0, -1) == [b"msg"]
+        else:
+            placement, _ = cache.place(ModelFacts("a", 400, 0.5, 0.01), _no_enqueue, now=2000.0)
+        assert placement.hit and placement.worker == "w0"
+        states.append(_state(conn))
+    assert states[0] == states[1]
+
+
+def test_fast_hit_declines_what_is_not_a_plain_hit(conn):
+    """No holder, a dead holder, a holder backed up (a second copy may be due): None, and
+    nothing is changed or queued; the least backed-up holder wins."""
+    from agent.placement import SCALE_OUT_QUEUE
+
+    cache = _setup(conn, workers=2)
+    assert cache.try_hit("a", b"msg") is None  # cached nowhere
+    for w in ("w0", "w1"):
+        conn.hset(key("entries", "dev"), f"a|{w}", '{"bytes": 100, "state": "ready", '
+                  '"inserted_at": 1.0}')  # fmt: skip
+    conn.rpush(key("lane", "w0"), b"earlier")
+    assert cache.try_hit("a", b"msg").worker == "w1"
+    for _ in range(SCALE_OUT_QUEUE):
+        conn.rpush(key("lane", "w0"), b"earlier")
+    conn.delete(key("alive", "w1"))  # w1 died; w0 is backed up
+    before = (conn.llen(key("lane", "w0")), conn.get(key("requests")))
+    assert cache.try_hit("a", b"msg") is None
+    assert (conn.llen(key("lane", "w0")), conn.get(key("requests"))) == before

@@ -30,18 +30,19 @@ from typing import Any
 import redis
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.webhook import Webhook
 
-from agent.lane import lane_message, read_reply
+from agent.lane import Spool, lane_message, read_reply
+from agent.metrics import RedisCollector
 from agent.placement import Cache, ModelFacts, PlacementError, key, lane
+from functions.tensors import to_npy
 
 INPUT_TTL_S = 300
+HOSTS_TTL_S = 2.0  # how long a gateway process trusts its view of where the workers run
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 HEADERS = {
     "X-Cache": "cache",
     "X-Load-Seconds": "load_s",
@@ -232,66 +233,6 @@ def model_facts(
     return facts, bool(profile.get("loaded_bytes"))
 
 
-def _observe(conn: redis.Redis, function: str, result: dict[str, Any]) -> None:
-    """Count the invocation and add its latencies to Redis-held histograms (multiprocess-safe)."""
-    pipe = conn.pipeline(transaction=False)
-    pipe.hincrby(key("invocations"), f"{function}|{result['cache']}", 1)
-    for kind in ("load_s", "exec_s", "queue_s"):
-        value = float(result.get(kind) or 0.0)
-        if kind == "load_s" and result["cache"] == "hit":
-            continue
-        bucket = next((str(b) for b in BUCKETS if value <= b), "+Inf")
-        pipe.hincrby(key("hist", kind), bucket, 1)
-        pipe.hincrbyfloat(key("hist", kind), "sum", value)
-    pipe.execute()
-
-
-class RedisCollector:
-    """Prometheus metrics read from Redis at scrape time, so every gunicorn process agrees."""
-
-    def __init__(self, cache: Cache) -> None:
-        self.cache = cache
-
-    def collect(self):
-        r = self.cache.r
-        inv = CounterMetricFamily(
-            "brulee_invocations",
-            "Invocations by function and cache result",
-            labels=["function", "cache"],
-        )
-        for field_, n in r.hgetall(key("invocations")).items():
-            fn, cache = field_.decode().rsplit("|", 1)
-            inv.add_metric([fn, cache], int(n))
-        yield inv
-        for kind in ("load_s", "exec_s", "queue_s"):
-            raw = {k.decode(): float(v) for k, v in r.hgetall(key("hist", kind)).items()}
-            acc, buckets = 0.0, []
-            for b in (*map(str, BUCKETS), "+Inf"):
-                acc += raw.get(b, 0.0)
-                buckets.append((b, acc))
-            h = HistogramMetricFamily(
-                f"brulee_{kind[:-2]}_seconds", f"{kind[:-2]} latency of invocations"
-            )
-            h.add_metric([], buckets, sum_value=raw.get("sum", 0.0))
-            yield h
-        snap = self.cache.snapshot()
-        used = GaugeMetricFamily(
-            "brulee_cache_used_bytes", "Bytes of loaded models", labels=["device"]
-        )
-        cap = GaugeMetricFamily("brulee_cache_cap_bytes", "Memory cap", labels=["device"])
-        ev = CounterMetricFamily(
-            "brulee_evictions", "Evictions by policy", labels=["device", "policy"]
-        )
-        for device, d in snap["devices"].items():
-            used.add_metric([device], d["used_bytes"])
-            cap.add_metric([device], d["cap_bytes"])
-            for policy, n in d["evictions"].items():
-                ev.add_metric([device, policy], n)
-        yield used
-        yield cap
-        yield ev
-
-
 def openapi_document() -> dict[str, Any]:
     """The API's OpenAPI 3 description (kept next to the routes it describes)."""
     err = {
@@ -413,6 +354,9 @@ def create_app(
     cache = Cache(conn, policy)
     registry = Registry(conn, models, functions_file)
     profiles = Profiles(models)
+    spool = Spool()
+    spool.sweep()
+    hosts_seen: list[Any] = [0.0, set()]  # (when, the workers' hosts)
     metrics = CollectorRegistry(auto_describe=False)
     metrics.register(RedisCollector(cache))
     app = Flask("brulee")
@@ -451,11 +395,10 @@ def create_app(
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise ApiError(401, "management endpoints need 'Authorization: Bearer <token>'")
 
-    def decode(name: str) -> tuple[dict[str, Any], bytes]:
-        """The function's document and the request's input as ``.npy`` bytes (4xx/5xx here)."""
+    def decode(name: str) -> tuple[dict[str, Any], Any]:
+        """The function's document and the request's input tensor (4xx/5xx here)."""
         doc = registry.get(name)
         from functions.handlers import BadInput
-        from functions.tensors import to_npy
 
         if request.content_length and request.content_length > body_limit:
             raise ApiError(413, f"request body larger than the limit of {body_limit} bytes")
@@ -463,7 +406,7 @@ def create_app(
             batch = registry.handler(doc).decode(request.get_data(), request.content_type or "")
         except BadInput as exc:
             raise ApiError(exc.status, str(exc)) from exc
-        return doc, to_npy(batch)
+        return doc, batch
 
     def job_request(name: str, doc: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """What a worker needs to run one invocation of ``doc`` (placement adds the rest)."""
@@ -511,9 +454,9 @@ def create_app(
 
     def submit(name: str, callback: str | None = None) -> Job:
         """An asynchronous invocation: the input under a Redis key, an RQ job on the worker."""
-        doc, payload = decode(name)
+        doc, batch = decode(name)
         input_key = key("input", uuid.uuid4().hex)
-        conn.set(input_key, payload, ex=INPUT_TTL_S)
+        conn.set(input_key, to_npy(batch), ex=INPUT_TTL_S)
 
         def enqueue(pipe, placement, facts, profiled):
             req = job_request(name, doc, input_key=input_key)
@@ -545,38 +488,53 @@ def create_app(
     def call(name: str) -> tuple[dict[str, Any], bytes]:
         """A synchronous invocation through the worker's lane; returns the reply's header and
         body. A warm hit is one script; anything else a placement transaction."""
-        doc, payload = decode(name)
+        doc, batch = decode(name)
         reply = key("reply", uuid.uuid4().hex)
-        message = lane_message(job_request(name, doc, reply=reply), payload)
-        placement = cache.try_hit(doc["model"], message)
-        if placement is not None:
-            worker = placement.worker
-        else:
+        spooled = spool.put(batch) if workers_all_local() else None
+        via = {"input_file": spooled, "host": spool.host} if spooled else {}
+        inline = b"" if spooled else to_npy(batch)
+        try:
+            placement = cache.try_hit(
+                doc["model"], lane_message(job_request(name, doc, reply=reply, **via), inline)
+            )
+            if placement is not None:
+                worker = placement.worker
+            else:
 
-            def enqueue(pipe, placement, facts, profiled):
-                req = job_request(name, doc, reply=reply)
-                placed(req, facts, profiled, placement)
-                evict_elsewhere(pipe, placement)
-                pipe.rpush(lane(placement.worker), lane_message(req, payload))
-                return placement.worker
+                def enqueue(pipe, placement, facts, profiled):
+                    req = job_request(name, doc, reply=reply, **via)
+                    placed(req, facts, profiled, placement)
+                    evict_elsewhere(pipe, placement)
+                    pipe.rpush(lane(placement.worker), lane_message(req, inline))
+                    return placement.worker
 
-            worker = place(doc, enqueue)
-        deadline = time.monotonic() + sync_timeout
-        while True:
-            popped = conn.blpop([reply], timeout=1)
-            if popped is not None:
-                return read_reply(popped[1])
-            if not conn.exists(key("alive", worker)):
-                raise ApiError(
-                    503, f"worker {worker} died before finishing the job for {name!r}; retry"
-                )
-            if time.monotonic() > deadline:
-                raise ApiError(504, f"function {name!r} did not answer within {sync_timeout:g} s")
+                worker = place(doc, enqueue)
+            deadline = time.monotonic() + sync_timeout
+            while True:
+                popped = conn.blpop([reply], timeout=1)
+                if popped is not None:
+                    return read_reply(popped[1])
+                if not conn.exists(key("alive", worker)):
+                    raise ApiError(
+                        503, f"worker {worker} died before finishing the job for {name!r}; retry"
+                    )
+                if time.monotonic() > deadline:
+                    raise ApiError(
+                        504, f"function {name!r} did not answer within {sync_timeout:g} s"
+                    )
+        except BaseException:
+            spool.discard(spooled)  # not taken by a worker (it would be gone otherwise)
+            raise
+
+    def workers_all_local() -> bool:
+        """Whether every worker runs on this host (then inputs go through the spool)."""
+        if time.monotonic() - hosts_seen[0] > HOSTS_TTL_S:
+            hosts_seen[:] = [time.monotonic(), cache.hosts()]
+        return hosts_seen[1] <= {spool.host}
 
     def respond(name: str, head: dict[str, Any], body: bytes):
         if "error" in head:
             return jsonify(error=head["error"]), int(head.get("status", 500))
-        _observe(conn, name, head)
         resp = Response(body, mimetype="application/json")
         for header, field_ in HEADERS.items():
             value = head.get(field_)

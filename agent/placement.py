@@ -89,15 +89,6 @@ local clock = redis.call('GET', p .. ':clock:' .. best_dev) or '0'
 return {best, best_dev, requests, priority, clock, best_entry}
 """
 
-# The model's exec time as an exponential moving average, updated atomically by every worker.
-_EMA_SCRIPT = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-local new = tonumber(ARGV[2])
-if old then new = (1 - tonumber(ARGV[3])) * tonumber(old) + tonumber(ARGV[3]) * new end
-redis.call('HSET', KEYS[1], ARGV[1], tostring(new))
-return tostring(new)
-"""
-
 
 def key(*parts: str) -> str:
     return ":".join((PREFIX, *parts))
@@ -194,7 +185,6 @@ class Cache:
         self.policy_name = policy
         self.policy: EvictionPolicy = make_policy(policy, **policy_options)
         self._hit_script = conn.register_script(_HIT_SCRIPT)
-        self._ema_script = conn.register_script(_EMA_SCRIPT)
         # only policies that override on_hit need the stored facts recomputed on a hit (GDSF)
         self._recompute_on_hit = type(self.policy).on_hit is not EvictionPolicy.on_hit
 
@@ -250,6 +240,14 @@ class Cache:
             else:
                 dead.append(name)
         return alive, dead
+
+    def hosts(self) -> set[str]:
+        """The hosts registered workers run on."""
+        names = self.r.smembers(key("workers"))
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.hget(key("worker", name.decode()), "host")
+        return {h.decode() for h in pipe.execute() if h is not None}
 
     def forget_worker(self, worker: str) -> list[str]:
         """Drop a dead worker and release its models from the accounting; returns them."""
@@ -733,13 +731,14 @@ class Cache:
         exec_s: float | None,
         pipe: redis.client.Pipeline | None = None,
     ) -> None:
-        """A job is done (or failed): unpin, and fold its exec time into the model's moving
-        average. With ``pipe``, the commands join it (the caller executes it)."""
+        """A job is done (or failed): unpin, and store the model's exec time (the worker's
+        moving average; None: unchanged). With ``pipe``, the commands join it (the caller
+        executes it)."""
         own = pipe is None
         pipe = self.r.pipeline(transaction=False) if own else pipe
         pipe.hincrby(key("pins", device), slot(model, worker), -1)
         if exec_s is not None:
-            self._ema_script(keys=[key("stats", model)], args=["exec_s", exec_s, 0.2], client=pipe)
+            pipe.hset(key("stats", model), "exec_s", exec_s)
         if own:
             pipe.execute()
 

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,8 +34,9 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.serializers import JSONSerializer
 
-from agent.lane import reply_message
+from agent.lane import Spool, reply_message
 from agent.memory import release_memory, rss_bytes
+from agent.metrics import observe
 from agent.placement import HEARTBEAT_TTL, REPLY_TTL_S, Cache, key, lane
 from agent.runtime import LoadedModel, load_model
 from functions.handlers import BadInput, make_handler
@@ -99,6 +100,8 @@ class _Context:
     interpreters: InterpreterCache
     conn: redis.Redis
     handlers: dict[tuple, Any]
+    spool: Spool
+    exec_s: dict[str, float] = field(default_factory=dict)  # moving average per model
 
 
 _CONTEXT: _Context | None = None
@@ -127,7 +130,7 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
     finally:
         pipe = ctx.conn.pipeline(transaction=False)
         pipe.delete(req["input_key"])
-        ctx.cache.finished(ctx.device, req["model"], ctx.worker, result.get("exec_s"), pipe)
+        _account(ctx, req, result, pipe)
         pipe.execute()
 
 
@@ -139,7 +142,7 @@ def serve_lane(raw: bytes) -> None:
     req = json.loads(head)
     result: dict[str, Any] = {}
     try:
-        result = _serve(ctx, req, lambda: payload)
+        result = _serve(ctx, req, lambda: _lane_input(ctx, req, payload))
     except Exception as exc:  # noqa: BLE001 (the waiting caller must hear of it)
         log.exception("invocation of %s failed", req.get("function"))
         result = {"error": f"the worker failed: {exc!r}", "status": 500, "worker": ctx.worker}
@@ -147,8 +150,34 @@ def serve_lane(raw: bytes) -> None:
         pipe = ctx.conn.pipeline(transaction=False)
         pipe.rpush(req["reply"], reply_message(result))
         pipe.expire(req["reply"], REPLY_TTL_S)
-        ctx.cache.finished(ctx.device, req["model"], ctx.worker, result.get("exec_s"), pipe)
+        _account(ctx, req, result, pipe)
         pipe.execute()
+
+
+def _account(ctx: _Context, req: dict[str, Any], result: dict[str, Any], pipe) -> None:
+    """After an invocation, in the pipeline that answers it: unpin the model, store its exec
+    time (this worker's moving average), count it in the metrics if it was served."""
+    model, exec_s = req["model"], result.get("exec_s")
+    if exec_s is not None:
+        old = ctx.exec_s.get(model)
+        exec_s = ctx.exec_s[model] = exec_s if old is None else 0.8 * old + 0.2 * exec_s
+    ctx.cache.finished(ctx.device, model, ctx.worker, exec_s, pipe)
+    if "cache" in result:
+        observe(pipe, req["function"], result)
+
+
+def _lane_input(ctx: _Context, req: dict[str, Any], inline: bytes) -> bytes | None:
+    """A lane invocation's input: inline, or left in the gateway's spool on this host."""
+    name = req.get("input_file")
+    if not name:
+        return inline
+    if req.get("host") != ctx.spool.host:
+        raise BadInput(
+            f"the input was left in shared memory on host {req.get('host')}, and this worker "
+            f"runs on {ctx.spool.host}; retry",
+            status=503,
+        )
+    return ctx.spool.take(name)
 
 
 def _serve(ctx: _Context, req: dict[str, Any], read_input) -> dict[str, Any]:
@@ -283,6 +312,7 @@ class LaneQueue(Queue):
                 queues, timeout, connection, job_class, serializer, death_penalty_class
             )
         keys = [q.key for q in queues]
+        since = time.monotonic()
         while True:
             if timeout is None:  # RQ's burst mode: do not block
                 popped = next(
@@ -297,8 +327,9 @@ class LaneQueue(Queue):
             popped_key = popped[0].decode() if isinstance(popped[0], bytes) else popped[0]
             if popped_key == worker.lane:
                 worker.serve_lane(popped[1])
-                # back to RQ's loop, which heartbeats and asks again
-                raise DequeueTimeout(timeout, keys)
+                if time.monotonic() - since > 1.0:  # back to RQ's loop, which heartbeats
+                    raise DequeueTimeout(timeout, keys)
+                continue
             job_id = popped[1].decode() if isinstance(popped[1], bytes) else popped[1]
             found = cls._fetch_dequeued_job(
                 connection, popped_key, job_id, job_class=job_class, serializer=serializer,
@@ -335,6 +366,7 @@ class BruleeWorker(SimpleWorker):
             InterpreterCache(models_dir, threads),
             self.connection,
             {},
+            Spool(),
         )
         self._stop_heartbeat = threading.Event()
         self.lane = lane(self.name)

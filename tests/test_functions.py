@@ -38,6 +38,18 @@ def test_npy_round_trip_keeps_shape_and_dtype():
     assert b.dtype == a.dtype and b.shape == a.shape and (a == b).all()
 
 
+def test_npy_reads_what_numpy_writes_and_numpy_reads_ours():
+    """The fast reader/writer speak numpy's format: Fortran order, version 2 headers, 0-d."""
+    for a in (np.asfortranarray(np.arange(12.0).reshape(3, 4)), np.float32(3.5).reshape(())):
+        buf = io.BytesIO()
+        np.save(buf, a)
+        assert (from_npy(buf.getvalue()) == a).all() and from_npy(buf.getvalue()).shape == a.shape
+        assert (np.load(io.BytesIO(to_npy(a))) == a).all()
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.arange(5), version=(2, 0))
+    assert from_npy(buf.getvalue()).tolist() == [0, 1, 2, 3, 4]
+
+
 def test_npy_refuses_pickles_and_garbage():
     buf = io.BytesIO()
     np.save(buf, np.array([{"x": 1}], dtype=object), allow_pickle=True)

@@ -74,6 +74,32 @@ def test_miss_then_hit_with_headers_and_in_process_equality(agent, models_dir):
     np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_inputs_travel_inline_when_no_spool_is_usable(models_dir, monkeypatch, tmp_path):
+    """Workers on another host (or no usable shared memory) get the tensor through Redis: the
+    same answers; with the spool, nothing is left behind in it."""
+    from agent.lane import Spool
+    from agent.runtime import load_model
+
+    x = digits_input()
+    expected = load_model(models_dir / "digits-cnn.tflite").predict(x)
+    answers = {}
+    for inline in (True, False):
+        root = tmp_path / ("missing-root" if inline else "shm")
+        if not inline:
+            root.mkdir()
+        monkeypatch.setenv("BRULEE_SPOOL_DIR", str(root))
+        with running_agent(models_dir, CAP, workers=1, token=TOKEN) as info:
+            for _ in range(3):
+                resp = post_json(info, "digits-cnn", x)
+                assert resp.status_code == 200, resp.text
+            answers[inline] = np.asarray(resp.json()["outputs"], dtype=np.float32)
+        assert Spool(root).usable is not inline
+        if not inline:
+            assert not list(Spool(root).dir.iterdir())  # every input was taken
+    for got in answers.values():
+        np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_unknown_function_is_404(agent):
     resp = post_json(agent, "nope", [[1]])
     assert resp.status_code == 404 and "nope" in resp.json()["error"]

@@ -1,0 +1,72 @@
+"""Prometheus metrics kept in Redis: workers count what they serve (they measure the timings),
+and every gateway process exports the same numbers at scrape time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from agent.placement import Cache, key
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def observe(pipe: redis.client.Pipeline, function: str, result: dict[str, Any]) -> None:
+    """Count a served invocation and add its latencies to the Redis-held histograms; the worker
+    that measured them adds this to the pipeline that answers (the caller executes it)."""
+    pipe.hincrby(key("invocations"), f"{function}|{result['cache']}", 1)
+    for kind in ("load_s", "exec_s", "queue_s"):
+        value = float(result.get(kind) or 0.0)
+        if kind == "load_s" and result["cache"] == "hit":
+            continue
+        bucket = next((str(b) for b in BUCKETS if value <= b), "+Inf")
+        pipe.hincrby(key("hist", kind), bucket, 1)
+        pipe.hincrbyfloat(key("hist", kind), "sum", value)
+
+
+class RedisCollector:
+    """Prometheus metrics read from Redis at scrape time, so every gunicorn process agrees."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+
+    def collect(self):
+        r = self.cache.r
+        inv = CounterMetricFamily(
+            "brulee_invocations",
+            "Invocations by function and cache result",
+            labels=["function", "cache"],
+        )
+        for field_, n in r.hgetall(key("invocations")).items():
+            fn, cache = field_.decode().rsplit("|", 1)
+            inv.add_metric([fn, cache], int(n))
+        yield inv
+        for kind in ("load_s", "exec_s", "queue_s"):
+            raw = {k.decode(): float(v) for k, v in r.hgetall(key("hist", kind)).items()}
+            acc, buckets = 0.0, []
+            for b in (*map(str, BUCKETS), "+Inf"):
+                acc += raw.get(b, 0.0)
+                buckets.append((b, acc))
+            h = HistogramMetricFamily(
+                f"brulee_{kind[:-2]}_seconds", f"{kind[:-2]} latency of invocations"
+            )
+            h.add_metric([], buckets, sum_value=raw.get("sum", 0.0))
+            yield h
+        snap = self.cache.snapshot()
+        used = GaugeMetricFamily(
+            "brulee_cache_used_bytes", "Bytes of loaded models", labels=["device"]
+        )
+        cap = GaugeMetricFamily("brulee_cache_cap_bytes", "Memory cap", labels=["device"])
+        ev = CounterMetricFamily(
+            "brulee_evictions", "Evictions by policy", labels=["device", "policy"]
+        )
+        for device, d in snap["devices"].items():
+            used.add_metric([device], d["used_bytes"])
+            cap.add_metric([device], d["cap_bytes"])
+            for policy, n in d["evictions"].items():
+                ev.add_metric([device, policy], n)
+        yield used
+        yield cap
+        yield ev

@@ -1,0 +1,61 @@
+"""The lane's wire format and the shared-memory spool that carries inputs to local workers."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from agent.lane import Spool, lane_message, read_reply, reply_message
+from functions.tensors import from_npy
+
+
+def test_spool_hands_over_an_input_once(tmp_path):
+    spool = Spool(tmp_path)
+    assert spool.usable and (spool.dir.stat().st_mode & 0o777) == 0o700
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    name = spool.put(x)
+    assert (spool.dir / name).stat().st_mode & 0o777 == 0o600
+    assert (from_npy(spool.take(name)) == x).all()
+    assert spool.take(name) is None  # taken: gone
+    assert not list(spool.dir.iterdir())
+
+
+@pytest.mark.parametrize("name", ["../escape.npy", "/etc/passwd", "sub/x.npy", "x.txt"])
+def test_spool_names_cannot_leave_its_directory(tmp_path, name):
+    with pytest.raises(ValueError, match="not a spool file name"):
+        Spool(tmp_path).take(name)
+
+
+def test_spool_is_unusable_when_shared_with_others(tmp_path):
+    """A directory others can read (or a root that does not exist): inputs go inline."""
+    (tmp_path / f"brulee-{os.getuid()}").mkdir(mode=0o755)
+    os.chmod(tmp_path / f"brulee-{os.getuid()}", 0o755)
+    spool = Spool(tmp_path)
+    assert not spool.usable and spool.put(np.zeros(3)) is None
+    assert not Spool(tmp_path / "no" / "such" / "root").usable
+
+
+def test_spool_sweeps_abandoned_inputs_only(tmp_path):
+    spool = Spool(tmp_path)
+    old, new = spool.put(np.zeros(3)), spool.put(np.ones(3))
+    past = time.time() - 3600
+    os.utime(spool.dir / old, (past, past))
+    assert spool.sweep(max_age_s=600) == 1
+    assert [p.name for p in spool.dir.iterdir()] == [new]
+
+
+def test_messages_carry_bytes_untouched():
+    payload = bytes(range(256)) * 3  # newlines and all
+    head, _, body = lane_message({"model": "m", "reply": "r"}, payload).partition(b"\n")
+    assert body == payload
+    answer = {"result": {"outputs": [[0.5, 1.0]]}, "cache": "hit", "exec_s": 0.001, "worker": "w"}
+    got_head, got_body = read_reply(reply_message(answer))
+    assert got_head == {"cache": "hit", "exec_s": 0.001, "worker": "w"}
+    assert got_body == b'{"outputs":[[0.5,1.0]]}'
+    assert read_reply(reply_message({"error": "bad", "status": 400})) == (
+        {"error": "bad", "status": 400},
+        b"",
+    )

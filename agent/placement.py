@@ -294,9 +294,10 @@ class Cache:
         pipe = self.r.pipeline(transaction=False)
         for m in models:
             pipe.hgetall(key("stats", m))
-        stats = dict(zip(models, (_decode(s) for s in pipe.execute())))
-        used = _decode(self.r.hgetall(key("used", device)))
-        priority = _decode(self.r.hgetall(key("priority", device)))
+        pipe.hgetall(key("used", device))
+        pipe.hgetall(key("priority", device))
+        *replies, used, priority = (_decode(reply) for reply in pipe.execute())
+        stats = dict(zip(models, replies))
         result = []
         for model, worker, doc in entries:
             s = slot(model, worker)
@@ -319,12 +320,16 @@ class Cache:
             )
         return result
 
-    def _queue_length(self, worker: _Worker) -> int:
-        """Invocations waiting for ``worker``: its RQ queue plus its lane."""
+    def _backlogs(self, workers) -> dict[str, int]:
+        """Invocations waiting for each worker (its RQ queue plus its lane), in one round
+        trip."""
+        workers = list(workers)
         pipe = self.r.pipeline(transaction=False)
-        pipe.llen(f"rq:queue:{worker.queue}")
-        pipe.llen(lane(worker.name))
-        return sum(pipe.execute())
+        for w in workers:
+            pipe.llen(f"rq:queue:{w.queue}")
+            pipe.llen(lane(w.name))
+        lengths = pipe.execute()
+        return {w.name: lengths[2 * i] + lengths[2 * i + 1] for i, w in enumerate(workers)}
 
     def try_hit(self, model: str, message: bytes, now: float | None = None) -> Placement | None:
         """The warm-hit fast path: one Redis script places ``message`` (a lane invocation) on
@@ -420,12 +425,13 @@ class Cache:
         self, model: ModelFacts, alive: dict[str, _Worker], devices: list[str], now: float
     ) -> Placement:
         per_device = {d: self._entries(d, alive) for d in devices}
+        backlog = self._backlogs(alive.values())
         holders = [(d, w) for d, es in per_device.items() for m, w, _ in es if m == model.name]
         best_hit = None
         if holders:
-            best_hit = min(holders, key=lambda dw: (self._queue_length(alive[dw[1]]), dw[1]))
+            best_hit = min(holders, key=lambda dw: (backlog[dw[1]], dw[1]))
             self._load_clock(best_hit[0])
-            if self._queue_length(alive[best_hit[1]]) < SCALE_OUT_QUEUE:
+            if backlog[best_hit[1]] < SCALE_OUT_QUEUE:
                 return Placement(best_hit[0], best_hit[1], alive[best_hit[1]].queue, hit=True)
         holding = {w for _, w in holders}
         options = []  # (cost, device, worker, victims)
@@ -438,7 +444,7 @@ class Cache:
             candidates = [w for w in alive.values() if w.device == device and w.name not in holding]
             if not candidates:
                 continue
-            target = min(candidates, key=lambda w: (self._queue_length(w), w.name))
+            target = min(candidates, key=lambda w: (backlog[w.name], w.name))
             used = _used(per_device[device])
             need = model.bytes - (cap - used)
             if best_hit is not None:
@@ -551,10 +557,16 @@ class Cache:
                         pipe.unwatch()
                         return True
                     doc = json.loads(raw)
+                    reserved = int(doc["bytes"])
                     if observed_bytes is not None:
                         doc["bytes"] = max(int(observed_bytes), 1)
                     doc["state"] = "ready"
-                    overflow = self._overflow_victims(device, s, doc["bytes"])
+                    # within its reservation the device stays within the cap: nothing to check
+                    overflow = (
+                        self._overflow_victims(device, s, doc["bytes"])
+                        if doc["bytes"] > reserved
+                        else []
+                    )
                     if overflow is None:
                         pipe.unwatch()
                         self.failed_load(device, model, worker)
@@ -704,7 +716,8 @@ class Cache:
                         pipe.unwatch()
                         return None
                     candidates = [w for w in alive.values() if w.device == device]
-                    target = min(candidates, key=lambda w: (self._queue_length(w), w.name))
+                    backlog = self._backlogs(candidates)
+                    target = min(candidates, key=lambda w: (backlog[w.name], w.name))
                     s = slot(model.name, target.name)
                     entry = Entry(model.name, model.bytes, model.load_s, model.exec_s,
                                   inserted_at=now, last_used=now)  # fmt: skip
@@ -804,10 +817,11 @@ class Cache:
                 name: {k: int(v) for k, v in _decode(self.r.hgetall(key(name, device))).items()}
                 for name in ("hits", "misses", "evictions", "prewarms")
             }
+            backlog = self._backlogs(w for w in alive.values() if w.device == device)
             workers = {
                 w.name: {
                     "queue": w.queue,
-                    "queued": self._queue_length(w),
+                    "queued": backlog[w.name],
                     **self._worker_rss(w.name),
                     "models": [],
                 }

@@ -75,7 +75,7 @@ class InterpreterCache:
             loaded.predict(np.zeros(loaded.input.shape, dtype=loaded.input.dtype))
             loaded.close()
             del loaded
-            release_memory()
+            release_memory(collect=True)
             return
 
     def drop(self, model: str) -> int:
@@ -391,7 +391,7 @@ class BruleeWorker(SimpleWorker):
 
     def register_birth(self, *args: Any, **kwargs: Any) -> None:
         super().register_birth(*args, **kwargs)
-        release_memory()
+        release_memory(collect=True)
         self._baseline_rss = rss_bytes()  # before any model: the worker's fixed cost
         self._register()
         threading.Thread(target=self._beat, name="brulee-heartbeat", daemon=True).start()

@@ -38,7 +38,7 @@ def drop_page_cache(path: str) -> bool:
 
 def probe(path: str, runs: int, threads: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    release_memory()
+    release_memory(collect=True)
     start = rss_bytes()
     # A worker has served other models before this one: warm the runtime itself (libraries,
     # delegate set-up) with one throw-away load, so the numbers below are this model's own.
@@ -46,7 +46,7 @@ def probe(path: str, runs: int, threads: int, seed: int = 0) -> dict:
     warmup.predict(warmup.input.random(rng))
     warmup.close()
     del warmup
-    release_memory()
+    release_memory(collect=True)
     baseline = rss_bytes()
 
     dropped = drop_page_cache(path)

@@ -1,6 +1,6 @@
 """Benchmark: what one eviction decision and one proactive update cost, per policy.
 
-``python -m agent.policies.bench`` prints a table of median microseconds per ``victims`` call
+``python benchmarks/policy_decisions.py`` prints a table of median microseconds per ``victims`` call
 for caches of several sizes, with LRU (the cheapest ordering) measured in the same run as the
 baseline, and the cost of ``on_invocation`` + ``next_event_time`` per proactive policy against
 ``none``. The simulator calls ``victims`` once per miss and ``on_invocation`` once per request,

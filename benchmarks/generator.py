@@ -9,7 +9,7 @@ failed, and the lag p99 is <= 50 ms. Targets:
   (``loadgen/replay_standin.py``; no model), so the numbers measure the generator;
 - optionally ``--host URL --function NAME``: a running agent's function (e.g. tiny-cnn).
 
-Usage: ``python -m loadgen.bench_generator [--rates 100,200,...] [--seconds 10]``.
+Usage: ``python benchmarks/generator.py [--rates 100,200,...] [--seconds 10]``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The policy comparison recorded in ``docs/simulation.md``, reproducible with one command::
 
-    python -m loadgen.bench_policies --out /tmp/sim-bench [--functions 200 --hours 24]
+    python benchmarks/policies_simulated.py --out /tmp/sim-bench [--functions 200 --hours 24]
 
 Cost model: the seed's measured latencies (``loadgen/data/models.m5.json``: 26 Keras
 applications on an AWS m5.large) with sizes = Keras' published parameter counts x 4 bytes

@@ -18,6 +18,7 @@ No client data is pickled: lane messages and RQ jobs are JSON, tensors ``.npy`` 
 
 from __future__ import annotations
 
+import atexit
 import hmac
 import json
 import os
@@ -356,6 +357,7 @@ def create_app(
     profiles = Profiles(models)
     spool = Spool()
     spool.sweep()
+    atexit.register(spool.close)
     hosts_seen: list[Any] = [0.0, set()]  # (when, the workers' hosts)
     metrics = CollectorRegistry(auto_describe=False)
     metrics.register(RedisCollector(cache))
@@ -491,7 +493,8 @@ def create_app(
         doc, batch = decode(name)
         reply = key("reply", uuid.uuid4().hex)
         spooled = spool.put(batch) if workers_all_local() else None
-        via = {"input_file": spooled, "host": spool.host} if spooled else {}
+        slot = spooled[0] if spooled else None
+        via = {"input_file": slot, "input_bytes": spooled[1], "host": spool.host} if slot else {}
         inline = b"" if spooled else to_npy(batch)
         try:
             placement = cache.try_hit(
@@ -513,6 +516,7 @@ def create_app(
             while True:
                 popped = conn.blpop([reply], timeout=1)
                 if popped is not None:
+                    spool.done(slot)  # the worker is done with the input
                     return read_reply(popped[1])
                 if not conn.exists(key("alive", worker)):
                     raise ApiError(
@@ -523,7 +527,7 @@ def create_app(
                         504, f"function {name!r} did not answer within {sync_timeout:g} s"
                     )
         except BaseException:
-            spool.discard(spooled)  # not taken by a worker (it would be gone otherwise)
+            spool.discard(slot)  # a worker may still read it: never reuse it
             raise
 
     def workers_all_local() -> bool:

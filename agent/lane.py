@@ -7,10 +7,10 @@ its JSON response body, encoded once by the worker and passed through by the gat
 
 When the worker runs on the gateway's own host, the input tensor does not go through Redis at
 all: the gateway leaves it in the :class:`Spool`, a private directory on the host's shared
-memory (``/dev/shm``), and the message names the file. Redis takes milliseconds to accept a
-value of a few hundred kilobytes (an image model's input), several times the rest of a warm
-hit; a file in shared memory costs tens of microseconds. Workers on other hosts get the tensor
-inline, through Redis.
+memory (``/dev/shm``), and the message names the file and the byte count. Redis takes
+milliseconds to accept a value of a few hundred kilobytes (an image model's input), several
+times the rest of a warm hit; rewriting a file in shared memory costs a tenth of a
+millisecond. Workers on other hosts get the tensor inline, through Redis.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +33,26 @@ SPOOL_MAX_AGE_S = 600  # older inputs were abandoned (a gateway died meanwhile):
 
 
 class Spool:
-    """Request tensors handed from a gateway to a worker on the same host, as files in a
+    """Request tensors handed from a gateway to a worker on the same host, through files in a
     directory only this user can read (``<root>/brulee-<uid>``, mode 0700). Not usable when
     the root does not exist or the directory belongs to someone else: inputs then travel
-    inline."""
+    inline.
+
+    Each gateway process keeps a few *slot* files (``<pid>-<n>.npy``, one per request in
+    flight) and overwrites them: a fresh file per request costs page allocation and freeing,
+    about 1 ms for an image tensor. A slot is reused only once the worker has answered; a slot
+    whose request ended otherwise (timeout, dead worker) is deleted, never reused, so a late
+    reader finds nothing rather than someone else's input."""
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         root = Path(root or os.environ.get("BRULEE_SPOOL_DIR") or SPOOL_ROOT)
         self.dir = root / f"brulee-{os.getuid()}"
         self.host = socket.gethostname()
         self.usable = False
+        self._lock = threading.Lock()
+        self._free: list[str] = []
+        self._fds: dict[str, int] = {}
+        self._made = 0
         try:
             self.dir.mkdir(mode=0o700, exist_ok=True)
             st = self.dir.stat()
@@ -50,20 +60,45 @@ class Spool:
         except OSError:
             pass
 
-    def put(self, batch: np.ndarray) -> str | None:
-        """Leave ``batch`` for a worker as ``.npy``; its file name, or None if it could not be
-        written (no space in shared memory: send it inline)."""
+    def put(self, batch: np.ndarray) -> tuple[str, int] | None:
+        """Leave ``batch`` for a worker as ``.npy`` in a free slot; the slot's name and the
+        byte count, or None if it could not be written (shared memory full: send it inline).
+        Give the slot back with :meth:`done` or :meth:`discard`."""
         if not self.usable:
             return None
-        path = self.dir / f"{uuid.uuid4().hex}.npy"
+        data = to_npy(batch)
+        with self._lock:
+            if self._free:
+                name = self._free.pop()
+            else:
+                self._made += 1
+                name = f"{os.getpid()}-{self._made}.npy"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(to_npy(batch))
+            fd = self._fds.get(name)
+            if fd is None:
+                fd = os.open(self.dir / name, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                self._fds[name] = fd
+            os.pwrite(fd, data, 0)
         except OSError:
-            path.unlink(missing_ok=True)
+            self.discard(name)
             return None
-        return path.name
+        return name, len(data)
+
+    def done(self, name: str | None) -> None:
+        """The worker has answered: the slot may carry the next input."""
+        if name:
+            with self._lock:
+                self._free.append(name)
+
+    def discard(self, name: str | None) -> None:
+        """The request ended without an answer (a worker may still read the slot later):
+        delete the file; the name is never used again."""
+        if not name:
+            return
+        fd = self._fds.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+        self._path(name).unlink(missing_ok=True)
 
     def _path(self, name: str) -> Path:
         path = self.dir / name
@@ -71,34 +106,54 @@ class Spool:
             raise ValueError(f"not a spool file name: {name!r}")
         return path
 
-    def take(self, name: str) -> bytes | None:
-        """The payload left under ``name``, removed; None if it is gone."""
-        path = self._path(name)
+    def read(self, name: str, size: int) -> bytes | None:
+        """The ``size`` bytes of input in slot ``name`` (a worker's side); None if it is gone."""
         try:
-            data = path.read_bytes()
+            fd = os.open(self._path(name), os.O_RDONLY)
         except FileNotFoundError:
             return None
-        path.unlink(missing_ok=True)
-        return data
+        try:
+            data = os.pread(fd, size, 0)
+        finally:
+            os.close(fd)
+        return data if len(data) == size else None
 
-    def discard(self, name: str | None) -> None:
-        if name:
-            self._path(name).unlink(missing_ok=True)
+    def close(self) -> None:
+        """Delete this process's slots (the gateway is stopping)."""
+        for name in list(self._fds):
+            self.discard(name)
+        self._free.clear()
 
     def sweep(self, max_age_s: float = SPOOL_MAX_AGE_S) -> int:
-        """Remove inputs older than ``max_age_s`` (left by a gateway that died); their count."""
+        """Remove slots of gateway processes that are gone (and unknown files older than
+        ``max_age_s``); returns how many."""
         if not self.usable:
             return 0
         old = time.time() - max_age_s
         gone = 0
         for path in self.dir.glob("*.npy"):
+            owner = path.name.split("-", 1)[0]
             try:
-                if path.stat().st_mtime < old:
-                    path.unlink()
-                    gone += 1
+                if owner.isdigit():
+                    if int(owner) == os.getpid() or _alive(int(owner)):
+                        continue
+                elif path.stat().st_mtime >= old:
+                    continue
+                path.unlink()
+                gone += 1
             except FileNotFoundError:
                 pass
         return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def lane_message(req: dict[str, Any], payload: bytes) -> bytes:

@@ -164,6 +164,19 @@ class Placement:
 
 
 @dataclass
+class _State:
+    """The cache state one placement decides on (read by ``Cache._read_state``)."""
+
+    requests: int  # all requests so far (the policies' R)
+    model_requests: int  # requests for the model being placed
+    entries: dict[str, list[tuple[str, str, dict]]] = field(default_factory=dict)
+    caps: dict[str, int] = field(default_factory=dict)
+    pins: dict[str, dict[str, str]] = field(default_factory=dict)
+    clocks: dict[str, float] = field(default_factory=dict)
+    backlog: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class _Worker:
     name: str
     device: str
@@ -208,13 +221,6 @@ class Cache:
         pipe.sadd(key("workers"), worker)
         pipe.set(key("alive", worker), 1, px=int(HEARTBEAT_TTL * 1000))
         pipe.execute()
-
-    def observed(self, model: str, observed_bytes: int, load_s: float) -> None:
-        """What a worker saw when it loaded ``model``: its resident-memory increase (shown in
-        ``/system/cache``) and the load time (the policies' load cost)."""
-        self.r.hset(
-            key("stats", model), mapping={"observed_bytes": observed_bytes, "load_s": load_s}
-        )
 
     def heartbeat(self, worker: str, rss: int | None = None) -> None:
         """The worker is alive; ``rss``: its resident memory now (shown in ``/system/cache``)."""
@@ -411,33 +417,69 @@ class Cache:
                     pipe.watch(
                         *(key(n, d) for d in devices for n in ("entries", "pins")), key("workers")
                     )
-                    placement = self._decide(model, alive, devices, now)
+                    state = self._read_state(model.name, alive, devices)
+                    placement = self._decide(model, alive, devices, now, state)
                     pipe.multi()
                     self._record_arrival(pipe, model.name, now)
-                    self._commit(pipe, model, placement, now)
+                    self._commit(pipe, model, placement, now, state)
                     result = enqueue(pipe, placement)
                     pipe.execute()
                     return placement, result
                 except redis.WatchError:
                     continue  # someone changed the cache meanwhile: decide again
 
+    def _read_state(self, model: str, alive: dict[str, _Worker], devices: list[str]) -> _State:
+        """What a decision reads, in one round trip (inside the WATCH)."""
+        pipe = self.r.pipeline(transaction=False)
+        for d in devices:
+            pipe.hgetall(key("entries", d))
+            pipe.hget(key("device", d), "cap")
+            pipe.hgetall(key("pins", d))
+            pipe.get(key("clock", d))
+        for w in alive.values():
+            pipe.llen(f"rq:queue:{w.queue}")
+            pipe.llen(lane(w.name))
+        pipe.get(key("requests"))
+        pipe.hget(key("stats", model), "requests")
+        replies = pipe.execute()
+        state = _State(int(replies[-2] or 0), int(replies[-1] or 0))
+        for i, d in enumerate(devices):
+            raw, cap, pins, clock = replies[4 * i : 4 * i + 4]
+            state.entries[d] = [
+                (m, w, json.loads(v))
+                for (m, w), v in ((unslot(f), v) for f, v in _decode(raw).items())
+                if w in alive
+            ]
+            if cap is None:
+                raise PlacementError(f"device {d!r} has no memory cap configured")
+            state.caps[d], state.pins[d] = int(cap), _decode(pins)
+            state.clocks[d] = float(clock or 0.0)
+        lengths = replies[4 * len(devices) : -2]
+        for i, w in enumerate(alive.values()):
+            state.backlog[w.name] = lengths[2 * i] + lengths[2 * i + 1]
+        return state
+
     def _decide(
-        self, model: ModelFacts, alive: dict[str, _Worker], devices: list[str], now: float
+        self,
+        model: ModelFacts,
+        alive: dict[str, _Worker],
+        devices: list[str],
+        now: float,
+        state: _State,
     ) -> Placement:
-        per_device = {d: self._entries(d, alive) for d in devices}
-        backlog = self._backlogs(alive.values())
+        per_device, backlog = state.entries, state.backlog
         holders = [(d, w) for d, es in per_device.items() for m, w, _ in es if m == model.name]
         best_hit = None
         if holders:
             best_hit = min(holders, key=lambda dw: (backlog[dw[1]], dw[1]))
-            self._load_clock(best_hit[0])
+            self._set_clock(state.clocks[best_hit[0]])
             if backlog[best_hit[1]] < SCALE_OUT_QUEUE:
                 return Placement(best_hit[0], best_hit[1], alive[best_hit[1]].queue, hit=True)
         holding = {w for _, w in holders}
         options = []  # (cost, device, worker, victims)
         too_large = []
         for device in devices:
-            cap = self._cap(device)
+            cap = state.caps[device]
             if model.bytes > cap:
                 too_large.append((device, cap))
                 continue
@@ -452,9 +494,8 @@ class Cache:
                 if need <= 0:
                     options.append((0, device, target, []))
                 continue
-            pins = _decode(self.r.hgetall(key("pins", device)))
-            self._load_clock(device)
-            facts = self._policy_entries(device, per_device[device], pins)
+            self._set_clock(state.clocks[device])
+            facts = self._policy_entries(device, per_device[device], state.pins[device])
             incoming = Entry(
                 model.name,
                 model.bytes,
@@ -464,8 +505,7 @@ class Cache:
                 last_used=now,
                 pinned=True,
             )
-            total = int(self.r.get(key("requests")) or 0)
-            chosen = self.policy.victims([e for e, _ in facts], incoming, need, total, now)
+            chosen = self.policy.victims([e for e, _ in facts], incoming, need, state.requests, now)
             if chosen is None:
                 continue
             by_id = {id(e): s for e, s in facts}
@@ -497,16 +537,20 @@ class Cache:
         return placement
 
     def _load_clock(self, device: str) -> None:
-        if hasattr(self.policy, "clock"):
-            self.policy.clock = float(self.r.get(key("clock", device)) or 0.0)
+        self._set_clock(float(self.r.get(key("clock", device)) or 0.0))
 
-    def _commit(self, pipe, model: ModelFacts, p: Placement, now: float) -> None:
+    def _set_clock(self, clock: float) -> None:
+        """Policies with a clock (GDSF) decide with the device's stored one."""
+        if hasattr(self.policy, "clock"):
+            self.policy.clock = clock
+
+    def _commit(self, pipe, model: ModelFacts, p: Placement, now: float, state: _State) -> None:
         s = slot(model.name, p.worker)
         pipe.hincrby(key("pins", p.device), s, 1)
         pipe.hset(key("used", p.device), s, now)
         pipe.hincrby(key("stats", model.name), "requests", 1)
         pipe.incr(key("requests"))
-        requests = int(self.r.hget(key("stats", model.name), "requests") or 0) + 1
+        requests = state.model_requests + 1
         entry = Entry(
             model.name,
             model.bytes,
@@ -541,13 +585,23 @@ class Cache:
     # -- what workers report -------------------------------------------------------------
 
     def loaded(
-        self, device: str, model: str, worker: str, observed_bytes: int | None, load_s: float
+        self,
+        device: str,
+        model: str,
+        worker: str,
+        observed_bytes: int | None,
+        load_s: float,
+        rss_growth: int | None = None,
     ) -> bool:
-        """The interpreter is ready: correct the reserved bytes with what the worker saw
-        (``None``: the worker already held it, e.g. after Redis lost its state; keep them).
-        If the model is larger than reserved and idle models cannot make room, its
-        reservation is given back and False returned: the worker drops it, the cap holds."""
+        """The interpreter is ready: correct the reserved bytes with ``observed_bytes``
+        (``None``: keep the reservation, e.g. a profile the worker's measure stays within, or
+        the worker already held it after Redis lost its state). If the model is larger than
+        reserved and idle models cannot make room, its reservation is given back and False
+        returned: the worker drops it, the cap holds. ``rss_growth``: the worker's resident
+        memory increase at the load, kept with the load time in the model's statistics
+        (``observed_bytes`` in ``/system/functions``)."""
         s = slot(model, worker)
+        seen = {} if rss_growth is None else {"observed_bytes": rss_growth, "load_s": load_s}
         with self.r.pipeline() as pipe:
             while True:
                 try:
@@ -555,6 +609,8 @@ class Cache:
                     raw = pipe.hget(key("entries", device), s)
                     if raw is None:  # evicted or forgotten meanwhile
                         pipe.unwatch()
+                        if seen:
+                            self.r.hset(key("stats", model), mapping=seen)
                         return True
                     doc = json.loads(raw)
                     reserved = int(doc["bytes"])
@@ -570,15 +626,15 @@ class Cache:
                     if overflow is None:
                         pipe.unwatch()
                         self.failed_load(device, model, worker)
-                        if observed_bytes is not None:  # the next placement reserves enough
-                            self.r.hset(key("stats", model), "bytes", doc["bytes"])
+                        # the next placement reserves enough
+                        self.r.hset(key("stats", model), mapping={**seen, "bytes": doc["bytes"]})
                         return False
                     pipe.multi()
                     pipe.hset(key("entries", device), s, json.dumps(doc))
                     if observed_bytes is not None:
-                        pipe.hset(
-                            key("stats", model), mapping={"bytes": doc["bytes"], "load_s": load_s}
-                        )
+                        seen.update(bytes=doc["bytes"], load_s=load_s)
+                    if seen:
+                        pipe.hset(key("stats", model), mapping=seen)
                     self._evict_now(pipe, device, overflow)
                     pipe.execute()
                     return True

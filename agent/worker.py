@@ -177,7 +177,7 @@ def _lane_input(ctx: _Context, req: dict[str, Any], inline: bytes) -> bytes | No
             f"runs on {ctx.spool.host}; retry",
             status=503,
         )
-    return ctx.spool.take(name)
+    return ctx.spool.read(name, int(req["input_bytes"]))
 
 
 def _serve(ctx: _Context, req: dict[str, Any], read_input) -> dict[str, Any]:
@@ -226,8 +226,7 @@ def _serve(ctx: _Context, req: dict[str, Any], read_input) -> dict[str, Any]:
             correction = observed
             if req.get("profiled_bytes") and observed <= int(req.get("reserved_bytes") or 0):
                 correction = None
-            ctx.cache.observed(model, observed, load_s)
-            if not ctx.cache.loaded(ctx.device, model, ctx.worker, correction, load_s):
+            if not ctx.cache.loaded(ctx.device, model, ctx.worker, correction, load_s, observed):
                 ctx.interpreters.drop(model)
                 return {
                     "error": f"model {model!r} needs {observed} bytes, more than reserved, and "
@@ -277,8 +276,7 @@ def prewarm(model: str, file: str) -> dict[str, Any]:
             return {"model": model, "error": f"cannot be loaded from {file}: {exc}"}
         loaded.predict(np.zeros(loaded.input.shape, dtype=loaded.input.dtype))
         observed = rss_bytes() - rss_before
-        ctx.cache.observed(model, observed, load_s)
-        if not ctx.cache.loaded(ctx.device, model, ctx.worker, None, load_s):
+        if not ctx.cache.loaded(ctx.device, model, ctx.worker, None, load_s, observed):
             ctx.interpreters.drop(model)
         return {"model": model, "load_s": load_s, "observed_bytes": observed}
     finally:

@@ -21,7 +21,9 @@ connection: a client library's own cost is not the agent's):
 - **memory**: per model, the profiled loaded bytes vs. the worker's RSS change at load and at
   eviction.
 
-Prints tables of medians and ratios (the machine is shared: medians, not means).
+The in-process baselines run interleaved with the agent's calls (one in-process call, one
+through the agent, and so on), so both sides see the machine in the same state. Prints tables
+of medians and ratios (the machine is shared: medians, not means).
 """
 
 from __future__ import annotations
@@ -97,7 +99,38 @@ def _gunicorn(port: int, app: str, cwd: Path):
     )  # fmt: skip
 
 
-def in_process_warm(path: Path, x: np.ndarray, runs: int) -> list[float]:
+class InProcess:
+    """The baselines, in this process: the model warm, and a cold miss done the worker's way
+    (drop the evictor with ``InterpreterCache.drop``, load the model, first invoke). The
+    benchmark interleaves them with the agent's calls, so both sides see the same machine."""
+
+    def __init__(self, models_dir: Path, catalog: dict, model: str, evictor: str) -> None:
+        from agent.worker import InterpreterCache
+
+        self.catalog, self.model, self.evictor = catalog, model, evictor
+        self.cache = InterpreterCache(models_dir)
+        self.x, self.evictor_x = _input(catalog, model), _input(catalog, evictor)
+        self.warm_model, _ = self.cache.load(f"warm-{model}", catalog[model]["file"])
+        self.warm_model.predict(self.x)
+
+    def warm(self) -> float:
+        t0 = time.perf_counter()
+        self.warm_model.predict(self.x)
+        return time.perf_counter() - t0
+
+    def cold(self) -> float:
+        loaded, _ = self.cache.load(self.evictor, self.catalog[self.evictor]["file"])
+        loaded.predict(self.evictor_x)
+        t0 = time.perf_counter()
+        self.cache.drop(self.evictor)
+        loaded, _ = self.cache.load(self.model, self.catalog[self.model]["file"])
+        loaded.predict(self.x)
+        took = time.perf_counter() - t0
+        self.cache.drop(self.model)
+        return took
+
+
+def in_process_exec(path: Path, x: np.ndarray, runs: int) -> list[float]:
     from agent.runtime import load_model
 
     model = load_model(path)
@@ -108,25 +141,6 @@ def in_process_warm(path: Path, x: np.ndarray, runs: int) -> list[float]:
         model.predict(x)
         out.append(time.perf_counter() - t0)
     model.close()
-    return out
-
-
-def in_process_cold(models_dir: Path, catalog: dict, model: str, evictor: str, runs: int):
-    """Drop the evictor (as the worker does), load ``model``, first invoke: seconds per run."""
-    from agent.worker import InterpreterCache
-
-    cache = InterpreterCache(models_dir)
-    x = _input(catalog, model)
-    out = []
-    for _ in range(runs):
-        loaded, _ = cache.load(evictor, catalog[evictor]["file"])
-        loaded.predict(_input(catalog, evictor))
-        t0 = time.perf_counter()
-        cache.drop(evictor)
-        loaded, _ = cache.load(model, catalog[model]["file"])
-        loaded.predict(x)
-        out.append(time.perf_counter() - t0)
-        cache.drop(model)
     return out
 
 
@@ -246,9 +260,8 @@ def main(
     compute_body = to_npy(_input(catalog, compute_model))
     cap = sizes[evictor] + sizes[model] // 2  # the evictor fits, never together with the model
     token = secrets.token_hex(8)
-    warm_local = in_process_warm(models_dir / catalog[model]["file"], x, runs)
-    cold_local = in_process_cold(models_dir, catalog, model, evictor, max(5, runs // 20))
-    exec_compute = in_process_warm(
+    local = InProcess(models_dir, catalog, model, evictor)
+    exec_compute = in_process_exec(
         models_dir / catalog[compute_model]["file"], _input(catalog, compute_model), 20
     )
 
@@ -257,8 +270,9 @@ def main(
             deploy_tensor_functions(url, token, [model, evictor])
             client, path = Client(url), f"/function/bench-{model}"
             client.post(path, body)
-            warm, queued, executed = [], [], []
+            warm, queued, executed, warm_local = [], [], [], []
             for _ in range(runs):
+                warm_local.append(local.warm())
                 took, resp = client.timed(path, body)
                 if resp.getheader("X-Cache") != "hit":
                     raise click.ClickException(f"expected a hit, got {resp.getheader('X-Cache')}")
@@ -266,8 +280,9 @@ def main(
                 queued.append(float(resp.getheader("X-Queue-Seconds")))
                 executed.append(float(resp.getheader("X-Exec-Seconds")))
             answer_bytes = len(resp.body)
-            cold = []
-            for _ in range(len(cold_local)):
+            cold, cold_local = [], []
+            for _ in range(max(5, runs // 20)):
+                cold_local.append(local.cold())
                 client.post(f"/function/bench-{evictor}", evictor_body)
                 took, resp = client.timed(path, body)
                 if resp.getheader("X-Cache") != "miss":

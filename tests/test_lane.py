@@ -12,21 +12,29 @@ from agent.lane import Spool, lane_message, read_reply, reply_message
 from functions.tensors import from_npy
 
 
-def test_spool_hands_over_an_input_once(tmp_path):
+def test_spool_reuses_answered_slots_and_deletes_abandoned_ones(tmp_path):
     spool = Spool(tmp_path)
     assert spool.usable and (spool.dir.stat().st_mode & 0o777) == 0o700
-    x = np.arange(12, dtype=np.float32).reshape(3, 4)
-    name = spool.put(x)
+    big, small = np.arange(1000, dtype=np.float32), np.arange(3, dtype=np.int16)
+    name, size = spool.put(big)
     assert (spool.dir / name).stat().st_mode & 0o777 == 0o600
-    assert (from_npy(spool.take(name)) == x).all()
-    assert spool.take(name) is None  # taken: gone
+    assert (from_npy(Spool(tmp_path).read(name, size)) == big).all()  # a worker's side
+    spool.done(name)  # answered: the next input overwrites the same file
+    again, small_size = spool.put(small)
+    assert again == name and (from_npy(spool.read(name, small_size)) == small).all()
+    other, _ = spool.put(big)  # two in flight: two slots
+    assert other != name
+    spool.discard(name)  # no answer: a late reader finds nothing, and the name is retired
+    assert spool.read(name, small_size) is None
+    assert spool.put(small)[0] not in (name, other)
+    spool.close()
     assert not list(spool.dir.iterdir())
 
 
 @pytest.mark.parametrize("name", ["../escape.npy", "/etc/passwd", "sub/x.npy", "x.txt"])
 def test_spool_names_cannot_leave_its_directory(tmp_path, name):
     with pytest.raises(ValueError, match="not a spool file name"):
-        Spool(tmp_path).take(name)
+        Spool(tmp_path).read(name, 10)
 
 
 def test_spool_is_unusable_when_shared_with_others(tmp_path):
@@ -38,13 +46,20 @@ def test_spool_is_unusable_when_shared_with_others(tmp_path):
     assert not Spool(tmp_path / "no" / "such" / "root").usable
 
 
-def test_spool_sweeps_abandoned_inputs_only(tmp_path):
+def test_spool_sweeps_slots_of_gone_processes_only(tmp_path):
+    import subprocess
+
     spool = Spool(tmp_path)
-    old, new = spool.put(np.zeros(3)), spool.put(np.ones(3))
-    past = time.time() - 3600
-    os.utime(spool.dir / old, (past, past))
+    mine, _ = spool.put(np.zeros(3))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (spool.dir / f"{gone.pid}-1.npy").write_bytes(b"x")  # a gateway that died
+    (spool.dir / "stray.npy").write_bytes(b"x")  # not a slot: removed once old
     assert spool.sweep(max_age_s=600) == 1
-    assert [p.name for p in spool.dir.iterdir()] == [new]
+    past = time.time() - 3600
+    os.utime(spool.dir / "stray.npy", (past, past))
+    assert spool.sweep(max_age_s=600) == 1
+    assert [p.name for p in spool.dir.iterdir()] == [mine]
 
 
 def test_messages_carry_bytes_untouched():

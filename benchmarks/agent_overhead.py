@@ -226,7 +226,7 @@ def redis_rtt(socket_path: Path, runs: int = 500) -> list[float]:
 @click.option("--runs", default=200, show_default=True)
 @click.option("--workers", default=2, show_default=True)
 @click.option("--seconds", default=10.0, show_default=True, help="length of a throughput round")
-@click.option("--rounds", default=3, show_default=True, help="throughput rounds (alternating)")
+@click.option("--rounds", default=5, show_default=True, help="throughput rounds (alternating)")
 def main(
     models_dir: Path,
     model: str,

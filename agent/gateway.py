@@ -38,7 +38,14 @@ from rq.webhook import Webhook
 
 from agent.lane import Spool, lane_message, read_reply
 from agent.metrics import RedisCollector
-from agent.placement import Cache, ModelFacts, PlacementError, key, lane
+from agent.placement import (
+    Cache,
+    ModelFacts,
+    PlacementError,
+    RegistryChanged,
+    key,
+    lane,
+)
 from functions.tensors import to_npy
 
 INPUT_TTL_S = 300
@@ -136,9 +143,12 @@ class Registry:
         pipe.incr(key("functions", "version"))
         return bool(pipe.execute()[0])
 
-    def get(self, name: str) -> dict[str, Any]:
+    def get(self, name: str, verify: bool = True) -> dict[str, Any]:
         """The function's document, or 404; 503 with the reason if its model failed to load.
-        One round trip when this process's copy is current."""
+        One round trip when this process's copy is current; none with ``verify=False`` (the
+        caller checks the version and the failed flag itself: the hit script does)."""
+        if not verify and name in self._docs:
+            return self._docs[name]
         pipe = self.r.pipeline(transaction=False)
         pipe.get(key("functions", "version"))
         pipe.hget(key("failed"), name)
@@ -159,6 +169,22 @@ class Registry:
         if reason is not None:
             raise ApiError(503, f"function {name!r} failed: {reason.decode()}")
         return doc
+
+    @property
+    def version(self) -> bytes | None:
+        """The registry version this process's copy was read at."""
+        return self._version
+
+    def forget(self) -> None:
+        """Drop this process's copy (the registry changed)."""
+        self._docs, self._version = {}, None
+
+    def changed(self) -> bool:
+        """Whether the registry changed since this process's copy was read (then dropped)."""
+        if self.r.get(key("functions", "version")) == self._version:
+            return False
+        self.forget()
+        return True
 
     def all(self) -> dict[str, dict[str, Any]]:
         return {k.decode(): json.loads(v) for k, v in self.r.hgetall(key("functions")).items()}
@@ -397,9 +423,9 @@ def create_app(
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise ApiError(401, "management endpoints need 'Authorization: Bearer <token>'")
 
-    def decode(name: str) -> tuple[dict[str, Any], Any]:
+    def decode(name: str, verify: bool = True) -> tuple[dict[str, Any], Any]:
         """The function's document and the request's input tensor (4xx/5xx here)."""
-        doc = registry.get(name)
+        doc = registry.get(name, verify)
         from functions.handlers import BadInput
 
         if request.content_length and request.content_length > body_limit:
@@ -407,6 +433,8 @@ def create_app(
         try:
             batch = registry.handler(doc).decode(request.get_data(), request.content_type or "")
         except BadInput as exc:
+            if not verify and registry.changed():  # judged by a stale copy: judge again
+                return decode(name, verify=True)
             raise ApiError(exc.status, str(exc)) from exc
         return doc, batch
 
@@ -489,46 +517,62 @@ def create_app(
 
     def call(name: str) -> tuple[dict[str, Any], bytes]:
         """A synchronous invocation through the worker's lane; returns the reply's header and
-        body. A warm hit is one script; anything else a placement transaction."""
-        doc, batch = decode(name)
-        reply = key("reply", uuid.uuid4().hex)
+        body. A warm hit is one script (which also checks this process's copy of the function
+        registry and the function's failed flag); anything else a placement transaction."""
+        while True:
+            doc, batch = decode(name, verify=False)
+            reply = key("reply", uuid.uuid4().hex)
+            slot, via, inline = hand_over(batch)
+            try:
+                placement = cache.try_hit(
+                    doc["model"],
+                    lane_message(job_request(name, doc, reply=reply, **via), inline),
+                    function=name,
+                    registry_version=registry.version,
+                )
+                return wait_for_answer(name, doc, placement, reply, via, inline, slot)
+            except RegistryChanged:
+                spool.done(slot)  # nothing was queued: decode again with the current registry
+                registry.forget()
+            except BaseException:
+                spool.discard(slot)  # a worker may still read it: never reuse it
+                raise
+
+    def hand_over(batch) -> tuple[str | None, dict[str, Any], bytes]:
+        """How the input reaches the worker: a spool slot when every worker is on this host
+        (the slot's name, the message fields naming it, no inline bytes), else inline."""
         spooled = spool.put(batch) if workers_all_local() else None
-        slot = spooled[0] if spooled else None
-        via = {"input_file": slot, "input_bytes": spooled[1], "host": spool.host} if slot else {}
-        inline = b"" if spooled else to_npy(batch)
-        try:
-            placement = cache.try_hit(
-                doc["model"], lane_message(job_request(name, doc, reply=reply, **via), inline)
-            )
-            if placement is not None:
-                worker = placement.worker
-            else:
+        if spooled is None:
+            return None, {}, to_npy(batch)
+        slot, size = spooled
+        return slot, {"input_file": slot, "input_bytes": size, "host": spool.host}, b""
 
-                def enqueue(pipe, placement, facts, profiled):
-                    req = job_request(name, doc, reply=reply, **via)
-                    placed(req, facts, profiled, placement)
-                    evict_elsewhere(pipe, placement)
-                    pipe.rpush(lane(placement.worker), lane_message(req, inline))
-                    return placement.worker
+    def wait_for_answer(name, doc, placement, reply, via, inline, slot):
+        """Place a miss (if the hit script did not place it) and wait for the worker."""
+        if placement is not None:
+            worker = placement.worker
+        else:
 
-                worker = place(doc, enqueue)
-            deadline = time.monotonic() + sync_timeout
-            while True:
-                popped = conn.blpop([reply], timeout=1)
-                if popped is not None:
-                    spool.done(slot)  # the worker is done with the input
-                    return read_reply(popped[1])
-                if not conn.exists(key("alive", worker)):
-                    raise ApiError(
-                        503, f"worker {worker} died before finishing the job for {name!r}; retry"
-                    )
-                if time.monotonic() > deadline:
-                    raise ApiError(
-                        504, f"function {name!r} did not answer within {sync_timeout:g} s"
-                    )
-        except BaseException:
-            spool.discard(slot)  # a worker may still read it: never reuse it
-            raise
+            def enqueue(pipe, placement, facts, profiled):
+                req = job_request(name, doc, reply=reply, **via)
+                placed(req, facts, profiled, placement)
+                evict_elsewhere(pipe, placement)
+                pipe.rpush(lane(placement.worker), lane_message(req, inline))
+                return placement.worker
+
+            worker = place(doc, enqueue)
+        deadline = time.monotonic() + sync_timeout
+        while True:
+            popped = conn.blpop([reply], timeout=1)
+            if popped is not None:
+                spool.done(slot)  # the worker is done with the input
+                return read_reply(popped[1])
+            if not conn.exists(key("alive", worker)):
+                raise ApiError(
+                    503, f"worker {worker} died before finishing the job for {name!r}; retry"
+                )
+            if time.monotonic() > deadline:
+                raise ApiError(504, f"function {name!r} did not answer within {sync_timeout:g} s")
 
     def workers_all_local() -> bool:
         """Whether every worker runs on this host (then inputs go through the spool)."""

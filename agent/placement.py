@@ -56,9 +56,18 @@ REPLY_TTL_S = 120  # an answer nobody collected (its caller gave up) expires
 # backlog (RQ queue + lane), pin it, account the request and push the invocation onto its lane.
 # Same decision as ``Cache._decide`` for hits; anything else (no holder, a dead holder, every
 # holder backed up: a second copy may be due) returns nil and takes the WATCH/MULTI path.
-# Returns {worker, device, requests of the model, stored priority, clock, entry JSON}.
+# Returns {worker, device, requests of the model, stored priority, clock, entry JSON}. Given a
+# function and the registry version its caller decoded the request with, it first checks both
+# in the same step: {'stale'} if the registry changed, {'failed', reason} if the function's
+# model failed to load.
 _HIT_SCRIPT = """
 local p, model, now, msg, max_queue = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local fn, version = ARGV[7], ARGV[8]
+if fn ~= '' then  -- the caller's copy of the function registry must be current
+  if (redis.call('GET', p .. ':functions:version') or '') ~= version then return {'stale'} end
+  local reason = redis.call('HGET', p .. ':failed', fn)
+  if reason then return {'failed', reason} end
+end
 local best, best_len, best_dev, best_entry
 for _, w in ipairs(redis.call('SMEMBERS', p .. ':workers')) do
   if redis.call('EXISTS', p .. ':alive:' .. w) == 1 then
@@ -134,6 +143,16 @@ class NoWorkers(PlacementError):
 
 class ModelTooLarge(PlacementError):
     status = 507
+
+
+class FunctionFailed(PlacementError):
+    """The function's model failed to load (the reason is in the ``failed`` hash)."""
+
+    status = 503
+
+
+class RegistryChanged(Exception):
+    """The function registry changed since the caller read it: read it again and retry."""
 
 
 class MemoryBusy(PlacementError):
@@ -337,22 +356,37 @@ class Cache:
         lengths = pipe.execute()
         return {w.name: lengths[2 * i] + lengths[2 * i + 1] for i, w in enumerate(workers)}
 
-    def try_hit(self, model: str, message: bytes, now: float | None = None) -> Placement | None:
+    def try_hit(
+        self,
+        model: str,
+        message: bytes,
+        now: float | None = None,
+        function: str = "",
+        registry_version: bytes | None = None,
+    ) -> Placement | None:
         """The warm-hit fast path: one Redis script places ``message`` (a lane invocation) on
         the least-backed-up worker holding ``model``, pinned and accounted like a hit of
         :meth:`place`. None when it is not a plain hit; then call :meth:`place`.
+
+        With ``function``, the same step first checks that ``registry_version`` (of the
+        function registry the caller decoded with) is current — else :class:`RegistryChanged`
+        — and that the function has not failed — else :class:`FunctionFailed`.
 
         Policies that update their state on a hit (GDSF) have it recomputed here from what
         the script returned and written back (one more round trip, only for them)."""
         now = now or time.time()
         found = self._hit_script(
-            args=[PREFIX, model, repr(now), message, SCALE_OUT_QUEUE, ARRIVALS_KEPT]
-        )
+            args=[PREFIX, model, repr(now), message, SCALE_OUT_QUEUE, ARRIVALS_KEPT,
+                  function, registry_version or b""]
+        )  # fmt: skip
         if found is None:
             return None
-        worker, device, requests, priority, clock, raw = (
-            v.decode() if isinstance(v, bytes) else v for v in found
-        )
+        found = [v.decode() if isinstance(v, bytes) else v for v in found]
+        if found[0] == "stale":
+            raise RegistryChanged()
+        if found[0] == "failed":
+            raise FunctionFailed(f"function {function!r} failed: {found[1]}")
+        worker, device, requests, priority, clock, raw = found
         if self._recompute_on_hit:
             doc = json.loads(raw)
             stats = _decode(self.r.hgetall(key("stats", model)))

@@ -269,3 +269,21 @@ def test_fast_hit_declines_what_is_not_a_plain_hit(conn):
     before = (conn.llen(key("lane", "w0")), conn.get(key("requests")))
     assert cache.try_hit("a", b"msg") is None
     assert (conn.llen(key("lane", "w0")), conn.get(key("requests"))) == before
+
+
+def test_fast_hit_checks_the_callers_registry_and_failed_flag(conn):
+    """The hit script refuses a caller whose copy of the function registry is stale, and a
+    function whose model failed, before placing anything."""
+    from agent.placement import FunctionFailed, RegistryChanged
+
+    cache = _setup(conn, workers=1)
+    conn.hset(key("entries", "dev"), "a|w0", '{"bytes": 1, "state": "ready", "inserted_at": 1}')
+    conn.set(key("functions", "version"), 3)
+    with pytest.raises(RegistryChanged):
+        cache.try_hit("a", b"msg", function="f", registry_version=b"2")
+    conn.hset(key("failed"), "f", "corrupt file")
+    with pytest.raises(FunctionFailed, match="corrupt file"):
+        cache.try_hit("a", b"msg", function="f", registry_version=b"3")
+    assert conn.llen(key("lane", "w0")) == 0 and conn.get(key("requests")) is None
+    conn.hdel(key("failed"), "f")
+    assert cache.try_hit("a", b"msg", function="f", registry_version=b"3").worker == "w0"

@@ -99,6 +99,27 @@ return {best, best_dev, requests, priority, clock, best_entry}
 """
 
 
+# A load is done: mark the copy ready (with the bytes the worker measured) and keep the worker's
+# observations, in one step, unless the model grew past its reservation ('grow': the caller
+# takes the transaction that may evict to make room). KEYS: entries of the device, the model's
+# stats; ARGV: slot, measured bytes or '', then field/value pairs for the stats.
+_READY_SCRIPT = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if raw then
+  local doc = cjson.decode(raw)
+  if ARGV[2] ~= '' then
+    if tonumber(ARGV[2]) > tonumber(doc['bytes']) then return 'grow' end
+    doc['bytes'] = tonumber(ARGV[2])
+  end
+  doc['state'] = 'ready'
+  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(doc))
+end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+if raw then return 'ready' end
+return 'gone'
+"""
+
+
 def key(*parts: str) -> str:
     return ":".join((PREFIX, *parts))
 
@@ -217,6 +238,7 @@ class Cache:
         self.policy_name = policy
         self.policy: EvictionPolicy = make_policy(policy, **policy_options)
         self._hit_script = conn.register_script(_HIT_SCRIPT)
+        self._ready_script = conn.register_script(_READY_SCRIPT)
         # only policies that override on_hit need the stored facts recomputed on a hit (GDSF)
         self._recompute_on_hit = type(self.policy).on_hit is not EvictionPolicy.on_hit
 
@@ -636,6 +658,14 @@ class Cache:
         (``observed_bytes`` in ``/system/functions``)."""
         s = slot(model, worker)
         seen = {} if rss_growth is None else {"observed_bytes": rss_growth, "load_s": load_s}
+        measured = "" if observed_bytes is None else max(int(observed_bytes), 1)
+        fields = {**seen, **({"bytes": measured, "load_s": load_s} if measured else {})}
+        done = self._ready_script(
+            keys=[key("entries", device), key("stats", model)],
+            args=[s, measured, *(x for kv in fields.items() for x in kv)],
+        )
+        if done != b"grow":  # within its reservation the device stays within the cap
+            return True
         with self.r.pipeline() as pipe:
             while True:
                 try:

@@ -3,6 +3,7 @@ evicts what is executing, and never loads a model twice in parallel."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -287,3 +288,27 @@ def test_fast_hit_checks_the_callers_registry_and_failed_flag(conn):
     assert conn.llen(key("lane", "w0")) == 0 and conn.get(key("requests")) is None
     conn.hdel(key("failed"), "f")
     assert cache.try_hit("a", b"msg", function="f", registry_version=b"3").worker == "w0"
+
+
+def test_a_load_larger_than_reserved_makes_room_or_gives_up(conn):
+    """Within its reservation a load just turns ready (and the worker's measure is kept);
+    beyond it, idle models are evicted to keep the cap; if only executing models hold the
+    memory, the reservation is given back (the worker drops the model) and the measured size
+    is kept for the next placement."""
+    cache = _setup(conn, workers=1)
+    placement, _ = cache.place(ModelFacts("a", 400, 0.1, 0.01), _no_enqueue)
+    assert cache.loaded("dev", "a", "w0", 300, 0.2, rss_growth=310)
+    cache.finished("dev", "a", "w0", 0.01)
+    entry = json.loads(conn.hget(key("entries", "dev"), "a|w0"))
+    assert (entry["state"], entry["bytes"]) == ("ready", 300)
+    assert conn.hmget(key("stats", "a"), "observed_bytes", "bytes") == [b"310", b"300"]
+
+    cache.place(ModelFacts("b", 300, 0.1, 0.01), _no_enqueue)  # 600 of 1000 used
+    assert cache.loaded("dev", "b", "w0", 800, 0.1)  # grew by 500: "a" (idle) makes room
+    assert _used(cache) == 800 and not conn.hexists(key("entries", "dev"), "a|w0")
+    assert conn.llen("rq:queue:brulee.w0") == 1  # the worker is told to drop "a"
+
+    cache.place(ModelFacts("c", 150, 0.1, 0.01), _no_enqueue)  # "b" still executing
+    assert not cache.loaded("dev", "c", "w0", 400, 0.1)
+    assert not conn.hexists(key("entries", "dev"), "c|w0") and _used(cache) == 800
+    assert conn.hget(key("stats", "c"), "bytes") == b"400"

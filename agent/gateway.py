@@ -49,7 +49,7 @@ from agent.placement import (
 from functions.tensors import to_npy
 
 INPUT_TTL_S = 300
-HOSTS_TTL_S = 2.0  # how long a gateway process trusts its view of where the workers run
+SPOOL_CHECK_S = 2.0  # how long a gateway process trusts that its workers share its spool
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
 HEADERS = {
     "X-Cache": "cache",
@@ -362,6 +362,7 @@ def create_app(
     body_limit: int | None = None,
     policy: str | None = None,
     sync_timeout: float = 60.0,
+    spool_dir: str | os.PathLike | None = None,
 ) -> Flask:
     """Build the app; unset arguments come from ``BRULEE_*`` environment variables (gunicorn)."""
     env = os.environ.get
@@ -381,10 +382,10 @@ def create_app(
     cache = Cache(conn, policy)
     registry = Registry(conn, models, functions_file)
     profiles = Profiles(models)
-    spool = Spool()
+    spool = Spool(spool_dir)  # None: BRULEE_SPOOL_DIR, else /dev/shm
     spool.sweep()
     atexit.register(spool.close)
-    hosts_seen: list[Any] = [0.0, set()]  # (when, the workers' hosts)
+    spool_seen: list[Any] = [0.0, False]  # (when, whether every worker shares the spool)
     metrics = CollectorRegistry(auto_describe=False)
     metrics.register(RedisCollector(cache))
     app = Flask("brulee")
@@ -541,7 +542,7 @@ def create_app(
     def hand_over(batch) -> tuple[str | None, dict[str, Any], bytes]:
         """How the input reaches the worker: a spool slot when every worker is on this host
         (the slot's name, the message fields naming it, no inline bytes), else inline."""
-        spooled = spool.put(batch) if workers_all_local() else None
+        spooled = spool.put(batch) if spool_reaches_workers() else None
         if spooled is None:
             return None, {}, to_npy(batch)
         slot, size = spooled
@@ -574,11 +575,11 @@ def create_app(
             if time.monotonic() > deadline:
                 raise ApiError(504, f"function {name!r} did not answer within {sync_timeout:g} s")
 
-    def workers_all_local() -> bool:
-        """Whether every worker runs on this host (then inputs go through the spool)."""
-        if time.monotonic() - hosts_seen[0] > HOSTS_TTL_S:
-            hosts_seen[:] = [time.monotonic(), cache.hosts()]
-        return hosts_seen[1] <= {spool.host}
+    def spool_reaches_workers() -> bool:
+        """Whether every worker sees this process's spool (then inputs go through it)."""
+        if time.monotonic() - spool_seen[0] > SPOOL_CHECK_S:
+            spool_seen[:] = [time.monotonic(), spool.reaches(cache.spool_markers())]
+        return spool_seen[1]
 
     def respond(name: str, head: dict[str, Any], body: bytes):
         if "error" in head:

@@ -119,19 +119,38 @@ class Spool:
         return data if len(data) == size else None
 
     def close(self) -> None:
-        """Delete this process's slots (the gateway is stopping)."""
+        """Delete this process's files (it is stopping)."""
         for name in list(self._fds):
             self.discard(name)
         self._free.clear()
+        (self.dir / f"{os.getpid()}-worker.id").unlink(missing_ok=True)
+
+    def announce(self) -> str:
+        """A worker's side: leave a marker file in the spool and return its name ('' if the
+        spool is unusable). A gateway that sees the marker shares the directory with the
+        worker — same host name is not enough: containers and private ``/dev`` namespaces
+        (systemd's ``PrivateDevices=``) give each process its own ``/dev/shm``."""
+        if not self.usable:
+            return ""
+        name = f"{os.getpid()}-worker.id"
+        try:
+            (self.dir / name).write_text(self.host)
+        except OSError:
+            return ""
+        return name
+
+    def reaches(self, markers: list[str]) -> bool:
+        """Whether every worker's marker is visible here (then inputs go through the spool)."""
+        return self.usable and bool(markers) and all(m and (self.dir / m).exists() for m in markers)
 
     def sweep(self, max_age_s: float = SPOOL_MAX_AGE_S) -> int:
-        """Remove slots of gateway processes that are gone (and unknown files older than
-        ``max_age_s``); returns how many."""
+        """Remove the slots and markers of processes that are gone (and unknown files older
+        than ``max_age_s``); returns how many."""
         if not self.usable:
             return 0
         old = time.time() - max_age_s
         gone = 0
-        for path in self.dir.glob("*.npy"):
+        for path in self.dir.iterdir():
             owner = path.name.split("-", 1)[0]
             try:
                 if owner.isdigit():

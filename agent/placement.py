@@ -250,14 +250,22 @@ class Cache:
             self.r.hset(key("device", device), mapping=values)
 
     def register_worker(
-        self, worker: str, device: str, queue: str, pid: int, host: str, rss: int = 0
+        self,
+        worker: str,
+        device: str,
+        queue: str,
+        pid: int,
+        host: str,
+        rss: int = 0,
+        spool: str = "",
     ) -> None:
-        """``rss``: the worker's resident memory before it holds any model (its baseline)."""
+        """``rss``: the worker's resident memory before it holds any model (its baseline);
+        ``spool``: its marker in the input spool ('' if it has none, see ``agent.lane``)."""
         pipe = self.r.pipeline()
         pipe.hset(
             key("worker", worker),
             mapping={"device": device, "queue": queue, "pid": pid, "host": host,
-                     "baseline_rss": rss, "rss": rss},
+                     "baseline_rss": rss, "rss": rss, "spool": spool},
         )  # fmt: skip
         pipe.sadd(key("workers"), worker)
         pipe.set(key("alive", worker), 1, px=int(HEARTBEAT_TTL * 1000))
@@ -288,13 +296,13 @@ class Cache:
                 dead.append(name)
         return alive, dead
 
-    def hosts(self) -> set[str]:
-        """The hosts registered workers run on."""
+    def spool_markers(self) -> list[str]:
+        """Each registered worker's marker in the input spool ('' for none)."""
         names = self.r.smembers(key("workers"))
         pipe = self.r.pipeline(transaction=False)
         for name in names:
-            pipe.hget(key("worker", name.decode()), "host")
-        return {h.decode() for h in pipe.execute() if h is not None}
+            pipe.hget(key("worker", name.decode()), "spool")
+        return [(m or b"").decode() for m in pipe.execute()]
 
     def forget_worker(self, worker: str) -> list[str]:
         """Drop a dead worker and release its models from the accounting; returns them."""

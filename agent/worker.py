@@ -171,13 +171,14 @@ def _lane_input(ctx: _Context, req: dict[str, Any], inline: bytes) -> bytes | No
     name = req.get("input_file")
     if not name:
         return inline
-    if req.get("host") != ctx.spool.host:
+    data = ctx.spool.read(name, int(req["input_bytes"]))
+    if data is None:
         raise BadInput(
-            f"the input was left in shared memory on host {req.get('host')}, and this worker "
-            f"runs on {ctx.spool.host}; retry",
+            f"the input was not found in this worker's spool ({ctx.spool.dir}): the gateway on "
+            f"{req.get('host')} and this worker do not share it; retry",
             status=503,
         )
-    return ctx.spool.read(name, int(req["input_bytes"]))
+    return data
 
 
 def _serve(ctx: _Context, req: dict[str, Any], read_input) -> dict[str, Any]:
@@ -396,6 +397,7 @@ class BruleeWorker(SimpleWorker):
 
     def register_death(self, *args: Any, **kwargs: Any) -> None:
         self._stop_heartbeat.set()
+        _context().spool.close()
         try:
             self.brulee_cache.forget_worker(self.name)
         except redis.RedisError:  # Redis already gone: the accounting goes with it
@@ -410,6 +412,7 @@ class BruleeWorker(SimpleWorker):
             os.getpid(),
             socket.gethostname(),
             self._baseline_rss,
+            spool=_context().spool.announce(),
         )
 
     def _beat(self) -> None:

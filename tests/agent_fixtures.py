@@ -66,10 +66,12 @@ def running_agent(
     token: str = "test-token",
     functions_file: str | None = None,
     body_limit: int | None = None,
+    spool_dir: Path | None = None,
 ) -> Iterator[dict]:
     """A whole agent: private Redis, ``workers`` worker processes, and the gateway served over
     real HTTP by werkzeug in a thread. Yields ``{"url", "redis_url", "token", "server",
-    "workers"}``."""
+    "workers"}``. ``spool_dir``: the gateway's input spool root (default as the workers':
+    ``BRULEE_SPOOL_DIR``, else /dev/shm)."""
     from werkzeug.serving import make_server
 
     from agent.gateway import create_app
@@ -86,6 +88,7 @@ def running_agent(
                 body_limit=body_limit,
                 policy=policy,
                 sync_timeout=30,
+                spool_dir=spool_dir,
             )
             port = free_port()
             http = make_server("127.0.0.1", port, app, threaded=True)

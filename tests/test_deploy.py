@@ -271,11 +271,12 @@ def test_agent_starts_from_the_installed_units_and_serves_a_function(deployment:
                 for proc in procs:
                     assert proc.poll() is None, f"{proc.args[0]} exited: {logs(deployment)}"
                 try:
-                    if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    health = requests.get(f"{url}/healthz", timeout=2)
+                    if health.status_code == 200 and health.json()["workers"] >= 1:
                         break
                 except requests.ConnectionError:
                     pass
-                assert time.monotonic() < deadline, f"no /healthz in 60 s: {logs(deployment)}"
+                assert time.monotonic() < deadline, f"no worker in 60 s: {logs(deployment)}"
                 time.sleep(0.3)
             body = {"inputs": [[[[0.5]] * 8] * 8]}  # digits-cnn: 1x8x8x1 float32
             first = requests.post(f"{url}/function/digits-cnn", json=body, timeout=60)

@@ -74,30 +74,34 @@ def test_miss_then_hit_with_headers_and_in_process_equality(agent, models_dir):
     np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_inputs_travel_inline_when_no_spool_is_usable(models_dir, monkeypatch, tmp_path):
-    """Workers on another host (or no usable shared memory) get the tensor through Redis: the
-    same answers as through the spool, which reuses its slot from one call to the next."""
+@pytest.mark.parametrize("case", ["shared", "unusable", "not shared"])
+def test_inputs_travel_inline_unless_the_workers_share_the_spool(
+    models_dir, monkeypatch, tmp_path, case
+):
+    """Workers that do not see the gateway's spool (another host, a container, a private
+    /dev) or no usable spool at all: the tensor goes through Redis. The answers are the same
+    either way, and the spool reuses its slot from one call to the next."""
     from agent.lane import Spool
     from agent.runtime import load_model
 
+    workers_root, gateway_root = tmp_path / "workers", tmp_path / "gateway"
+    workers_root.mkdir()
+    gateway_root.mkdir()
+    if case == "unusable":
+        workers_root = gateway_root = tmp_path / "missing"
+    elif case == "shared":
+        gateway_root = workers_root
+    monkeypatch.setenv("BRULEE_SPOOL_DIR", str(workers_root))
     x = digits_input()
     expected = load_model(models_dir / "digits-cnn.tflite").predict(x)
-    answers = {}
-    for inline in (True, False):
-        root = tmp_path / ("missing-root" if inline else "shm")
-        if not inline:
-            root.mkdir()
-        monkeypatch.setenv("BRULEE_SPOOL_DIR", str(root))
-        with running_agent(models_dir, CAP, workers=1, token=TOKEN) as info:
-            for _ in range(3):
-                resp = post_json(info, "digits-cnn", x)
-                assert resp.status_code == 200, resp.text
-            answers[inline] = np.asarray(resp.json()["outputs"], dtype=np.float32)
-        assert Spool(root).usable is not inline
-        if not inline:  # three calls one after the other: one slot, reused
-            assert len(list(Spool(root).dir.iterdir())) == 1
-    for got in answers.values():
-        np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
+    with running_agent(models_dir, CAP, workers=1, token=TOKEN, spool_dir=gateway_root) as info:
+        for _ in range(3):
+            resp = post_json(info, "digits-cnn", x)
+            assert resp.status_code == 200, resp.text
+        got = np.asarray(resp.json()["outputs"], dtype=np.float32)
+        slots = list(Spool(gateway_root).dir.glob("*.npy")) if case != "unusable" else []
+    np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
+    assert len(slots) == (1 if case == "shared" else 0)
 
 
 def test_unknown_function_is_404(agent):

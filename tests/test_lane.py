@@ -74,3 +74,17 @@ def test_messages_carry_bytes_untouched():
         {"error": "bad", "status": 400},
         b"",
     )
+
+
+def test_a_gateway_uses_the_spool_only_if_every_worker_sees_it(tmp_path):
+    """Same host name is not enough (containers, systemd's PrivateDevices): a worker's marker
+    must be visible in the gateway's own spool directory."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    worker, same, other = Spool(tmp_path / "a"), Spool(tmp_path / "a"), Spool(tmp_path / "b")
+    marker = worker.announce()
+    assert marker and same.reaches([marker]) and not other.reaches([marker])
+    assert not same.reaches([marker, ""])  # a worker without a spool: inline for everyone
+    assert not same.reaches([])
+    worker.close()
+    assert not same.reaches([marker])

@@ -5,12 +5,12 @@ Both are a JSON header line followed by raw bytes, so tensors and response bodie
 re-encoded (nor pickled) on the way: a request carries its input as ``.npy`` bytes, an answer
 its JSON response body, encoded once by the worker and passed through by the gateway.
 
-When the worker runs on the gateway's own host, the input tensor does not go through Redis at
-all: the gateway leaves it in the :class:`Spool`, a private directory on the host's shared
-memory (``/dev/shm``), and the message names the file and the byte count. Redis takes
-milliseconds to accept a value of a few hundred kilobytes (an image model's input), several
-times the rest of a warm hit; rewriting a file in shared memory costs a tenth of a
-millisecond. Workers on other hosts get the tensor inline, through Redis.
+When every worker shares the gateway's :class:`Spool` — a private directory in shared memory
+(``/dev/shm``) — the input tensor does not go through Redis at all: the gateway leaves it in
+a slot file and the message names the file and the byte count. Redis takes milliseconds to
+accept a value of a few hundred kilobytes (an image model's input), several times the rest of
+a warm hit; rewriting a file in shared memory costs a tenth of a millisecond. Workers that do
+not share it (other hosts, containers, private ``/dev``) get the tensor inline, through Redis.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import orjson
 from functions.tensors import to_npy
 
 SPOOL_ROOT = "/dev/shm"
-SPOOL_MAX_AGE_S = 600  # older inputs were abandoned (a gateway died meanwhile): swept
+SPOOL_MAX_AGE_S = 600  # unknown files older than this are swept
 
 
 class Spool:
-    """Request tensors handed from a gateway to a worker on the same host, through files in a
+    """Request tensors handed from a gateway to the workers that share it, through files in a
     directory only this user can read (``<root>/brulee-<uid>``, mode 0700). Not usable when
     the root does not exist or the directory belongs to someone else: inputs then travel
     inline.

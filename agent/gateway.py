@@ -391,6 +391,15 @@ def create_app(
     app = Flask("brulee")
     app.config["MAX_CONTENT_LENGTH"] = body_limit
 
+    @app.after_request
+    def _drain(resp: Response) -> Response:
+        """Read a body the route did not (an error answered first: unknown route or function,
+        wrong method), up to the limit: a server answering before reading it closes the
+        keep-alive connection, and the client's next request on it fails unanswered."""
+        if request.content_length and request.content_length <= body_limit:
+            request.get_data()
+        return resp
+
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         return jsonify(error=str(exc), **exc.extra), exc.status

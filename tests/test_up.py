@@ -91,6 +91,14 @@ def test_up_serves_refuses_second_and_stops_cleanly(test_models: Path, tmp_path:
         )
         assert "digits-cnn" in {f["name"] for f in listed.json()["functions"]}
 
+        # an error answered before the body is read (unknown route or function, wrong method)
+        # keeps the keep-alive connection usable: the client's next call on it is answered
+        session, big = requests.Session(), b"\0" * 1_000_000
+        for path, status in (("/nothing", 404), ("/function/nope", 404), ("/healthz", 405)) * 3:
+            assert session.post(f"{url}{path}", data=big, timeout=30).status_code == status
+            again = session.post(f"{url}/function/digits-cnn", json={"inputs": x}, timeout=60)
+            assert again.status_code == 200, again.text
+
         # `brulee invoke --random`: a random input of the right shape; first a miss, then a hit
         invoke = [sys.executable, "-c", "from agent.cli import main; main()", "invoke"]
         for expected in ("miss", "hit"):

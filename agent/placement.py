@@ -152,6 +152,35 @@ def _used(entries: list[tuple[str, str, dict]]) -> int:
     return sum(int(doc["bytes"]) for _, _, doc in entries)
 
 
+def _parse_cap(device: str, raw: bytes | None) -> int:
+    """A device's cap as stored in ``device:{d}``."""
+    if raw is None:
+        raise PlacementError(f"device {device!r} has no memory cap configured")
+    return int(raw)
+
+
+def _parse_entries(raw: dict, workers) -> list[tuple[str, str, dict]]:
+    """A device's ``entries`` hash as ``(model, worker, doc)``, for the given workers only."""
+    out = []
+    for field_, value in _decode(raw).items():
+        model, worker = unslot(field_)
+        if worker in workers:
+            out.append((model, worker, json.loads(value)))
+    return out
+
+
+def _ask_backlogs(pipe, workers) -> None:
+    """Queue in ``pipe`` what :func:`_backlogs_from` needs: each worker's RQ queue and lane."""
+    for w in workers:
+        pipe.llen(f"rq:queue:{w.queue}")
+        pipe.llen(lane(w.name))
+
+
+def _backlogs_from(workers, lengths: list[int]) -> dict[str, int]:
+    """Invocations waiting per worker, from the replies :func:`_ask_backlogs` asked for."""
+    return {w.name: lengths[2 * i] + lengths[2 * i + 1] for i, w in enumerate(workers)}
+
+
 class PlacementError(Exception):
     """A request that cannot be placed; ``status`` is the HTTP answer."""
 
@@ -325,19 +354,10 @@ class Cache:
     # -- the decision --------------------------------------------------------------------
 
     def _cap(self, device: str) -> int:
-        raw = self.r.hget(key("device", device), "cap")
-        if raw is None:
-            raise PlacementError(f"device {device!r} has no memory cap configured")
-        return int(raw)
+        return _parse_cap(device, self.r.hget(key("device", device), "cap"))
 
     def _entries(self, device: str, workers: dict[str, _Worker]) -> list[tuple[str, str, dict]]:
-        raw = _decode(self.r.hgetall(key("entries", device)))
-        out = []
-        for field_, value in raw.items():
-            model, worker = unslot(field_)
-            if worker in workers:
-                out.append((model, worker, json.loads(value)))
-        return out
+        return _parse_entries(self.r.hgetall(key("entries", device)), workers)
 
     def _policy_entries(
         self, device: str, entries: list[tuple[str, str, dict]], pins: dict[str, str]
@@ -380,11 +400,8 @@ class Cache:
         trip."""
         workers = list(workers)
         pipe = self.r.pipeline(transaction=False)
-        for w in workers:
-            pipe.llen(f"rq:queue:{w.queue}")
-            pipe.llen(lane(w.name))
-        lengths = pipe.execute()
-        return {w.name: lengths[2 * i] + lengths[2 * i + 1] for i, w in enumerate(workers)}
+        _ask_backlogs(pipe, workers)
+        return _backlogs_from(workers, pipe.execute())
 
     def try_hit(
         self,
@@ -430,8 +447,7 @@ class Cache:
                 inserted_at=float(doc["inserted_at"]),
                 priority=float(priority),
             )
-            if hasattr(self.policy, "clock"):
-                self.policy.clock = float(clock)
+            self._set_clock(float(clock))
             self.policy.on_hit(entry, now)
             self.r.hset(key("priority", device), slot(model, worker), entry.priority)
         return Placement(device, worker, "", hit=True)
@@ -500,27 +516,17 @@ class Cache:
             pipe.hget(key("device", d), "cap")
             pipe.hgetall(key("pins", d))
             pipe.get(key("clock", d))
-        for w in alive.values():
-            pipe.llen(f"rq:queue:{w.queue}")
-            pipe.llen(lane(w.name))
+        _ask_backlogs(pipe, alive.values())
         pipe.get(key("requests"))
         pipe.hget(key("stats", model), "requests")
         replies = pipe.execute()
         state = _State(int(replies[-2] or 0), int(replies[-1] or 0))
         for i, d in enumerate(devices):
             raw, cap, pins, clock = replies[4 * i : 4 * i + 4]
-            state.entries[d] = [
-                (m, w, json.loads(v))
-                for (m, w), v in ((unslot(f), v) for f, v in _decode(raw).items())
-                if w in alive
-            ]
-            if cap is None:
-                raise PlacementError(f"device {d!r} has no memory cap configured")
-            state.caps[d], state.pins[d] = int(cap), _decode(pins)
+            state.entries[d] = _parse_entries(raw, alive)
+            state.caps[d], state.pins[d] = _parse_cap(d, cap), _decode(pins)
             state.clocks[d] = float(clock or 0.0)
-        lengths = replies[4 * len(devices) : -2]
-        for i, w in enumerate(alive.values()):
-            state.backlog[w.name] = lengths[2 * i] + lengths[2 * i + 1]
+        state.backlog = _backlogs_from(alive.values(), replies[4 * len(devices) : -2])
         return state
 
     def _decide(

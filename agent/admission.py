@@ -64,7 +64,9 @@ def deadline(now: float, timeout_s: float, header_ms: str | None = None) -> floa
     try:
         ms = float(header_ms)
     except ValueError:
-        raise ValueError(f"X-Deadline-Ms must be a number of milliseconds, not {header_ms!r}")
+        raise ValueError(
+            f"X-Deadline-Ms must be a number of milliseconds, not {header_ms!r}"
+        ) from None
     if not math.isfinite(ms) or ms <= 0:
         raise ValueError(f"X-Deadline-Ms must be a positive number of milliseconds, not {ms:g}")
     return now + min(timeout_s, ms / 1000.0)

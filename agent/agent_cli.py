@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from agent.admission import DEFAULT_MAX_WAITING
 from agent.up import AlreadyRunning, parse_cap, run_up
 
 models_dir_option = click.option(
@@ -59,6 +60,21 @@ def _cap(_ctx, _param, value: str | None) -> int | None:
 @models_dir_option
 @click.option("--functions", "functions_file", default=None, help="stack.yml (default: all models)")
 @state_dir_option
+@click.option(
+    "--max-waiting",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_WAITING,
+    show_default=True,
+    help="Requests that may wait for memory per device; one more is answered 429.",
+)
+@click.option(
+    "--sync-timeout",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds a synchronous call may take, waiting for memory included (a request's "
+    "X-Deadline-Ms header may shorten it).",
+)
 def up_command(
     port,
     host,
@@ -70,8 +86,13 @@ def up_command(
     models_dir,
     functions_file,
     state_dir,
+    max_waiting,
+    sync_timeout,
 ) -> None:
     """Start Redis, the gateway and the workers; stop all of them on SIGTERM/SIGINT."""
+    # the gateway and the workers (which admit waiting requests too) read them from here
+    os.environ["BRULEE_MAX_WAITING"] = str(max_waiting)
+    os.environ["BRULEE_SYNC_TIMEOUT"] = str(sync_timeout)
     try:
         sys.exit(
             run_up(

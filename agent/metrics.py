@@ -8,7 +8,10 @@ from typing import Any
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from agent.placement import Cache, key
+from agent import waiting
+from agent.keys import key
+from agent.placement import Placement
+from agent.snapshot import snapshot
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -29,11 +32,11 @@ def observe(pipe: redis.client.Pipeline, function: str, result: dict[str, Any]) 
 class RedisCollector:
     """Prometheus metrics read from Redis at scrape time, so every gunicorn process agrees."""
 
-    def __init__(self, cache: Cache) -> None:
-        self.cache = cache
+    def __init__(self, placement: Placement) -> None:
+        self.placement = placement
 
     def collect(self):
-        r = self.cache.r
+        r = self.placement.r
         inv = CounterMetricFamily(
             "brulee_invocations",
             "Invocations by function and cache result",
@@ -43,18 +46,21 @@ class RedisCollector:
             fn, cache = field_.decode().rsplit("|", 1)
             inv.add_metric([fn, cache], int(n))
         yield inv
-        for kind in ("load_s", "exec_s", "queue_s"):
+        for kind in ("load_s", "exec_s", "queue_s", "admission_s"):
             raw = {k.decode(): float(v) for k, v in r.hgetall(key("hist", kind)).items()}
             acc, buckets = 0.0, []
-            for b in (*map(str, BUCKETS), "+Inf"):
+            edges = waiting.BUCKETS if kind == "admission_s" else BUCKETS
+            for b in (*map(str, edges), "+Inf"):
                 acc += raw.get(b, 0.0)
                 buckets.append((b, acc))
+            what = "wait for memory (admission queue)" if kind == "admission_s" else "latency"
             h = HistogramMetricFamily(
-                f"brulee_{kind[:-2]}_seconds", f"{kind[:-2]} latency of invocations"
-            )
+                f"brulee_{kind[:-2]}_wait_seconds" if kind == "admission_s"
+                else f"brulee_{kind[:-2]}_seconds", f"{kind[:-2]} {what} of invocations"
+            )  # fmt: skip
             h.add_metric([], buckets, sum_value=raw.get("sum", 0.0))
             yield h
-        snap = self.cache.snapshot()
+        snap = snapshot(self.placement)
         used = GaugeMetricFamily(
             "brulee_cache_used_bytes", "Bytes of loaded models", labels=["device"]
         )
@@ -62,7 +68,18 @@ class RedisCollector:
         ev = CounterMetricFamily(
             "brulee_evictions", "Evictions by policy", labels=["device", "policy"]
         )
+        queued = GaugeMetricFamily(
+            "brulee_admission_waiting", "Requests waiting for memory", labels=["device"]
+        )
+        adm = CounterMetricFamily(
+            "brulee_admission",
+            "Admission outcomes (admitted, timed_out, refused)",
+            labels=["device", "outcome"],
+        )
         for device, d in snap["devices"].items():
+            queued.add_metric([device], len(d["admission"]["waiting"]))
+            for outcome in ("admitted", "timed_out", "refused"):
+                adm.add_metric([device, outcome], d["admission"].get(outcome, 0))
             used.add_metric([device], d["used_bytes"])
             cap.add_metric([device], d["cap_bytes"])
             for policy, n in d["evictions"].items():
@@ -70,3 +87,5 @@ class RedisCollector:
         yield used
         yield cap
         yield ev
+        yield queued
+        yield adm

@@ -61,11 +61,13 @@ def keep_alive_loop(
     wants warm into free memory."""
     import redis
 
-    from agent.gateway import Profiles, model_facts
-    from agent.placement import Cache, key
+    from agent.keepalive import expire_idle, prewarm
+    from agent.keys import key
+    from agent.placement import Placement
+    from agent.registry import Profiles, model_facts
 
     conn = redis.Redis.from_url(redis_url)
-    cache = Cache(conn)
+    placement = Placement(conn, os.environ.get("BRULEE_POLICY") or "cremebrulee")
     profiles = Profiles(models_dir)
     last_id, last_t = None, 0.0
     while not stop.wait(period):
@@ -79,7 +81,7 @@ def keep_alive_loop(
                     last_t = max(last_t, float(fields[b"t"]))
                     proactive.on_invocation(fields[b"m"].decode(), last_t)
                     last_id = arrival_id
-            cache.expire_idle(proactive)
+            expire_idle(placement, proactive)
             facts, files = {}, {}
             failed = {name.decode() for name in conn.hkeys(key("failed"))}
             for raw in conn.hvals(key("functions")):
@@ -94,7 +96,7 @@ def keep_alive_loop(
                     continue
                 files[doc["model"]] = doc["file"]
             if facts:
-                cache.prewarm(proactive, facts, files)
+                prewarm(placement, proactive, facts, files)
         except redis.RedisError:  # Redis away for a moment: try again next period
             continue
 

@@ -105,7 +105,7 @@ class InProcess:
     benchmark interleaves them with the agent's calls, so both sides see the same machine."""
 
     def __init__(self, models_dir: Path, catalog: dict, model: str, evictor: str) -> None:
-        from agent.worker import InterpreterCache
+        from agent.interpreters import InterpreterCache
 
         self.catalog, self.model, self.evictor = catalog, model, evictor
         self.cache = InterpreterCache(models_dir)

@@ -42,12 +42,12 @@ def start_worker(
 
 
 def wait_for_workers(redis_url: str, n: int, timeout: float = 60.0) -> None:
-    from agent.placement import Cache
+    from agent.membership import Membership
 
-    cache = Cache(redis.Redis.from_url(redis_url))
+    members = Membership(redis.Redis.from_url(redis_url))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if len(cache.workers()[0]) >= n:
+        if len(members.workers()[0]) >= n:
             return
         time.sleep(0.1)
     raise TimeoutError(f"{n} workers did not register within {timeout:g} s")

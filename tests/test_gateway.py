@@ -146,7 +146,7 @@ def test_failed_models_answer_503_while_others_serve(agent):
 def test_model_larger_than_cap_is_507(agent):
     import redis
 
-    from agent.placement import key
+    from agent.keys import key
 
     conn = redis.Redis.from_url(agent["redis_url"])
     conn.hset(key("stats", "tiny-cnn"), "bytes", CAP * 2)  # observed size beyond the cap
@@ -384,17 +384,20 @@ def test_prewarm_loads_a_model_before_its_next_request(models_dir: Path):
     loaded again by ``warming`` (into free memory), and its next request is a hit."""
     import redis
 
-    from agent.gateway import Profiles, model_facts
-    from agent.placement import Cache, key
+    from agent.keepalive import expire_idle, prewarm
+    from agent.keys import key
+    from agent.placement import Placement
+    from agent.registry import Profiles, model_facts
+    from agent.snapshot import snapshot
     from agent.policies.proactive import make_proactive
 
     with running_agent(models_dir, CAP, workers=1, token=TOKEN) as agent:
         assert post_json(agent, "digits-cnn", digits_input()).headers["X-Cache"] == "miss"
         conn = redis.Redis.from_url(agent["redis_url"])
-        cache = Cache(conn)
-        assert cache.expire_idle(make_proactive("ttl", ttl_s=1.0), now=time.time() + 5)
+        cache = Placement(conn)
+        assert expire_idle(cache, make_proactive("ttl", ttl_s=1.0), now=time.time() + 5)
         deadline = time.monotonic() + 30
-        while cache.snapshot()["devices"]["dev"]["releasing"] and time.monotonic() < deadline:
+        while snapshot(cache)["devices"]["dev"]["releasing"] and time.monotonic() < deadline:
             time.sleep(0.05)
         # the worker measured the model: RSS growth at load, and what dropping it gave back
         listed = requests.get(f"{agent['url']}/system/functions", headers=auth(), timeout=10)
@@ -402,13 +405,13 @@ def test_prewarm_loads_a_model_before_its_next_request(models_dir: Path):
         assert digits["observed_bytes"] > 0 and "freed_bytes" in digits
         doc = json.loads(conn.hget(key("functions"), "digits-cnn"))
         facts, _ = model_facts(conn, doc, models_dir, Profiles(models_dir).get("digits-cnn"))
-        placed = cache.prewarm(make_proactive("warming"), {"digits-cnn": facts},
+        placed = prewarm(cache, make_proactive("warming"), {"digits-cnn": facts},
                                {"digits-cnn": doc["file"]})  # fmt: skip
         assert [m for m, _ in placed] == ["digits-cnn"]
         while time.monotonic() < deadline:
             held = [
                 m
-                for w in cache.snapshot()["devices"]["dev"]["workers"].values()
+                for w in snapshot(cache)["devices"]["dev"]["workers"].values()
                 for m in w["models"]
                 if m["model"] == "digits-cnn" and m["state"] == "ready"
             ]
@@ -427,7 +430,9 @@ def test_keep_alive_loop_feeds_arrivals_and_prewarms(models_dir: Path):
 
     import redis
 
-    from agent.placement import Cache
+    from agent.keepalive import expire_idle
+    from agent.placement import Placement
+    from agent.snapshot import snapshot
     from agent.policies.proactive import make_proactive
     from agent.policies.proactive.warming import Warming
     from agent.up import keep_alive_loop
@@ -454,11 +459,11 @@ def test_keep_alive_loop_feeds_arrivals_and_prewarms(models_dir: Path):
             time.sleep(0.5)  # the loop starts reading at the newest arrival
             for _ in range(2):
                 assert post_json(agent, "digits-cnn", digits_input()).status_code == 200
-            cache = Cache(redis.Redis.from_url(agent["redis_url"]))
-            assert cache.expire_idle(make_proactive("ttl", ttl_s=1.0), now=time.time() + 5)
+            cache = Placement(redis.Redis.from_url(agent["redis_url"]))
+            assert expire_idle(cache, make_proactive("ttl", ttl_s=1.0), now=time.time() + 5)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                device = cache.snapshot()["devices"]["dev"]
+                device = snapshot(cache)["devices"]["dev"]
                 if device.get("prewarms", {}).get("digits-cnn") and not device["releasing"]:
                     break
                 time.sleep(0.1)
@@ -469,7 +474,7 @@ def test_keep_alive_loop_feeds_arrivals_and_prewarms(models_dir: Path):
                 if states == ["ready"]:
                     break
                 time.sleep(0.1)
-                device = cache.snapshot()["devices"]["dev"]
+                device = snapshot(cache)["devices"]["dev"]
             again = post_json(agent, "digits-cnn", digits_input())
             assert again.headers["X-Cache"] == "hit"
         finally:

@@ -9,7 +9,10 @@ import threading
 import pytest
 import redis
 
-from agent.placement import Cache, MemoryBusy, ModelFacts, ModelTooLarge, key
+from agent.keepalive import expire_idle, prewarm
+from agent.keys import key
+from agent.placement import MemoryBusy, ModelFacts, ModelTooLarge, Placement
+from agent.snapshot import snapshot
 from tests.agent_fixtures import redis_server
 
 CAP = 1000
@@ -21,16 +24,16 @@ def conn():
         yield redis.Redis.from_url(server.url)
 
 
-def _setup(conn: redis.Redis, workers: int = 2) -> Cache:
-    cache = Cache(conn, "cremebrulee")
-    cache.set_device("dev", cap=CAP, policy="cremebrulee")
+def _setup(conn: redis.Redis, workers: int = 2) -> Placement:
+    cache = Placement(conn, "cremebrulee")
+    cache.members.set_device("dev", cap=CAP, policy="cremebrulee")
     for i in range(workers):
-        cache.register_worker(f"w{i}", "dev", f"brulee.w{i}", 100 + i, "host")
+        cache.members.register(f"w{i}", "dev", 100 + i, "host")
     return cache
 
 
-def _used(cache: Cache) -> int:
-    return cache.snapshot()["devices"]["dev"]["used_bytes"]
+def _used(cache: Placement) -> int:
+    return snapshot(cache)["devices"]["dev"]["used_bytes"]
 
 
 def _no_enqueue(pipe, placement):
@@ -42,14 +45,14 @@ def test_concurrent_misses_never_exceed_cap(conn):
     over, errors = [], []
 
     def place(i: int) -> None:
-        own = Cache(redis.Redis(connection_pool=conn.connection_pool), "cremebrulee")
+        own = Placement(redis.Redis(connection_pool=conn.connection_pool), "cremebrulee")
         try:
             placement, _ = own.place(ModelFacts(f"m{i}", 300, 0.1, 0.01), _no_enqueue)
             # the job finishes and the model is ready: it becomes evictable
-            own.loaded("dev", f"m{i}", placement.worker, 300, 0.1)
-            own.finished("dev", f"m{i}", placement.worker, 0.01)
+            own.copies.loaded("dev", f"m{i}", placement.worker, 300, 0.1)
+            own.copies.unpin("dev", f"m{i}", placement.worker, 0.01)
             for victim, worker in placement.evicted:
-                own.released("dev", victim, worker)
+                own.copies.released("dev", victim, worker)
         except MemoryBusy as exc:
             errors.append(exc)
         used = _used(own)
@@ -71,8 +74,8 @@ def test_pinned_models_are_never_evicted(conn):
     cache.place(ModelFacts("a", 600, 0.1, 0.01), _no_enqueue)  # loading, pinned: not finished
     with pytest.raises(MemoryBusy):
         cache.place(ModelFacts("b", 600, 0.1, 0.01), _no_enqueue)
-    cache.loaded("dev", "a", "w0", 600, 0.1)
-    cache.finished("dev", "a", "w0", 0.01)
+    cache.copies.loaded("dev", "a", "w0", 600, 0.1)
+    cache.copies.unpin("dev", "a", "w0", 0.01)
     placement, _ = cache.place(ModelFacts("b", 600, 0.1, 0.01), _no_enqueue)
     assert placement.evicted == [("a", "w0")]
 
@@ -96,7 +99,7 @@ def test_model_larger_than_cap_is_refused(conn):
 def test_dead_worker_models_are_released(conn):
     cache = _setup(conn, workers=1)
     cache.place(ModelFacts("a", 100, 0.1, 0.01), _no_enqueue)
-    assert cache.forget_worker("w0") == ["a"]
+    assert cache.members.forget_worker("w0") == ["a"]
     assert not conn.hkeys(key("entries", "dev"))
 
 
@@ -106,20 +109,20 @@ def test_keep_alive_evicts_idle_models_only(conn):
     cache = _setup(conn, workers=1)
     for name, busy in (("idle", False), ("busy", True)):
         cache.place(ModelFacts(name, 100, 0.1, 0.01), _no_enqueue, now=1000.0)
-        cache.loaded("dev", name, "w0", 100, 0.1)
-        if not busy:
-            cache.finished("dev", name, "w0", 0.01)
-    evicted = cache.expire_idle(make_proactive("ttl", ttl_s=60), now=1100.0)
+        cache.copies.loaded("dev", name, "w0", 100, 0.1)
+        if busy:  # its worker runs an invocation on it: pinned
+            cache.copies.claim("dev", name, "w0")
+    evicted = expire_idle(cache, make_proactive("ttl", ttl_s=60), now=1100.0)
     assert evicted == [("idle", "w0")]  # "busy" is still executing: never expired
     assert conn.llen("rq:queue:brulee.w0") == 1  # the worker is told to drop it
 
 
-def _warm(cache: Cache, name: str, load_s: float, requests: int, now: float) -> None:
+def _warm(cache: Placement, name: str, load_s: float, requests: int, now: float) -> None:
     for i in range(requests):
         placement, _ = cache.place(ModelFacts(name, 400, load_s, 0.01), _no_enqueue, now=now + i)
         if not placement.hit:
-            cache.loaded("dev", name, "w0", 400, load_s)
-        cache.finished("dev", name, "w0", 0.01)
+            cache.copies.loaded("dev", name, "w0", 400, load_s)
+        cache.copies.unpin("dev", name, "w0", 0.01)
 
 
 @pytest.mark.parametrize(("policy", "victim"), [("lru", "popular"), ("cremebrulee", "rare")])
@@ -127,9 +130,9 @@ def test_cremebrulee_evicts_differently_from_lru(conn, policy, victim):
     """A popular model that is slow to load, used first, and a rarely used cheap one, used
     last: LRU evicts the popular one (least recent); CremeBrulee keeps it (a miss on it costs
     more and it is likelier to be asked for again) and evicts the rare one."""
-    cache = Cache(conn, policy)
-    cache.set_device("dev", cap=CAP, policy=policy)
-    cache.register_worker("w0", "dev", "brulee.w0", 100, "host")
+    cache = Placement(conn, policy)
+    cache.members.set_device("dev", cap=CAP, policy=policy)
+    cache.members.register("w0", "dev", 100, "host")
     _warm(cache, "popular", load_s=2.0, requests=10, now=1000.0)
     _warm(cache, "rare", load_s=0.05, requests=1, now=2000.0)
     placement, _ = cache.place(ModelFacts("new", 400, 0.1, 0.01), _no_enqueue, now=3000.0)
@@ -141,9 +144,9 @@ def test_lfu_counts_requests_since_load_not_lifetime(conn):
     not overwrite it. "a" was popular, got evicted, came back and had one hit since; "c" has
     had six since it was loaded. The next miss evicts "a" (1 since load) — counting lifetime
     requests would say 8 against 7 and evict "c"."""
-    cache = Cache(conn, "lfu")
-    cache.set_device("dev", cap=CAP, policy="lfu")
-    cache.register_worker("w0", "dev", "brulee.w0", 100, "host")
+    cache = Placement(conn, "lfu")
+    cache.members.set_device("dev", cap=CAP, policy="lfu")
+    cache.members.register("w0", "dev", 100, "host")
 
     def use(name: str, requests: int, now: float) -> list:
         evicted = []
@@ -151,8 +154,8 @@ def test_lfu_counts_requests_since_load_not_lifetime(conn):
             placement, _ = cache.place(ModelFacts(name, 400, 0.1, 0.01), _no_enqueue, now=now + i)
             evicted += placement.evicted
             if not placement.hit:
-                cache.loaded("dev", name, "w0", 400, 0.1)
-            cache.finished("dev", name, "w0", 0.01)
+                cache.copies.loaded("dev", name, "w0", 400, 0.1)
+            cache.copies.unpin("dev", name, "w0", 0.01)
         return evicted
 
     use("a", 6, 1000.0)
@@ -179,9 +182,9 @@ def test_prewarm_fills_free_memory_only_with_wanted_models(conn):
         "cached": ModelFacts("cached", 400, 0.1, 0.01),
     }
     files = {name: f"{name}.tflite" for name in facts}
-    placed = cache.prewarm(make_proactive("warming"), facts, files, now=2000.0)
+    placed = prewarm(cache, make_proactive("warming"), facts, files, now=2000.0)
     assert placed == [("wanted", "w0")]
-    device = cache.snapshot()["devices"]["dev"]
+    device = snapshot(cache)["devices"]["dev"]
     held = {m["model"]: m["state"] for m in device["workers"]["w0"]["models"]}
     assert held == {"cached": "ready", "wanted": "loading"}  # nothing was evicted
     assert device["used_bytes"] == 900 and device["prewarms"] == {"wanted": 1}
@@ -194,14 +197,14 @@ def test_prewarm_fills_free_memory_only_with_wanted_models(conn):
         ("agent.worker.prewarm", ["wanted", "wanted.tflite"])
     ]
     # asked again while it loads: nothing more (it is cached; the rest does not fit)
-    assert cache.prewarm(make_proactive("warming"), facts, files, now=2001.0) == []
+    assert prewarm(cache, make_proactive("warming"), facts, files, now=2001.0) == []
 
 
 def test_model_facts_profile_is_a_floor_that_observations_raise(conn, tmp_path):
     """The bytes placement reserves: a profile's loaded bytes, never lowered by a worker's RSS
     delta (the allocator reuses freed pages), raised when a worker measured more; without a
     profile, the worker's observation, else twice the file size."""
-    from agent.gateway import model_facts
+    from agent.registry import model_facts
 
     doc = {"name": "f", "model": "m", "file": "m.tflite", "record": {"file_bytes": 10}}
     profile = {"loaded_bytes": 1000, "avg_load_latency": 0.2, "exec_s": 0.01}
@@ -236,9 +239,9 @@ def test_fast_hit_accounts_like_a_placed_hit(conn, policy):
     states = []
     for fast in (False, True):
         conn.flushdb()
-        cache = Cache(conn, policy)
-        cache.set_device("dev", cap=CAP, policy=policy)
-        cache.register_worker("w0", "dev", "brulee.w0", 100, "host")
+        cache = Placement(conn, policy)
+        cache.members.set_device("dev", cap=CAP, policy=policy)
+        cache.members.register("w0", "dev", 100, "host")
         _warm(cache, "a", load_s=0.5, requests=2, now=1000.0)
         _warm(cache, "b", load_s=0.1, requests=1, now=1000.0)
         cache.place(ModelFacts("c", 400, 0.1, 0.01), _no_enqueue, now=1100.0)  # evicts: clock
@@ -297,18 +300,19 @@ def test_a_load_larger_than_reserved_makes_room_or_gives_up(conn):
     is kept for the next placement."""
     cache = _setup(conn, workers=1)
     placement, _ = cache.place(ModelFacts("a", 400, 0.1, 0.01), _no_enqueue)
-    assert cache.loaded("dev", "a", "w0", 300, 0.2, rss_growth=310)
-    cache.finished("dev", "a", "w0", 0.01)
+    assert cache.copies.loaded("dev", "a", "w0", 300, 0.2, rss_growth=310)
+    cache.copies.unpin("dev", "a", "w0", 0.01)
     entry = json.loads(conn.hget(key("entries", "dev"), "a|w0"))
     assert (entry["state"], entry["bytes"]) == ("ready", 300)
     assert conn.hmget(key("stats", "a"), "observed_bytes", "bytes") == [b"310", b"300"]
 
     cache.place(ModelFacts("b", 300, 0.1, 0.01), _no_enqueue)  # 600 of 1000 used
-    assert cache.loaded("dev", "b", "w0", 800, 0.1)  # grew by 500: "a" (idle) makes room
+    assert cache.copies.loaded("dev", "b", "w0", 800, 0.1)  # grew by 500: "a" (idle) makes room
     assert _used(cache) == 800 and not conn.hexists(key("entries", "dev"), "a|w0")
     assert conn.llen("rq:queue:brulee.w0") == 1  # the worker is told to drop "a"
 
-    cache.place(ModelFacts("c", 150, 0.1, 0.01), _no_enqueue)  # "b" still executing
-    assert not cache.loaded("dev", "c", "w0", 400, 0.1)
+    cache.copies.claim("dev", "b", "w0")  # "b" executes: pinned
+    cache.place(ModelFacts("c", 150, 0.1, 0.01), _no_enqueue)
+    assert not cache.copies.loaded("dev", "c", "w0", 400, 0.1)
     assert not conn.hexists(key("entries", "dev"), "c|w0") and _used(cache) == 800
     assert conn.hget(key("stats", "c"), "bytes") == b"400"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.memory import rss_bytes
-from agent.worker import InterpreterCache
+from agent.interpreters import InterpreterCache
 
 
 def test_drop_returns_resident_memory(test_models: Path):

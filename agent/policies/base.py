@@ -55,6 +55,7 @@ class EvictionPolicy(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     needs_oracle: ClassVar[bool] = False
+    uses_clock: ClassVar[bool] = False  # takes ``clock=`` (a device's stored clock; GDSF)
 
     def __init__(self, seed: int = 0, oracle: Oracle | None = None) -> None:
         self.seed = seed

@@ -7,8 +7,9 @@ out: newer insertions and hits start from a higher clock. A hit recomputes the p
 the current clock.
 
 State: the priority lives in ``Entry.priority`` (set by ``on_insert``/``on_hit``) and the
-clock in the float attribute ``clock``; the agent persists both in Redis, the simulator in its
-entries. ``on_evict`` must be called for each victim actually evicted.
+clock in the float attribute ``clock``; the agent persists both in Redis (and builds a policy
+per decision with the device's stored clock: ``make_policy("gdsf", clock=…)``), the simulator
+in its entries. ``on_evict`` must be called for each victim actually evicted.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ class GDSF(OrderedPolicy):
     name = "gdsf"
     description = "Lowest greedy-dual priority clock + requests x (load - exec) / bytes first."
 
-    def __init__(self, seed: int = 0, oracle: Oracle | None = None) -> None:
+    uses_clock = True
+
+    def __init__(self, seed: int = 0, oracle: Oracle | None = None, clock: float = 0.0) -> None:
         super().__init__(seed=seed, oracle=oracle)
-        self.clock = 0.0
+        self.clock = clock
 
     def priority(self, entry: Entry) -> float:
         """The greedy-dual priority at the current clock. A miss that costs less than nothing

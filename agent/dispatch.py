@@ -1,0 +1,109 @@
+"""How placed work reaches its worker — the one place that builds lane messages and RQ jobs,
+for the gateway, for a worker placing a request again, and for the admission queue.
+
+A request is a JSON-able dict (``req``): the function and its model, file, handler, options;
+``enqueued_at`` (when the gateway took it: the worker's ``queue_s`` counts from there, so it
+includes any wait for memory); ``facts`` (what placement reserves); for a synchronous call
+``reply`` (the list its gateway waits on), ``deadline`` (epoch seconds: a worker drops work
+whose caller has given up) and how its input travels (inline or a spool file); for an async
+job ``input_key`` and ``callback``. Placement adds what it decided (:func:`placed`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+from rq.webhook import Webhook
+
+from agent.keys import lane
+from agent.lane import lane_message
+from agent.placement import Decision, ModelFacts, Placement, Wait
+
+JOB_TTL_S = 3600  # how long RQ keeps an async job's result (and failure)
+SYNC, ASYNC = "lane", "job"
+
+
+def facts_of(req: dict[str, Any]) -> ModelFacts:
+    f = req["facts"]
+    return ModelFacts(req["model"], int(f["bytes"]), float(f["load_s"]), float(f["exec_s"]))
+
+
+def with_facts(req: dict[str, Any], facts: ModelFacts, profiled: bool) -> dict[str, Any]:
+    req["facts"] = {
+        "bytes": facts.bytes,
+        "load_s": facts.load_s,
+        "exec_s": facts.exec_s,
+        "profiled": profiled,
+    }
+    return req
+
+
+def placed(req: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """``req`` with what placement decided: a miss (reserve, load), the victims to wait for."""
+    return {**req, "miss": not decision.hit, "wait_for": decision.wait_for}
+
+
+def push_lane(
+    pipe, decision: Decision, req: dict[str, Any], payload: bytes, front: bool = False
+) -> str:
+    """A synchronous invocation onto the chosen worker's lane, in ``pipe``."""
+    message = lane_message(placed(req, decision), payload)
+    (pipe.lpush if front else pipe.rpush)(lane(decision.worker), message)
+    return decision.worker
+
+
+def enqueue_job(
+    pipe, conn: redis.Redis, decision: Decision, req: dict[str, Any], job_id: str
+) -> str:
+    """An asynchronous invocation as an RQ job (id ``job_id``) on the chosen worker, in
+    ``pipe``; a callback URL gets RQ's webhook when it finishes or fails."""
+    callback = req.get("callback")
+    hooks = (
+        [Webhook(callback, s, method="POST") for s in ("finished", "failed")] if callback else None
+    )
+    Queue(decision.queue, connection=conn, serializer=JSONSerializer).enqueue_call(
+        "agent.worker.invoke",
+        args=(placed(req, decision),),
+        pipeline=pipe,
+        job_id=job_id,
+        result_ttl=JOB_TTL_S,
+        failure_ttl=JOB_TTL_S,
+        timeout=int(req.get("timeout_s", 600)),
+        meta={"function": req["function"], "worker": decision.worker},
+        webhooks=hooks,
+    )
+    return job_id
+
+
+def submit(
+    placement: Placement,
+    req: dict[str, Any],
+    payload: bytes,
+    kind: str,
+    ident: str,
+    deadline: float = float("inf"),
+    front: bool = False,
+) -> Decision:
+    """Place ``req`` and hand it over (``kind`` :data:`SYNC`: onto a lane, ``ident`` unused but
+    as the ticket id; :data:`ASYNC`: as RQ job ``ident``), or park it in the admission queue
+    with ``payload`` (the inline input of a lane message). Returns the decision (its
+    ``ticket`` is set when it waits)."""
+    facts = facts_of(req)
+
+    def enqueue(pipe, decision: Decision) -> None:
+        if kind == SYNC:
+            push_lane(pipe, decision, req, payload, front)
+        else:
+            enqueue_job(pipe, placement.r, decision, req, ident)
+
+    wait = Wait(ident, {"kind": kind, "req": req}, payload, deadline)
+    decision, _ = placement.place(facts, enqueue, wait=wait)
+    return decision
+
+
+def ticket_document(head: bytes) -> dict[str, Any]:
+    return json.loads(head)

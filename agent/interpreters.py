@@ -1,0 +1,58 @@
+"""The TFLite interpreters one worker process holds, by model name: load (inside the model
+directory only), drop (giving the memory back to the system) and the runtime's one-time
+warm-up."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from agent.memory import release_memory, rss_bytes
+from agent.runtime import LoadedModel, load_model
+from functions.stack import model_path
+
+
+class InterpreterCache:
+    """The interpreters this process holds, by model name."""
+
+    def __init__(self, models_dir: str | os.PathLike, threads: int = 1) -> None:
+        self.models_dir = Path(models_dir)
+        self.threads = threads
+        self.models: dict[str, LoadedModel] = {}
+
+    def load(self, model: str, file: str) -> tuple[LoadedModel, float]:
+        """Load ``file`` (inside the model directory) and return it with the seconds taken."""
+        t0 = time.perf_counter()
+        loaded = load_model(model_path(self.models_dir, file), num_threads=self.threads)
+        self.models[model] = loaded
+        return loaded, time.perf_counter() - t0
+
+    def warm_runtime(self) -> None:
+        """Load, run and drop the smallest model once, so the runtime's one-time set-up (its
+        libraries, the XNNPACK delegate: about 3 MB) is part of the worker's fixed baseline and
+        not charged to the first model this worker loads."""
+        files = sorted(self.models_dir.glob("*.tflite"), key=lambda p: p.stat().st_size)
+        for path in files:
+            try:
+                loaded = load_model(path, num_threads=self.threads)
+            except (ValueError, RuntimeError, OSError):
+                continue  # a corrupt file: try the next one
+            loaded.predict(np.zeros(loaded.input.shape, dtype=loaded.input.dtype))
+            loaded.close()
+            del loaded
+            release_memory(collect=True)
+            return
+
+    def drop(self, model: str) -> int:
+        """Drop ``model``'s interpreter and give its memory back; returns the bytes freed."""
+        loaded = self.models.pop(model, None)
+        if loaded is None:
+            return 0
+        before = rss_bytes()
+        loaded.close()
+        del loaded
+        release_memory()
+        return before - rss_bytes()

@@ -1,0 +1,267 @@
+"""The gateway's side of an invocation: decode and validate the body, place it, hand it over,
+and (sync) wait for the answer within the request's deadline.
+
+- synchronous (``/function``): a warm hit is one Redis script (:meth:`Placement.try_hit`),
+  anything else :func:`agent.dispatch.submit` (a placement transaction, or a ticket in the
+  admission queue); either way the gateway then blocks on its reply list until the deadline:
+  the sync timeout, shortened by ``X-Deadline-Ms``. A request still waiting for memory at its
+  deadline is taken out of the queue and answered 503 with ``Retry-After``; one placed but not
+  answered, 504 (its worker drops it if it has not started it).
+- asynchronous (``/async-function``): the tensor is parked under a Redis key and an RQ job
+  enqueued on the chosen worker in the placement's transaction — or, if it must wait for
+  memory, when the admission queue places it (no deadline); the id is the same either way.
+
+No client data is pickled: lane messages and RQ jobs are JSON, tensors ``.npy`` bytes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from agent import admission, waiting
+from agent.dispatch import ASYNC, SYNC, submit, with_facts
+from agent.errors import ApiError
+from agent.keys import key
+from agent.lane import Spool, lane_message, read_reply
+from agent.membership import PlacementError
+from agent.placement import ModelFacts, Placement, RegistryChanged
+from agent.registry import Profiles, Registry, model_facts
+from agent.txn import Contended
+from functions.tensors import to_npy
+
+INPUT_TTL_S = 300
+SPOOL_CHECK_S = 2.0  # how long a gateway process trusts that its workers share its spool
+FACTS_TTL_S = 1.0  # how long a gateway process reuses a model's facts
+HEADERS = {
+    "X-Cache": "cache",
+    "X-Load-Seconds": "load_s",
+    "X-Exec-Seconds": "exec_s",
+    "X-Queue-Seconds": "queue_s",
+    "X-Worker": "worker",
+}
+
+
+def placement_error(exc: PlacementError | Contended, facts: ModelFacts | None = None) -> ApiError:
+    """A placement's refusal as an answer (507 names the model's bytes; 429 says when to
+    retry)."""
+    extra: dict[str, Any] = {}
+    headers = {}
+    if exc.status == 507 and facts is not None:
+        extra["model_bytes"] = facts.bytes
+    if getattr(exc, "retry_after", None):
+        headers["Retry-After"] = str(exc.retry_after)
+    return ApiError(exc.status, str(exc), headers, **extra)
+
+
+class Invocations:
+    def __init__(
+        self,
+        conn: redis.Redis,
+        placement: Placement,
+        registry: Registry,
+        models: Path,
+        spool: Spool,
+        body_limit: int,
+        sync_timeout: float,
+    ) -> None:
+        self.r, self.placement, self.registry = conn, placement, registry
+        self.profiles = Profiles(models)
+        self.models = models
+        self.spool = spool
+        self.body_limit, self.sync_timeout = body_limit, sync_timeout
+        self._spool_seen: tuple[float, bool] = (0.0, False)
+        self._facts: dict[str, tuple[float, ModelFacts, bool]] = {}
+
+    # -- shared steps ------------------------------------------------------------------------
+
+    def decode(
+        self, name: str, body: bytes, content_type: str, verify: bool = True
+    ) -> tuple[dict[str, Any], Any]:
+        """The function's document and the request's input tensor (4xx/5xx here)."""
+        from functions.handlers import BadInput
+
+        doc = self.registry.get(name, verify)
+        if len(body) > self.body_limit:
+            raise ApiError(413, f"request body larger than the limit of {self.body_limit} bytes")
+        try:
+            batch = self.registry.handler(doc).decode(body, content_type)
+        except BadInput as exc:
+            if not verify and self.registry.changed():  # judged by a stale copy: judge again
+                return self.decode(name, body, content_type, verify=True)
+            raise ApiError(exc.status, str(exc)) from exc
+        return doc, batch
+
+    def facts(self, doc: dict[str, Any]) -> tuple[ModelFacts, bool]:
+        model = doc["model"]
+        cached = self._facts.get(model)
+        if cached is None or time.monotonic() - cached[0] > FACTS_TTL_S:
+            facts, profiled = model_facts(self.r, doc, self.models, self.profiles.get(model))
+            cached = self._facts[model] = (time.monotonic(), facts, profiled)
+        return cached[1], cached[2]
+
+    def request(self, name: str, doc: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """What a worker needs to run one invocation of ``doc`` (placement adds the rest)."""
+        facts, profiled = self.facts(doc)
+        req = {
+            "function": name,
+            "model": doc["model"],
+            "file": doc["file"],
+            "handler": doc["handler"],
+            "options": doc.get("options") or {},
+            "record": doc.get("record") or {},
+            "enqueued_at": time.time(),
+            **extra,
+        }
+        return with_facts(req, facts, profiled)
+
+    # -- synchronous ---------------------------------------------------------------------------
+
+    def call(
+        self, name: str, body: bytes, content_type: str, deadline_ms: str | None
+    ) -> tuple[dict[str, Any], bytes]:
+        """A synchronous invocation; returns the worker's answer header and body."""
+        try:
+            deadline = admission.deadline(time.time(), self.sync_timeout, deadline_ms)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from exc
+        while True:
+            doc, batch = self.decode(name, body, content_type, verify=False)
+            reply = key("reply", uuid.uuid4().hex)
+            slot, via, inline = self._hand_over(batch)
+            req = self.request(name, doc, reply=reply, deadline=deadline, **via)
+            try:
+                decision = self.placement.try_hit(
+                    doc["model"],
+                    lane_message(req, inline),
+                    function=name,
+                    registry_version=self.registry.version,
+                )
+                if decision is None:
+                    decision = submit(self.placement, req, inline, SYNC, reply, deadline)
+                head, out = self._wait(name, decision, reply, deadline)
+                self.spool.done(slot)  # the worker is done with the input
+                return head, out
+            except RegistryChanged:
+                self.spool.done(slot)  # nothing was queued: decode again with the registry
+                self.registry.forget()
+            except (PlacementError, Contended) as exc:
+                self.spool.done(slot)  # nothing was queued
+                raise placement_error(exc, self.facts(doc)[0]) from exc
+            except BaseException:
+                self.spool.discard(slot)  # a worker may still read it: never reuse it
+                raise
+
+    def _wait(
+        self, name: str, decision, reply: str, deadline: float
+    ) -> tuple[dict[str, Any], bytes]:
+        """Wait for the answer until the deadline, in slices that check the worker is alive."""
+        while True:
+            left = deadline - time.time()
+            popped = self.r.blpop([reply], timeout=max(min(left, 1.0), 0.01))
+            if popped is not None:
+                return read_reply(popped[1])
+            if decision.ticket is None and not self.r.exists(key("alive", decision.worker)):
+                raise ApiError(
+                    503,
+                    f"worker {decision.worker} died before finishing the job for {name!r}; retry",
+                )
+            if time.time() < deadline:
+                continue
+            if decision.ticket is not None and waiting.cancel(
+                self.r, decision.device, decision.ticket
+            ):
+                self.r.hincrby(key("admission", decision.device), "timed_out", 1)
+                waited = time.time() - float(decision.arrived or time.time())
+                facts = self.facts(self.registry.get(name, verify=False))[0]
+                retry = admission.retry_after(
+                    int(self.r.zcard(key("waiting", decision.device))), facts.exec_s, 1
+                )
+                raise ApiError(
+                    503,
+                    waiting.timed_out_message(
+                        name, {"model": facts.name, "bytes": facts.bytes}, waited
+                    ),
+                    {"Retry-After": str(retry)},
+                    waited_s=round(waited, 3),
+                )
+            popped = self.r.blpop([reply], timeout=0.2)  # answered just now?
+            if popped is not None:
+                return read_reply(popped[1])
+            raise ApiError(
+                504,
+                f"function {name!r} did not answer within its deadline "
+                f"({self.sync_timeout:g} s, or X-Deadline-Ms)",
+            )
+
+    def _hand_over(self, batch) -> tuple[str | None, dict[str, Any], bytes]:
+        """How the input reaches the worker: a spool slot when every worker shares this
+        process's spool (the slot's name, the message fields naming it, no inline bytes),
+        else inline."""
+        spooled = self.spool.put(batch) if self._spool_reaches_workers() else None
+        if spooled is None:
+            return None, {}, to_npy(batch)
+        slot, size = spooled
+        return slot, {"input_file": slot, "input_bytes": size, "host": self.spool.host}, b""
+
+    def _spool_reaches_workers(self) -> bool:
+        when, seen = self._spool_seen
+        if time.monotonic() - when > SPOOL_CHECK_S:
+            seen = self.spool.reaches(self.placement.members.spool_markers())
+            self._spool_seen = (time.monotonic(), seen)
+        return seen
+
+    # -- asynchronous --------------------------------------------------------------------------
+
+    def submit(self, name: str, body: bytes, content_type: str, callback: str | None) -> str:
+        """An asynchronous invocation; returns its job id."""
+        doc, batch = self.decode(name, body, content_type)
+        job_id = uuid.uuid4().hex
+        input_key = key("input", job_id)
+        self.r.set(input_key, to_npy(batch), ex=INPUT_TTL_S)
+        req = self.request(
+            name,
+            doc,
+            input_key=input_key,
+            timeout_s=self.sync_timeout,
+            **({"callback": callback} if callback else {}),
+        )
+        try:
+            submit(self.placement, req, b"", ASYNC, job_id)
+        except (PlacementError, Contended) as exc:
+            self.r.delete(input_key)
+            raise placement_error(exc, self.facts(doc)[0]) from exc
+        return job_id
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """An async job's state: ``queued`` (also while it waits for memory), ``started``,
+        ``finished`` with the result and the cache fields, or ``failed`` with the reason."""
+        try:
+            job = Job.fetch(job_id, connection=self.r, serializer=JSONSerializer)
+        except Exception as exc:  # rq.exceptions.NoSuchJobError and malformed ids
+            if self.r.exists(key("ticket", job_id)):
+                return {"id": job_id, "status": "queued", "waiting_for_memory": True}
+            raise ApiError(404, f"no job {job_id!r}") from exc
+        status = job.get_status()
+        doc: dict[str, Any] = {"id": job.id, "status": str(getattr(status, "value", status))}
+        if doc["status"] == "finished":
+            result = job.return_value()
+            if "error" in result:
+                doc.update(status="failed", error=result["error"])
+            else:
+                doc["result"] = result["result"]
+                doc.update({h: result.get(f) for h, f in HEADERS.items()})
+        elif doc["status"] in ("queued", "started") and not self.r.exists(
+            key("alive", job.meta.get("worker", ""))
+        ):
+            worker = job.meta.get("worker")
+            doc.update(status="failed", error=f"worker {worker} died before finishing the job")
+        elif doc["status"] in ("failed", "stopped", "canceled"):
+            doc["error"] = (job.exc_info or "job failed").strip().splitlines()[-1]
+        return doc

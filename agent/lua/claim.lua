@@ -1,0 +1,18 @@
+-- claim.lua: a worker starts an invocation on its copy of a model (agent.lifecycle.claim).
+--
+-- The copy must still be accounted (loading or ready): then it is pinned — it cannot be
+-- evicted while it executes — and its entry returned. If it is gone (evicted or forgotten
+-- while the request waited in the worker's queue), nothing changes and nil is returned: the
+-- worker places the request again, as a miss. A function whose model failed is refused.
+--
+-- KEYS[1] entries:{d}   KEYS[2] pins:{d}   KEYS[3] failed
+-- ARGV[1] slot (model|worker)   ARGV[2] function ('' skips the failed check)
+-- Returns {'failed', reason}, the entry JSON, or nil.
+if ARGV[2] ~= '' then
+  local reason = redis.call('HGET', KEYS[3], ARGV[2])
+  if reason then return {'failed', reason} end
+end
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if not entry then return nil end
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+return entry

@@ -1,0 +1,143 @@
+"""Which workers exist, on which device, and whether they are alive.
+
+A worker registers itself (``worker:{w}``, the ``workers`` set) and refreshes a heartbeat key
+with a short TTL (:data:`HEARTBEAT_TTL`) every second. One that misses it is dead for
+placement: the next decision forgets it — its copies leave the accounting (a worker that was
+only paused notices when it resumes, drops its interpreters and registers again, see
+``agent.worker``). Every change of membership bumps ``members:version``, so callers may cache
+the list (the hit script refuses a stale one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from agent.keys import decode, key, lane, worker_queue
+from agent.lifecycle import Copies
+
+HEARTBEAT_TTL = 5.0  # seconds without a heartbeat before a worker counts as dead
+
+
+@dataclass(frozen=True)
+class Worker:
+    name: str
+    device: str
+    queue: str
+
+
+class PlacementError(Exception):
+    """A request that cannot be placed; ``status`` is the HTTP answer."""
+
+    status = 503
+
+
+class Membership:
+    def __init__(self, conn: redis.Redis, copies: Copies | None = None) -> None:
+        self.r = conn
+        self.copies = copies or Copies(conn)
+
+    def set_device(self, device: str, cap: int | None = None, policy: str | None = None) -> None:
+        values = {k: v for k, v in (("cap", cap), ("policy", policy)) if v is not None}
+        if values:
+            self.r.hset(key("device", device), mapping=values)
+
+    def cap(self, device: str) -> int:
+        return parse_cap(device, self.r.hget(key("device", device), "cap"))
+
+    def register(
+        self, worker: str, device: str, pid: int, host: str, rss: int = 0, spool: str = ""
+    ) -> None:
+        """``rss``: the worker's resident memory before it holds any model (its baseline);
+        ``spool``: its marker in the input spool ('' if it has none, see ``agent.lane``)."""
+        with self.r.pipeline() as pipe:
+            pipe.hset(
+                key("worker", worker),
+                mapping={
+                    "device": device,
+                    "queue": worker_queue(worker),
+                    "pid": pid,
+                    "host": host,
+                    "baseline_rss": rss,
+                    "rss": rss,
+                    "spool": spool,
+                },
+            )
+            pipe.sadd(key("workers"), worker)
+            pipe.set(key("alive", worker), 1, px=int(HEARTBEAT_TTL * 1000))
+            pipe.incr(key("members", "version"))
+            pipe.execute()
+
+    def heartbeat(self, worker: str, rss: int | None = None) -> bool:
+        """The worker is alive; ``rss``: its resident memory now. False when the worker is no
+        longer registered (it was forgotten, or Redis lost its state): it must register
+        again, and hold nothing the accounting does not count."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.exists(key("worker", worker))
+            pipe.sismember(key("workers"), worker)
+            registered, member = pipe.execute()
+        if not (registered and member):
+            return False
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.set(key("alive", worker), 1, px=int(HEARTBEAT_TTL * 1000))
+            if rss is not None:
+                pipe.hset(key("worker", worker), "rss", rss)
+            pipe.execute()
+        return True
+
+    def version(self) -> bytes:
+        return self.r.get(key("members", "version")) or b"0"
+
+    def workers(self) -> tuple[dict[str, Worker], list[str]]:
+        """Alive workers by name, and the names of registered workers that are dead."""
+        names = sorted(n.decode() for n in self.r.smembers(key("workers")))
+        with self.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(key("alive", name))
+                pipe.hgetall(key("worker", name))
+            replies = pipe.execute()
+        alive, dead = {}, []
+        for i, name in enumerate(names):
+            info = decode(replies[2 * i + 1])
+            if replies[2 * i] and info:
+                alive[name] = Worker(name, info["device"], info["queue"])
+            else:
+                dead.append(name)
+        return alive, dead
+
+    def alive(self) -> dict[str, Worker]:
+        """Alive workers; the dead ones are forgotten on the way."""
+        alive, dead = self.workers()
+        for name in dead:
+            self.forget_worker(name)
+        return alive
+
+    def spool_markers(self) -> list[str]:
+        """Each registered worker's marker in the input spool ('' for none)."""
+        names = self.r.smembers(key("workers"))
+        with self.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(key("worker", name.decode()), "spool")
+            return [(m or b"").decode() for m in pipe.execute()]
+
+    def forget_worker(self, worker: str) -> list[str]:
+        """Drop a dead worker: its copies leave the accounting, its lane and registration go;
+        returns the models it held. Its queued synchronous calls are answered by their
+        gateways ("worker … died"); async jobs left in its RQ queue stay there (see
+        docs/agent.md)."""
+        device = (self.r.hget(key("worker", worker), "device") or b"").decode()
+        with self.r.pipeline() as pipe:
+            released = self.copies.forget_worker(pipe, device, worker) if device else []
+            pipe.srem(key("workers"), worker)
+            pipe.delete(key("worker", worker), key("alive", worker), lane(worker))
+            pipe.incr(key("members", "version"))
+            pipe.execute()
+        return released
+
+
+def parse_cap(device: str, raw: bytes | None) -> int:
+    """A device's cap as stored in ``device:{d}``."""
+    if raw is None:
+        raise PlacementError(f"device {device!r} has no memory cap configured")
+    return int(raw)

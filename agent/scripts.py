@@ -1,0 +1,34 @@
+"""The Lua scripts of :mod:`agent.lua`, loaded from their files and registered once per
+connection (``EVALSHA``; redis-py loads a script again if the server forgot it, e.g. after a
+restart). Each file's header names its KEYS and ARGV; every key a script touches is passed as
+KEYS."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import redis
+from redis.commands.core import Script
+
+LUA_DIR = Path(__file__).with_name("lua")
+
+
+@cache
+def source(name: str) -> str:
+    return (LUA_DIR / f"{name}.lua").read_text()
+
+
+class Scripts:
+    """The registered scripts, as attributes: ``Scripts(conn).claim(keys=…, args=…)``."""
+
+    NAMES = ("hit", "claim", "unpin", "ready")
+
+    def __init__(self, conn: redis.Redis) -> None:
+        for name in self.NAMES:
+            setattr(self, name, conn.register_script(source(name)))
+
+    hit: Script
+    claim: Script
+    unpin: Script
+    ready: Script

@@ -1,0 +1,186 @@
+"""One invocation on a worker, sync or async alike — the whole request path inside a worker.
+
+1. Drop work whose caller has given up (its ``deadline`` passed while it was queued): it
+   never runs and holds nothing (queued work pins nothing).
+2. Claim the copy (``claim.lua``): pinned while it executes. Gone (evicted or forgotten while
+   the request was queued): the request is placed again, as a miss (:data:`REPLACED`).
+3. Load it if this worker does not hold it: wait until the victims placement chose are
+   released, open the file; a failed load gives the reservation back and marks the function
+   failed (other functions keep serving).
+4. Run it. Right after, in a ``finally`` whatever happened (input expired or missing, the
+   interpreter raised), a fresh load turns ``ready`` (:meth:`Copies.loaded`) — never left
+   ``loading``.
+The caller unpins in the pipeline that answers (:func:`account`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from agent.interpreters import InterpreterCache
+from agent.lane import Spool
+from agent.memory import rss_bytes
+from agent.metrics import observe
+from agent.placement import Placement
+from functions.handlers import BadInput, make_handler
+from functions.tensors import from_npy
+
+log = logging.getLogger("brulee.worker")
+RELEASE_WAIT_S = 30.0  # how long a load waits for other workers to drop its victims
+REPLACED = {"replaced": True}  # the request went back to placement: someone else answers
+
+
+@dataclass
+class Context:
+    """This process's worker identity and state."""
+
+    worker: str
+    device: str
+    placement: Placement
+    interpreters: InterpreterCache
+    conn: redis.Redis
+    spool: Spool
+    handlers: dict[tuple, Any] = field(default_factory=dict)
+    exec_s: dict[str, float] = field(default_factory=dict)  # moving average per model
+    # held while an invocation or an eviction runs: the heartbeat thread takes it before it
+    # drops interpreters the accounting forgot
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def copies(self):
+        return self.placement.copies
+
+
+def error(ctx: Context, message: str, status: int, **extra: Any) -> dict[str, Any]:
+    return {"error": message, "status": status, "worker": ctx.worker, **extra}
+
+
+def _handler(ctx: Context, req: dict[str, Any]):
+    spec = (req["handler"], req["file"], repr(sorted(req.get("options", {}).items())))
+    if spec not in ctx.handlers:
+        ctx.handlers[spec] = make_handler(req["handler"], req["record"], **req.get("options", {}))
+    return ctx.handlers[spec]
+
+
+def serve(
+    ctx: Context, req: dict[str, Any], read_input: Callable[[], bytes | None]
+) -> tuple[dict[str, Any], bool]:
+    """Run one invocation placed on this worker; returns the answer and whether the copy was
+    pinned (then the caller unpins). Errors the caller should see are answers
+    (``{"error", "status"}``), not exceptions, except the interpreter's own."""
+    started = time.time()
+    deadline = req.get("deadline")
+    if deadline is not None and started > float(deadline):
+        return error(
+            ctx,
+            f"dropped before it ran: its caller's deadline passed "
+            f"{started - float(deadline):.2f} s ago",
+            504,
+        ), False
+    claimed = ctx.copies.claim(ctx.device, req["model"], ctx.worker, req["function"])
+    if claimed.failed is not None:
+        return error(ctx, f"function {req['function']!r} failed: {claimed.failed}", 503), False
+    if claimed.entry is None:
+        return REPLACED, False
+    return _run(ctx, req, read_input, started), True
+
+
+def _run(ctx: Context, req: dict[str, Any], read_input, started: float) -> dict[str, Any]:
+    model = req["model"]
+    queue_s = max(started - float(req["enqueued_at"]), 0.0)
+    loaded = ctx.interpreters.models.get(model)
+    hit = loaded is not None
+    load_s, rss_before = 0.0, 0
+    if not hit:
+        _wait_for_release(ctx, req.get("wait_for", []))
+        rss_before = rss_bytes()
+        try:
+            loaded, load_s = ctx.interpreters.load(model, req["file"])
+        except (ValueError, RuntimeError, OSError) as exc:
+            reason = f"model {model!r} cannot be loaded from {req['file']}: {exc}"
+            ctx.copies.give_back(ctx.device, model, ctx.worker, failed=(req["function"], reason))
+            return error(ctx, reason, 503)
+    exec_s = None
+    try:
+        payload = read_input()
+        if payload is None:
+            return error(ctx, "the request's input expired before a worker took it", 504)
+        handler = _handler(ctx, req)
+        batch = from_npy(payload)
+        t0 = time.perf_counter()
+        output = loaded.predict(batch)
+        exec_s = time.perf_counter() - t0
+        result = handler.encode(output)
+    except BadInput as exc:
+        return error(ctx, str(exc), exc.status)
+    finally:
+        if not hit:
+            _finish_load(ctx, req, load_s, rss_before)
+    return {
+        "result": result,
+        "cache": "hit" if hit else "miss",
+        "load_s": load_s,
+        "exec_s": exec_s,
+        "queue_s": queue_s,
+        "worker": ctx.worker,
+    }
+
+
+def _finish_load(ctx: Context, req: dict[str, Any], load_s: float, rss_before: int) -> None:
+    """loading → ready with what this worker measured; if the model outgrew its reservation
+    and nothing idle can make room, drop it again (the reservation was given back)."""
+    model = req["model"]
+    observed = rss_bytes() - rss_before
+    facts = req.get("facts") or {}
+    # a profile's loaded bytes (measured in a fresh process) are a floor: this process's RSS
+    # delta undercounts when the allocator reuses pages of evicted models, but when it is
+    # larger (the request's tensors ride along) the reservation grows to it
+    correction = observed
+    if facts.get("profiled") and observed <= int(facts.get("bytes") or 0):
+        correction = None
+    try:
+        kept = ctx.copies.loaded(
+            ctx.device, model, ctx.worker, correction, load_s, observed, ctx.placement.policy()
+        )
+    except redis.RedisError:
+        log.exception("could not mark %s ready; the heartbeat's reconciliation will", model)
+        return
+    if not kept:
+        log.warning(
+            "%s needs %d bytes, more than reserved, and only executing models hold "
+            "the rest: dropped again",
+            model,
+            observed,
+        )
+        ctx.interpreters.drop(model)
+
+
+def _wait_for_release(ctx: Context, slots: list[str]) -> None:
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    while ctx.copies.is_releasing(ctx.device, slots):
+        if time.monotonic() > deadline:
+            log.warning(
+                "victims %s not released after %.0f s; loading anyway", slots, RELEASE_WAIT_S
+            )
+            return
+        time.sleep(0.005)
+
+
+def account(ctx: Context, req: dict[str, Any], result: dict[str, Any], pinned: bool, pipe) -> None:
+    """After an invocation, in the pipeline that answers it: unpin the copy, store the model's
+    exec time (this worker's moving average), count it in the metrics if it was served."""
+    model, exec_s = req["model"], result.get("exec_s")
+    if exec_s is not None:
+        old = ctx.exec_s.get(model)
+        exec_s = ctx.exec_s[model] = exec_s if old is None else 0.8 * old + 0.2 * exec_s
+    if pinned:
+        ctx.copies.unpin(ctx.device, model, ctx.worker, exec_s, pipe)
+    if "cache" in result:
+        observe(pipe, req["function"], result)

@@ -1,0 +1,189 @@
+"""The admission queue in Redis: requests that wait for memory, per device, and the step that
+places them when memory frees (the rule is :mod:`agent.admission`'s).
+
+A ticket (``ticket:{id}``: ``head`` JSON — kind, request, model facts, arrival, deadline — and
+``payload``, the inline input of a lane message) sits in ``waiting:{d}``, ordered by arrival.
+:func:`admit` serves the queue head first, one at a time, until one does not fit; it runs
+wherever memory may have freed — a worker after each invocation and eviction (when anybody
+waits) and every second from each worker's heartbeat (which also answers tickets whose
+deadline has passed) — so no request waits for a wake-up that never comes. Placing a ticket
+and removing it are one transaction (the ticket's queue is watched), so a ticket is placed at
+most once and never after its gateway gave up on it (:func:`cancel`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from agent import admission
+from agent.keys import decode, key
+from agent.lane import reply_message
+from agent.placement import ModelFacts, Placement, Wait
+
+REPLY_TTL_S = 120  # an answer nobody collected (its caller gave up) expires
+
+
+def add(pipe, device: str, wait: Wait, model: ModelFacts, now: float) -> None:
+    """Queue a ticket, in ``pipe`` (placement's ``MULTI``)."""
+    head = {
+        **wait.head,
+        "id": wait.id,
+        "device": device,
+        "model": model.name,
+        "bytes": model.bytes,
+        "arrived": now,
+        "deadline": None if wait.deadline == float("inf") else wait.deadline,
+    }
+    pipe.hset(key("ticket", wait.id), mapping={"head": json.dumps(head), "payload": wait.payload})
+    pipe.zadd(key("waiting", device), {wait.id: now})
+
+
+def cancel(conn: redis.Redis, device: str, ticket: str) -> bool:
+    """Take a ticket out of the queue (its caller gives up); True if it was still waiting."""
+    with conn.pipeline() as pipe:
+        pipe.zrem(key("waiting", device), ticket)
+        pipe.delete(key("ticket", ticket))
+        removed, _ = pipe.execute()
+    return bool(removed)
+
+
+def _head(conn: redis.Redis, device: str) -> tuple[str, dict[str, Any], bytes] | None:
+    ids = conn.zrange(key("waiting", device), 0, 0)
+    if not ids:
+        return None
+    ticket = ids[0].decode()
+    head, payload = conn.hmget(key("ticket", ticket), "head", "payload")
+    if head is None:  # removed between the two reads, or a leftover: drop it
+        conn.zrem(key("waiting", device), ticket)
+        return ticket, {}, b""
+    return ticket, json.loads(head), payload or b""
+
+
+def expire(conn: redis.Redis, device: str, ticket: str, head: dict[str, Any], now: float) -> None:
+    """A ticket whose deadline passed leaves the queue; its caller gets a 503 that says how
+    long it waited for memory."""
+    if not cancel(conn, device, ticket):
+        return
+    conn.hincrby(key("admission", device), "timed_out", 1)
+    req = head.get("req", {})
+    waited = now - float(head["arrived"])
+    if head.get("kind") == "lane" and req.get("reply"):
+        reply = {
+            "error": timed_out_message(req.get("function", "?"), head, waited),
+            "status": 503,
+            "retry_after": admission.retry_after(
+                int(conn.zcard(key("waiting", device))), float(req["facts"]["exec_s"]), 1
+            ),
+        }
+        with conn.pipeline(transaction=False) as pipe:
+            pipe.rpush(req["reply"], reply_message(reply))
+            pipe.expire(req["reply"], REPLY_TTL_S)
+            pipe.execute()
+
+
+def timed_out_message(function: str, head: dict[str, Any], waited: float) -> str:
+    return (
+        f"function {function!r} waited {waited:.1f} s for memory for model "
+        f"{head.get('model')!r} ({head.get('bytes')} bytes) and its deadline passed: the "
+        "device's memory was held by executing or loading models; retry"
+    )
+
+
+def admit(placement: Placement, device: str, now: float | None = None) -> int:
+    """Place the device's waiting requests, head first, until one does not fit; answer those
+    whose deadline passed. Returns how many were placed."""
+    from agent.dispatch import SYNC, enqueue_job, facts_of, push_lane
+
+    conn = placement.r
+    placed = 0
+    while True:
+        head = _head(conn, device)
+        if head is None:
+            return placed
+        ticket, doc, payload = head
+        if not doc:
+            continue
+        t = now or time.time()
+        if doc.get("deadline") is not None and admission.expired(
+            admission.Ticket(ticket, doc["model"], doc["bytes"], doc["arrived"], doc["deadline"]),
+            t,
+        ):
+            expire(conn, device, ticket, doc, t)
+            continue
+        req = doc["req"]
+
+        def still_waiting(pipe, ticket=ticket) -> bool:
+            return pipe.zscore(key("waiting", device), ticket) is not None
+
+        def enqueue(
+            pipe,
+            decision,
+            ticket=ticket,
+            req=req,
+            kind=doc["kind"],
+            payload=payload,
+            arrived=doc["arrived"],
+        ):
+            pipe.zrem(key("waiting", device), ticket)
+            pipe.delete(key("ticket", ticket))
+            pipe.hincrby(key("admission", device), "admitted", 1)
+            waited = time.time() - float(arrived)
+            observe_wait(pipe, waited)
+            if kind == SYNC:
+                push_lane(pipe, decision, req, payload)
+            else:
+                enqueue_job(pipe, conn, decision, req, ticket)
+
+        decision, _ = placement.place(facts_of(req), enqueue, now=t, admitting=still_waiting)
+        if decision is None:
+            continue  # cancelled meanwhile: look at the next head
+        if decision.ticket is not None:
+            return placed  # still no room for the head: nobody behind it may overtake
+        placed += 1
+
+
+BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def observe_wait(pipe, seconds: float) -> None:
+    """The admission-wait histogram (``brulee_admission_wait_seconds``), in ``pipe``."""
+    bucket = next((str(b) for b in BUCKETS if seconds <= b), "+Inf")
+    pipe.hincrby(key("hist", "admission_s"), bucket, 1)
+    pipe.hincrbyfloat(key("hist", "admission_s"), "sum", seconds)
+
+
+def listing(conn: redis.Redis, device: str, now: float | None = None) -> list[dict[str, Any]]:
+    """Who waits for what on ``device``, in order (for ``/system/cache``)."""
+    now = now or time.time()
+    ids = [i.decode() for i in conn.zrange(key("waiting", device), 0, -1)]
+    with conn.pipeline(transaction=False) as pipe:
+        for i in ids:
+            pipe.hget(key("ticket", i), "head")
+        heads = pipe.execute()
+    out = []
+    for i, raw in zip(ids, heads):
+        if raw is None:
+            continue
+        doc = json.loads(raw)
+        out.append(
+            {
+                "ticket": i,
+                "kind": "sync" if doc["kind"] == "lane" else "async",
+                "function": doc["req"].get("function"),
+                "model": doc["model"],
+                "bytes": doc["bytes"],
+                "waited_s": round(now - float(doc["arrived"]), 3),
+                "deadline_in_s": None
+                if doc.get("deadline") is None
+                else round(float(doc["deadline"]) - now, 3),
+            }
+        )
+    return out
+
+
+def counters(conn: redis.Redis, device: str) -> dict[str, int]:
+    return {k: int(v) for k, v in decode(conn.hgetall(key("admission", device))).items()}

@@ -67,6 +67,8 @@ def running_agent(
     functions_file: str | None = None,
     body_limit: int | None = None,
     spool_dir: Path | None = None,
+    max_waiting: int | None = None,
+    sync_timeout: float = 30,
 ) -> Iterator[dict]:
     """A whole agent: private Redis, ``workers`` worker processes, and the gateway served over
     real HTTP by werkzeug in a thread. Yields ``{"url", "redis_url", "token", "server",
@@ -87,8 +89,9 @@ def running_agent(
                 token=token,
                 body_limit=body_limit,
                 policy=policy,
-                sync_timeout=30,
+                sync_timeout=sync_timeout,
                 spool_dir=spool_dir,
+                max_waiting=max_waiting,
             )
             port = free_port()
             http = make_server("127.0.0.1", port, app, threaded=True)

@@ -350,8 +350,8 @@ def test_concurrent_cold_requests_never_exceed_cap(models_dir: Path, tmp_path_fa
             done.set()
             watcher.join()
         codes = [a.status_code for a in answers]
-        assert all(c in (200, 503) for c in codes), [a.text for a in answers]
-        assert codes.count(200) >= 5, [a.text for a in answers]
+        # misses that find the memory held by executing or loading models wait for it
+        assert codes == [200] * 10, [a.text for a in answers]
         assert peaks and max(peaks) <= cap
         snap = requests.get(f"{small['url']}/system/cache", timeout=10).json()
         assert sum(d["evictions"].get("cremebrulee", 0) for d in snap["devices"].values()) > 0

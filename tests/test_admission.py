@@ -41,8 +41,13 @@ def _placement(conn, max_waiting: int = 8) -> Placement:
 
 
 def _req(model: str, size: int, reply: str) -> dict:
-    req = {"function": model, "model": model, "file": f"{model}.tflite", "reply": reply,
-           "enqueued_at": time.time()}  # fmt: skip
+    req = {
+        "function": model,
+        "model": model,
+        "file": f"{model}.tflite",
+        "reply": reply,
+        "enqueued_at": time.time(),
+    }
     return with_facts(req, ModelFacts(model, size, 0.1, 0.01), False)
 
 
@@ -164,15 +169,23 @@ def test_a_cold_burst_of_20_clients_is_served_within_the_cap(ten_models):
 
         def watch():
             while not done.is_set():
-                snap = requests.get(f"{agent['url']}/system/cache", timeout=10,
-                                    headers={"Authorization": f"Bearer {TOKEN}"}).json()  # fmt: skip
+                snap = requests.get(
+                    f"{agent['url']}/system/cache",
+                    timeout=10,
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                ).json()
                 peaks.extend(d["used_bytes"] for d in snap["devices"].values())
 
         def client(i: int) -> list[int]:
             with requests.Session() as s:
-                return [s.post(f"{agent['url']}/function/d{(i + k) % 10}",
-                               json={"inputs": digits_input()}, timeout=60).status_code
-                        for k in range(3)]  # fmt: skip
+                return [
+                    s.post(
+                        f"{agent['url']}/function/d{(i + k) % 10}",
+                        json={"inputs": digits_input()},
+                        timeout=60,
+                    ).status_code
+                    for k in range(3)
+                ]
 
         watcher = threading.Thread(target=watch)
         watcher.start()
@@ -201,16 +214,20 @@ def test_a_request_waits_for_memory_then_runs(ten_models):
         result = {}
 
         def call():
-            result["resp"] = requests.post(f"{agent['url']}/function/d0",
-                                           json={"inputs": digits_input()}, timeout=60)  # fmt: skip
+            result["resp"] = requests.post(
+                f"{agent['url']}/function/d0", json={"inputs": digits_input()}, timeout=60
+            )
 
         caller = threading.Thread(target=call)
         caller.start()
         deadline = time.monotonic() + 10
         listing = []
         while time.monotonic() < deadline and not listing:
-            snap = requests.get(f"{agent['url']}/system/cache", timeout=10,
-                                headers={"Authorization": f"Bearer {TOKEN}"}).json()  # fmt: skip
+            snap = requests.get(
+                f"{agent['url']}/system/cache",
+                timeout=10,
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ).json()
             listing = snap["devices"]["dev"]["admission"]["waiting"]
             time.sleep(0.05)
         assert [w["function"] for w in listing] == ["d0"] and listing[0]["kind"] == "sync"
@@ -230,18 +247,27 @@ def test_the_deadline_header_bounds_the_wait(ten_models):
     with running_agent(models_dir, 2 * size, workers=1, token=TOKEN) as agent:
         _reserve(agent, 2 * size)
         t0 = time.monotonic()
-        resp = requests.post(f"{agent['url']}/function/d0", json={"inputs": digits_input()},
-                             headers={"X-Deadline-Ms": "700"}, timeout=60)  # fmt: skip
+        resp = requests.post(
+            f"{agent['url']}/function/d0",
+            json={"inputs": digits_input()},
+            headers={"X-Deadline-Ms": "700"},
+            timeout=60,
+        )
         took = time.monotonic() - t0
         assert resp.status_code == 503, resp.text
         assert "waited" in resp.json()["error"] and "memory" in resp.json()["error"]
         assert int(resp.headers["Retry-After"]) >= 1
         assert 0.6 <= took < 5
-        bad = requests.post(f"{agent['url']}/function/d0", json={"inputs": digits_input()},
-                            headers={"X-Deadline-Ms": "soon"}, timeout=10)  # fmt: skip
+        bad = requests.post(
+            f"{agent['url']}/function/d0",
+            json={"inputs": digits_input()},
+            headers={"X-Deadline-Ms": "soon"},
+            timeout=10,
+        )
         assert bad.status_code == 400 and "X-Deadline-Ms" in bad.json()["error"]
-        snap = requests.get(f"{agent['url']}/system/cache", timeout=10,
-                            headers={"Authorization": f"Bearer {TOKEN}"}).json()  # fmt: skip
+        snap = requests.get(
+            f"{agent['url']}/system/cache", timeout=10, headers={"Authorization": f"Bearer {TOKEN}"}
+        ).json()
         assert snap["devices"]["dev"]["admission"]["waiting"] == []  # it left the queue
 
 
@@ -250,18 +276,24 @@ def test_a_full_queue_answers_429(ten_models):
     with running_agent(models_dir, 2 * size, workers=1, token=TOKEN, max_waiting=1) as agent:
         _reserve(agent, 2 * size)
         with ThreadPoolExecutor(2) as pool:
-            first = pool.submit(requests.post, f"{agent['url']}/function/d0",
-                                json={"inputs": digits_input()},
-                                headers={"X-Deadline-Ms": "3000"}, timeout=60)  # fmt: skip
+            first = pool.submit(
+                requests.post,
+                f"{agent['url']}/function/d0",
+                json={"inputs": digits_input()},
+                headers={"X-Deadline-Ms": "3000"},
+                timeout=60,
+            )
             time.sleep(0.5)
-            second = requests.post(f"{agent['url']}/function/d1", json={"inputs": digits_input()},
-                                   timeout=60)  # fmt: skip
+            second = requests.post(
+                f"{agent['url']}/function/d1", json={"inputs": digits_input()}, timeout=60
+            )
             assert second.status_code == 429, second.text
             assert int(second.headers["Retry-After"]) >= 1 and "max-waiting" in second.text
             assert first.result().status_code == 503
         # the agent keeps serving: a hit-free call that fits is fine once memory is back
-        ok = requests.post(f"{agent['url']}/async-function/d2", json={"inputs": digits_input()},
-                           timeout=10)  # fmt: skip
+        ok = requests.post(
+            f"{agent['url']}/async-function/d2", json={"inputs": digits_input()}, timeout=10
+        )
         assert ok.status_code == 202
         status = requests.get(f"{agent['url']}{ok.headers['Location']}", timeout=10).json()
         assert status["status"] == "queued" and status.get("waiting_for_memory") is True

@@ -387,9 +387,9 @@ def test_prewarm_loads_a_model_before_its_next_request(models_dir: Path):
     from agent.keepalive import expire_idle, prewarm
     from agent.keys import key
     from agent.placement import Placement
+    from agent.policies.proactive import make_proactive
     from agent.registry import Profiles, model_facts
     from agent.snapshot import snapshot
-    from agent.policies.proactive import make_proactive
 
     with running_agent(models_dir, CAP, workers=1, token=TOKEN) as agent:
         assert post_json(agent, "digits-cnn", digits_input()).headers["X-Cache"] == "miss"
@@ -432,9 +432,9 @@ def test_keep_alive_loop_feeds_arrivals_and_prewarms(models_dir: Path):
 
     from agent.keepalive import expire_idle
     from agent.placement import Placement
-    from agent.snapshot import snapshot
     from agent.policies.proactive import make_proactive
     from agent.policies.proactive.warming import Warming
+    from agent.snapshot import snapshot
     from agent.up import keep_alive_loop
 
     class Recording(Warming):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.memory import rss_bytes
 from agent.interpreters import InterpreterCache
+from agent.memory import rss_bytes
 
 
 def test_drop_returns_resident_memory(test_models: Path):

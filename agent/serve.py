@@ -73,23 +73,27 @@ def serve(
     ctx: Context, req: dict[str, Any], read_input: Callable[[], bytes | None]
 ) -> tuple[dict[str, Any], bool]:
     """Run one invocation placed on this worker; returns the answer and whether the copy was
-    pinned (then the caller unpins). Errors the caller should see are answers
-    (``{"error", "status"}``), not exceptions, except the interpreter's own."""
+    pinned (then the caller unpins). Errors are answers (``{"error", "status"}``), never
+    exceptions, once the copy is pinned."""
     started = time.time()
     deadline = req.get("deadline")
     if deadline is not None and started > float(deadline):
-        return error(
-            ctx,
-            f"dropped before it ran: its caller's deadline passed "
-            f"{started - float(deadline):.2f} s ago",
-            504,
-        ), False
+        if req.get("miss") and req["model"] not in ctx.interpreters.models:
+            # its reservation would otherwise wait for a load nobody does
+            ctx.copies.give_back(ctx.device, req["model"], ctx.worker)
+        late = started - float(deadline)
+        message = f"dropped before it ran: its caller's deadline passed {late:.2f} s ago"
+        return error(ctx, message, 504), False
     claimed = ctx.copies.claim(ctx.device, req["model"], ctx.worker, req["function"])
     if claimed.failed is not None:
         return error(ctx, f"function {req['function']!r} failed: {claimed.failed}", 503), False
     if claimed.entry is None:
         return REPLACED, False
-    return _run(ctx, req, read_input, started), True
+    try:
+        return _run(ctx, req, read_input, started), True
+    except Exception as exc:  # noqa: BLE001 (the interpreter's own: the caller must hear of it)
+        log.exception("invocation of %s failed", req.get("function"))
+        return error(ctx, f"the worker failed: {exc!r}", 500), True
 
 
 def _run(ctx: Context, req: dict[str, Any], read_input, started: float) -> dict[str, Any]:

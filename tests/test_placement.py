@@ -11,7 +11,7 @@ import redis
 
 from agent.keepalive import expire_idle, prewarm
 from agent.keys import key
-from agent.placement import MemoryBusy, ModelFacts, ModelTooLarge, Placement
+from agent.placement import SCALE_OUT_QUEUE, MemoryBusy, ModelFacts, ModelTooLarge, Placement
 from agent.snapshot import snapshot
 from tests.agent_fixtures import redis_server
 
@@ -316,3 +316,44 @@ def test_a_load_larger_than_reserved_makes_room_or_gives_up(conn):
     assert not cache.copies.loaded("dev", "c", "w0", 400, 0.1)
     assert not conn.hexists(key("entries", "dev"), "c|w0") and _used(cache) == 800
     assert conn.hget(key("stats", "c"), "bytes") == b"400"
+
+
+def _live_policies() -> list[str]:
+    from agent.policies import POLICIES
+
+    return sorted(name for name, cls in POLICIES.items() if not cls.needs_oracle)
+
+
+@pytest.mark.parametrize("policy", _live_policies())
+@pytest.mark.parametrize("busy", ["w0", "w1"])
+def test_hit_script_and_transaction_agree_with_several_workers(conn, policy, busy):
+    """Two copies of "a" (on w0 and w1) and a third worker: whichever holder is backed up,
+    the hit script and the Python decision pick the same worker and leave the same state, for
+    every policy the agent can run (the policy's stored priority included)."""
+    states, picks = [], []
+    for fast in (False, True):
+        conn.flushdb()
+        cache = Placement(conn, policy)
+        cache.members.set_device("dev", cap=CAP, policy=policy)
+        for w in ("w0", "w1", "w2"):
+            cache.members.register(w, "dev", 100, "host")
+        _warm(cache, "a", load_s=0.5, requests=2, now=1000.0)  # on w0
+        for _ in range(SCALE_OUT_QUEUE):
+            conn.rpush(key("lane", "w0"), b"earlier")
+        second, _ = cache.place(ModelFacts("a", 400, 0.5, 0.01), _no_enqueue, now=1050.0)
+        assert (second.hit, second.worker) == (False, "w1")  # a second copy, in free memory
+        cache.copies.loaded("dev", "a", "w1", 400, 0.5)
+        conn.delete(key("lane", "w0"))
+        conn.rpush(key("lane", busy), b"earlier")
+        if fast:
+            placement = cache.try_hit("a", b"msg", now=2000.0)
+        else:
+            placement, _ = cache.place(ModelFacts("a", 400, 0.5, 0.01), _no_enqueue, now=2000.0)
+        assert placement.hit
+        picks.append(placement.worker)
+        state = _state(conn)
+        state["lanes"] = {w: conn.llen(key("lane", w)) for w in ("w0", "w1", "w2")}
+        states.append(state)
+    assert picks[0] == picks[1] != busy
+    states[0]["lanes"][picks[0]] += 1  # the script also pushed the message itself
+    assert states[0] == states[1]

@@ -161,7 +161,7 @@ class Copies:
         )
         if done != b"grow":  # within its reservation the device stays within the cap
             return True
-        from agent.placement import overflow_victims  # the policy's choice lives there
+        from agent.cachestate import overflow_victims  # (imports this module)
 
         def grow(pipe) -> bool:
             raw = pipe.hget(key("entries", device), s)

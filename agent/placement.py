@@ -17,8 +17,6 @@ queue (:mod:`agent.waiting`, rule in :mod:`agent.admission`) in the same transac
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import time
 from collections.abc import Callable
@@ -27,16 +25,22 @@ from typing import Any
 
 import redis
 
-from agent import admission
-from agent.keys import decode, key, lane, rq_queue, slot, unslot
-from agent.lifecycle import LOADING, Copies
+from agent import admission, hit, waiting
+from agent.cachestate import (
+    ask_backlogs,
+    backlogs_from,
+    parse_entries,
+    policy_entries,
+    policy_for,
+    used_bytes,
+)
+from agent.hit import ARRIVALS_KEPT, SCALE_OUT_QUEUE
+from agent.keys import decode, key, slot, unslot
+from agent.lifecycle import Copies
 from agent.membership import Membership, PlacementError, Worker, parse_cap
 from agent.policies import Entry, EvictionPolicy, make_policy
 from agent.scripts import Scripts
 from agent.txn import transaction
-
-SCALE_OUT_QUEUE = 2  # a hit on a worker with this many requests queued may use a second copy
-ARRIVALS_KEPT = 10_000  # the arrivals stream proactive policies read (``arrivals``)
 
 
 class NoWorkers(PlacementError):
@@ -127,108 +131,6 @@ class _State:
     backlog: dict[str, int] = field(default_factory=dict)
 
 
-def parse_entries(raw: dict, workers) -> list[tuple[str, str, dict]]:
-    """A device's ``entries`` hash as ``(model, worker, doc)``, for the given workers only."""
-    out = []
-    for field_, value in decode(raw).items():
-        model, worker = unslot(field_)
-        if worker in workers:
-            out.append((model, worker, json.loads(value)))
-    return out
-
-
-def used_bytes(entries: list[tuple[str, str, dict]]) -> int:
-    return sum(int(doc["bytes"]) for _, _, doc in entries)
-
-
-def ask_backlogs(pipe, workers) -> None:
-    """Queue in ``pipe`` each worker's RQ queue and lane length (for :func:`backlogs_from`)."""
-    for w in workers:
-        pipe.llen(rq_queue(w.queue))
-        pipe.llen(lane(w.name))
-
-
-def backlogs_from(workers, lengths: list[int]) -> dict[str, int]:
-    return {w.name: lengths[2 * i] + lengths[2 * i + 1] for i, w in enumerate(workers)}
-
-
-def policy_entries(
-    conn: redis.Redis, device: str, entries: list[tuple[str, str, dict]], pins: dict[str, str]
-) -> list[tuple[Entry, str]]:
-    """Policy facts for every copy on ``device``, with its slot. Pinned: executing or loading."""
-    if not entries:
-        return []
-    models = sorted({m for m, _, _ in entries})
-    with conn.pipeline(transaction=False) as pipe:
-        for m in models:
-            pipe.hgetall(key("stats", m))
-        pipe.hgetall(key("used", device))
-        pipe.hgetall(key("priority", device))
-        *replies, used, priority = (decode(reply) for reply in pipe.execute())
-    stats = dict(zip(models, replies))
-    result = []
-    for model, worker, doc in entries:
-        s = slot(model, worker)
-        st = stats.get(model, {})
-        entry = Entry(
-            name=model,
-            bytes=int(doc["bytes"]),
-            load_s=float(st.get("load_s", doc.get("load_s", 0.0))),
-            exec_s=float(st.get("exec_s", doc.get("exec_s", 0.0))),
-            requests=int(st.get("requests", 0)),
-            last_used=float(used.get(s, doc["inserted_at"])),
-            inserted_at=float(doc["inserted_at"]),
-            pinned=int(pins.get(s, 0)) > 0 or doc["state"] == LOADING,
-            priority=float(priority.get(s, 0.0)),
-        )
-        result.append((entry, s))
-    return result
-
-
-_seeds = itertools.count(1)
-
-
-def policy_for(name: str, options: dict[str, Any], clock: float = 0.0) -> EvictionPolicy:
-    """A policy object for one decision: nothing is shared between gunicorn's threads, and
-    a policy with a clock (GDSF) gets the device's stored one."""
-    policy = make_policy(name, seed=next(_seeds), **options)
-    if policy.uses_clock:
-        policy = make_policy(name, seed=policy.seed, clock=clock, **options)
-    return policy
-
-
-def overflow_victims(
-    conn: redis.Redis, device: str, loaded_slot: str, new_bytes: int, policy: EvictionPolicy | None
-) -> list[str] | None:
-    """Slots to evict when a load turned out larger than reserved and the device's total now
-    exceeds its cap (the policy chooses among idle copies; None: nothing can make room)."""
-    members = Membership(conn)
-    alive = members.alive()
-    entries = parse_entries(conn.hgetall(key("entries", device)), alive)
-    used = sum(new_bytes if slot(m, w) == loaded_slot else int(d["bytes"]) for m, w, d in entries)
-    need = used - members.cap(device)
-    if need <= 0:
-        return []
-    if policy is None:
-        stored = decode(conn.hgetall(key("device", device)))
-        policy = policy_for(
-            stored.get("policy", "cremebrulee"), {}, float(conn.get(key("clock", device)) or 0.0)
-        )
-    pins = decode(conn.hgetall(key("pins", device)))
-    facts = [(e, s) for e, s in policy_entries(conn, device, entries, pins) if s != loaded_slot]
-    chosen = policy.victims(
-        [e for e, _ in facts],
-        Entry("", 0, 0.0, 0.0, pinned=True),
-        need,
-        int(conn.get(key("requests")) or 0),
-        time.time(),
-    )
-    if chosen is None:
-        return None
-    by_id = {id(e): s for e, s in facts}
-    return [by_id[id(e)] for e in chosen]
-
-
 class Placement:
     """The decisions (see the module's docstring); ``members`` and ``copies`` are the state
     they act on, ``max_waiting`` the admission queue's bound per device."""
@@ -265,80 +167,9 @@ class Placement:
         function: str = "",
         registry_version: bytes | None = None,
     ) -> Decision | None:
-        """Place ``message`` (a lane invocation) on the least-backed-up worker holding
-        ``model``, accounted like a hit of :meth:`place`; None when it is not a plain hit
-        (then call :meth:`place`). With ``function``, the same step first checks that
-        ``registry_version`` is current (else :class:`RegistryChanged`) and the function has
-        not failed (else :class:`FunctionFailed`)."""
-        now = now or time.time()
-        for _ in range(3):
-            version, workers, devices = self._hit_view or self._read_hit_view()
-            index = {d: i + 1 for i, d in enumerate(devices)}
-            keys = [
-                key("functions", "version"),
-                key("failed"),
-                key("members", "version"),
-                key("arrivals"),
-                key("requests"),
-                key("stats", model),
-            ]
-            for d in devices:
-                keys += [key(n, d) for n in ("entries", "used", "hits", "priority", "clock")]
-            args: list[Any] = [
-                function,
-                registry_version or b"",
-                version,
-                model,
-                repr(now),
-                message,
-                SCALE_OUT_QUEUE,
-                ARRIVALS_KEPT,
-                len(devices),
-                len(workers),
-            ]
-            for w in workers:
-                keys += [key("alive", w.name), lane(w.name), rq_queue(w.queue)]
-                args += [w.name, index[w.device]]
-            found = self.scripts.hit(keys=keys, args=args)
-            if found is None:
-                return None
-            found = [v.decode() if isinstance(v, bytes) else v for v in found]
-            if found[0] == "members":
-                self._hit_view = None
-                continue
-            break
-        else:
-            return None
-        if found[0] == "stale":
-            raise RegistryChanged()
-        if found[0] == "failed":
-            raise FunctionFailed(f"function {function!r} failed: {found[1]}")
-        worker, dev_index, requests, priority, clock, raw = found
-        device = devices[int(dev_index) - 1]
-        policy = self.policy(float(clock))
-        if type(policy).on_hit is not EvictionPolicy.on_hit:  # GDSF: recompute the priority
-            doc = json.loads(raw)
-            stats = decode(self.r.hgetall(key("stats", model)))
-            entry = Entry(
-                model,
-                int(doc["bytes"]),
-                float(stats.get("load_s", doc.get("load_s", 0.0))),
-                float(stats.get("exec_s", doc.get("exec_s", 0.0))),
-                requests=int(requests),
-                last_used=now,
-                inserted_at=float(doc["inserted_at"]),
-                priority=float(priority),
-            )
-            policy.on_hit(entry, now)
-            self.r.hset(key("priority", device), slot(model, worker), entry.priority)
-        return Decision(device, worker, "", hit=True)
-
-    def _read_hit_view(self) -> tuple[bytes, list[Worker], list[str]]:
-        version = self.members.version()
-        alive, _ = self.members.workers()
-        workers = sorted(alive.values(), key=lambda w: w.name)
-        self._hit_view = (version, workers, sorted({w.device for w in workers}))
-        return self._hit_view
+        """The warm-hit fast path (:func:`agent.hit.try_hit`): None when it is not a plain
+        hit; then call :meth:`place`."""
+        return hit.try_hit(self, model, message, now, function, registry_version)
 
     # -- the transaction -----------------------------------------------------------------------
 
@@ -387,7 +218,7 @@ class Placement:
                 if admitting is not None:  # still no room for the head: it keeps waiting
                     pipe.unwatch()
                     return decision, None
-                return self._join_queue(pipe, model, decision, state, wait, alive, now), None
+                return waiting.join(self, pipe, model, decision, state, wait, alive, now), None
             pipe.multi()
             self._record_arrival(pipe, model.name, now)
             self._commit(pipe, model, decision, now, state, policy)
@@ -398,47 +229,6 @@ class Placement:
         except PlacementError:
             self._record_arrival(self.r, model.name, now)
             raise
-
-    def _join_queue(
-        self,
-        pipe,
-        model: ModelFacts,
-        decision: Decision,
-        state: _State,
-        wait: Wait | None,
-        alive: dict[str, Worker],
-        now: float,
-    ) -> Decision:
-        from agent import waiting
-
-        device = decision.device
-        held = sum(1 for _, _, d in state.entries[device] if d["state"] == LOADING) + sum(
-            int(n) > 0 for n in state.pins[device].values()
-        )
-        if wait is None:
-            pipe.unwatch()
-            raise MemoryBusy(
-                f"no room for model {model.name!r} ({model.bytes} bytes): the memory is held "
-                f"by {held} copies that are executing or loading"
-            )
-        queued = state.waiting[device]
-        workers = sum(1 for w in alive.values() if w.device == device)
-        if admission.is_full(queued, self.max_waiting):
-            pipe.unwatch()
-            self._count(device, "refused")
-            raise QueueFull(
-                f"{queued} requests already wait for memory on device {device!r} (the bound, "
-                "--max-waiting); retry later",
-                admission.retry_after(queued, model.exec_s + model.load_s, workers),
-            )
-        pipe.multi()
-        self._record_arrival(pipe, model.name, now)
-        waiting.add(pipe, device, wait, model, now)
-        decision.ticket, decision.position, decision.arrived = wait.id, queued, now
-        return decision
-
-    def _count(self, device: str, what: str) -> None:
-        self.r.hincrby(key("admission", device), what, 1)
 
     @staticmethod
     def _record_arrival(conn, model: str, now: float) -> None:

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
+
+if TYPE_CHECKING:
+    from agent.membership import Worker
+    from agent.placement import Decision, ModelFacts, Placement, Wait, _State
 
 from agent import admission
 from agent.keys import decode, key
 from agent.lane import reply_message
-from agent.placement import ModelFacts, Placement, Wait
+from agent.lifecycle import LOADING
 
 REPLY_TTL_S = 120  # an answer nobody collected (its caller gave up) expires
 
@@ -40,6 +44,48 @@ def add(pipe, device: str, wait: Wait, model: ModelFacts, now: float) -> None:
     }
     pipe.hset(key("ticket", wait.id), mapping={"head": json.dumps(head), "payload": wait.payload})
     pipe.zadd(key("waiting", device), {wait.id: now})
+
+
+def join(
+    placement: Placement,
+    pipe,
+    model: ModelFacts,
+    decision: Decision,
+    state: _State,
+    wait: Wait | None,
+    alive: dict[str, Worker],
+    now: float,
+) -> Decision:
+    """A request that cannot be placed now joins the device's queue, in placement's
+    transaction (``pipe``): :class:`MemoryBusy` if it cannot wait, :class:`QueueFull` (429)
+    if the queue is at its bound."""
+    from agent.placement import MemoryBusy, QueueFull
+
+    device = decision.device
+    held = sum(1 for _, _, d in state.entries[device] if d["state"] == LOADING) + sum(
+        int(n) > 0 for n in state.pins[device].values()
+    )
+    if wait is None:
+        pipe.unwatch()
+        raise MemoryBusy(
+            f"no room for model {model.name!r} ({model.bytes} bytes): the memory is held "
+            f"by {held} copies that are executing or loading"
+        )
+    queued = state.waiting[device]
+    workers = sum(1 for w in alive.values() if w.device == device)
+    if admission.is_full(queued, placement.max_waiting):
+        pipe.unwatch()
+        placement.r.hincrby(key("admission", device), "refused", 1)
+        raise QueueFull(
+            f"{queued} requests already wait for memory on device {device!r} (the bound, "
+            "--max-waiting); retry later",
+            admission.retry_after(queued, model.exec_s + model.load_s, workers),
+        )
+    pipe.multi()
+    placement._record_arrival(pipe, model.name, now)
+    add(pipe, device, wait, model, now)
+    decision.ticket, decision.position, decision.arrived = wait.id, queued, now
+    return decision
 
 
 def cancel(conn: redis.Redis, device: str, ticket: str) -> bool:

@@ -101,7 +101,7 @@ def submit(
             enqueue_job(pipe, placement.r, decision, req, ident)
 
     wait = Wait(ident, {"kind": kind, "req": req}, payload, deadline)
-    decision, _ = placement.place(facts, enqueue, wait=wait)
+    decision, _ = placement.place(facts, enqueue, wait=wait, recount=req.get("recount"))
     return decision
 
 

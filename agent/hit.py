@@ -46,7 +46,7 @@ def try_hit(
             key("stats", model),
         ]
         for d in devices:
-            keys += [key(n, d) for n in ("entries", "used", "hits", "priority", "clock")]
+            keys += [key(n, d) for n in ("entries", "used", "hits", "priority", "clock", "queued")]
         args: list[Any] = [
             function,
             registry_version or b"",

@@ -14,6 +14,7 @@ Model copies (:mod:`agent.lifecycle`; a copy is a model on one worker, its *slot
 - ``entries:{d}`` hash slot → JSON ``{bytes, state, since, inserted_at, load_s, exec_s}``,
   ``state`` ``loading`` or ``ready``: the bytes counted against the device's cap
 - ``pins:{d}`` hash slot → invocations executing on the copy (claimed by its worker)
+- ``queued:{d}`` hash slot → invocations placed on the copy and not yet claimed
 - ``releasing:{d}`` hash slot → bytes: evicted, not yet dropped by its worker
 - ``used:{d}``, ``priority:{d}`` hash slot → last use, the policy's stored priority
 - ``clock:{d}``: GDSF's clock

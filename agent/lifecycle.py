@@ -13,8 +13,10 @@ States, as :mod:`agent.keys` stores them::
   once, ``loading``; a loading copy is pinned (never a victim).
 - **claim** / **unpin** (the worker, around each invocation: ``claim.lua``, ``unpin.lua``): a
   copy is pinned while an invocation *executes* on it, and only then. Requests queued on a
-  worker do not pin; if their copy is evicted while they wait, the claim finds it gone and
-  the worker places them again, as misses (they reload the model).
+  worker do not pin; they are counted (``queued:{d}``, up at placement, down at the claim) so
+  that placement evicts copies nobody waits for first, and only if that cannot free enough,
+  copies with requests queued. If a copy is evicted while requests wait for it, their claim
+  finds it gone and the worker places them again, as misses (they reload the model).
 - **loaded** (``ready.lua``; a transaction if the model grew past its reservation): ``loading``
   becomes ``ready`` with the bytes the worker measured. Every path out of ``loading`` ends in
   ``ready`` or in **give_back**: the worker calls one of them in a ``finally`` right after the
@@ -117,7 +119,12 @@ class Copies:
 
     def claim(self, device: str, model: str, worker: str, function: str = "") -> Claimed:
         found = self.scripts.claim(
-            keys=[key("entries", device), key("pins", device), key("failed")],
+            keys=[
+                key("entries", device),
+                key("pins", device),
+                key("failed"),
+                key("queued", device),
+            ],
             args=[slot(model, worker), function],
         )
         if found is None:
@@ -215,7 +222,7 @@ class Copies:
     def forget_worker(self, pipe, device: str, worker: str) -> list[str]:
         """Every copy of ``worker`` → none, in ``pipe``; returns the models it held."""
         released: list[str] = []
-        for name in ("entries", "pins", "used", "priority", "releasing"):
+        for name in ("entries", "pins", "used", "priority", "releasing", "queued"):
             fields = [f for f in self.r.hkeys(key(name, device)) if unslot(f)[1] == worker]
             if name == "entries":
                 released = [unslot(f)[0] for f in fields]

@@ -128,6 +128,7 @@ class _State:
     pins: dict[str, dict[str, str]] = field(default_factory=dict)
     clocks: dict[str, float] = field(default_factory=dict)
     waiting: dict[str, int] = field(default_factory=dict)
+    queued: dict[str, dict[str, str]] = field(default_factory=dict)
     backlog: dict[str, int] = field(default_factory=dict)
 
 
@@ -181,6 +182,7 @@ class Placement:
         wait: Wait | None = None,
         admitting: Callable[[redis.client.Pipeline], bool] | None = None,
         only_worker: str | None = None,
+        recount: str | None = None,
     ) -> tuple[Decision, Any]:
         """Decide where ``model`` runs and commit it, with ``enqueue(pipe, decision)`` adding
         the work to the same transaction; returns the decision and what ``enqueue`` returned.
@@ -190,6 +192,9 @@ class Placement:
         without it, :class:`MemoryBusy`. ``admitting``: this is the admission queue's head
         being placed (it may not wait again; the check runs inside the transaction, False:
         the ticket is gone, return ``(None, None)``). ``only_worker``: place on that worker.
+        ``recount``: a request placed again (its copy was evicted while it was queued) that
+        was counted as a ``hit`` or ``miss`` then: it is not counted as a new request (the
+        policies' statistics stay true), only moved to its new outcome.
         Also raises NoWorkers, ModelTooLarge, or ``agent.txn.Contended``."""
         now = now or time.time()
         alive: dict[str, Worker] = {}
@@ -220,8 +225,9 @@ class Placement:
                     return decision, None
                 return waiting.join(self, pipe, model, decision, state, wait, alive, now), None
             pipe.multi()
-            self._record_arrival(pipe, model.name, now)
-            self._commit(pipe, model, decision, now, state, policy)
+            if recount is None:
+                self._record_arrival(pipe, model.name, now)
+            self._commit(pipe, model, decision, now, state, policy, recount)
             return decision, enqueue(pipe, decision)
 
         try:
@@ -245,17 +251,19 @@ class Placement:
                 pipe.hgetall(key("pins", d))
                 pipe.get(key("clock", d))
                 pipe.zcard(key("waiting", d))
+                pipe.hgetall(key("queued", d))
             ask_backlogs(pipe, alive.values())
             pipe.get(key("requests"))
             pipe.hget(key("stats", model), "requests")
             replies = pipe.execute()
         state = _State(int(replies[-2] or 0), int(replies[-1] or 0))
         for i, d in enumerate(devices):
-            raw, cap, pins, clock, waiting = replies[5 * i : 5 * i + 5]
+            raw, cap, pins, clock, waiting, queued = replies[6 * i : 6 * i + 6]
             state.entries[d] = parse_entries(raw, alive)
             state.caps[d], state.pins[d] = parse_cap(d, cap), decode(pins)
             state.clocks[d], state.waiting[d] = float(clock or 0.0), int(waiting)
-        state.backlog = backlogs_from(alive.values(), replies[5 * len(devices) : -2])
+            state.queued[d] = decode(queued)
+        state.backlog = backlogs_from(alive.values(), replies[6 * len(devices) : -2])
         return state
 
     def _decide(
@@ -320,7 +328,7 @@ class Placement:
                 last_used=now,
                 pinned=True,
             )
-            chosen = policy.victims([e for e, _ in facts], incoming, need, state.requests, now)
+            chosen = self._victims(policy, facts, state.queued[device], incoming, need, state, now)
             if chosen is None:
                 continue
             by_id = {id(e): s for e, s in facts}
@@ -337,6 +345,30 @@ class Placement:
             policy.on_evict(entry, now)
         return decision, policy
 
+    @staticmethod
+    def _victims(
+        policy: EvictionPolicy,
+        facts: list[tuple[Entry, str]],
+        queued: dict[str, str],
+        incoming: Entry,
+        need: int,
+        state: _State,
+        now: float,
+    ) -> list[Entry] | None:
+        """The policy's victims: first among copies nobody waits for, then — only if that
+        cannot free ``need`` — among copies with requests queued (those requests are placed
+        again when their worker reaches them: a reload, rather than waiting)."""
+        entries = [e for e, _ in facts]
+        pinned = [e.pinned for e in entries]
+        for e, s in facts:
+            e.pinned = e.pinned or int(queued.get(s, 0)) > 0
+        chosen = policy.victims(entries, incoming, need, state.requests, now)
+        for e, was in zip(entries, pinned):
+            e.pinned = was
+        if chosen is None and any(int(queued.get(s, 0)) > 0 for _, s in facts):
+            chosen = policy.victims(entries, incoming, need, state.requests, now)
+        return chosen
+
     def _hit(self, holder: tuple[str, str], alive: dict[str, Worker], state: _State) -> Decision:
         device, worker = holder
         return Decision(device, worker, alive[worker].queue, hit=True)
@@ -349,18 +381,21 @@ class Placement:
         now: float,
         state: _State,
         policy: EvictionPolicy | None,
+        recount: str | None = None,
     ) -> None:
         s = slot(model.name, d.worker)
         policy = policy or self.policy(state.clocks[d.device])
         pipe.hset(key("used", d.device), s, now)
-        pipe.hincrby(key("stats", model.name), "requests", 1)
-        pipe.incr(key("requests"))
+        pipe.hincrby(key("queued", d.device), s, 1)
+        if recount is None:
+            pipe.hincrby(key("stats", model.name), "requests", 1)
+            pipe.incr(key("requests"))
         entry = Entry(
             model.name,
             model.bytes,
             model.load_s,
             model.exec_s,
-            requests=state.model_requests + 1,
+            requests=state.model_requests + (recount is None),
             inserted_at=now,
             last_used=now,
         )
@@ -372,7 +407,14 @@ class Placement:
         else:
             policy.on_insert(entry, now)
         pipe.hset(key("priority", d.device), s, entry.priority)
-        pipe.hincrby(key("hits" if d.hit else "misses", d.device), model.name, 1)
+        outcome = "hit" if d.hit else "miss"
+        if outcome != recount:
+            pipe.hincrby(
+                key(f"{outcome}es" if outcome == "miss" else "hits", d.device), model.name, 1
+            )
+            if recount is not None:
+                pipe.hincrby(key(f"{recount}es" if recount == "miss" else "hits", d.device),
+                             model.name, -1)  # fmt: skip
         if d.hit:
             return
         Copies.reserve(

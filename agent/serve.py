@@ -76,17 +76,20 @@ def serve(
     pinned (then the caller unpins). Errors are answers (``{"error", "status"}``), never
     exceptions, once the copy is pinned."""
     started = time.time()
-    deadline = req.get("deadline")
-    if deadline is not None and started > float(deadline):
-        if req.get("miss") and req["model"] not in ctx.interpreters.models:
-            # its reservation would otherwise wait for a load nobody does
-            ctx.copies.give_back(ctx.device, req["model"], ctx.worker)
-        late = started - float(deadline)
-        message = f"dropped before it ran: its caller's deadline passed {late:.2f} s ago"
-        return error(ctx, message, 504), False
     claimed = ctx.copies.claim(ctx.device, req["model"], ctx.worker, req["function"])
     if claimed.failed is not None:
         return error(ctx, f"function {req['function']!r} failed: {claimed.failed}", 503), False
+    deadline = req.get("deadline")
+    if deadline is not None and started > float(deadline):
+        if (
+            claimed.entry is not None
+            and req.get("miss")
+            and (req["model"] not in ctx.interpreters.models)
+        ):  # its reservation would otherwise wait for a load nobody does
+            ctx.copies.give_back(ctx.device, req["model"], ctx.worker)
+        late = started - float(deadline)
+        message = f"dropped before it ran: its caller's deadline passed {late:.2f} s ago"
+        return error(ctx, message, 504), claimed.entry is not None
     if claimed.entry is None:
         return REPLACED, False
     try:

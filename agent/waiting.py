@@ -184,7 +184,9 @@ def admit(placement: Placement, device: str, now: float | None = None) -> int:
             else:
                 enqueue_job(pipe, conn, decision, req, ticket)
 
-        decision, _ = placement.place(facts_of(req), enqueue, now=t, admitting=still_waiting)
+        decision, _ = placement.place(
+            facts_of(req), enqueue, now=t, admitting=still_waiting, recount=req.get("recount")
+        )
         if decision is None:
             continue  # cancelled meanwhile: look at the next head
         if decision.ticket is not None:

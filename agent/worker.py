@@ -169,6 +169,7 @@ def _replace(ctx: Context, req: dict[str, Any], payload: bytes) -> dict[str, Any
     """Place a lane request again (its copy is gone): a miss, through the same placement and
     admission as at the gateway; the new worker answers its caller."""
     deadline = req.get("deadline")
+    req["recount"] = "miss" if req.get("miss") else "hit"
     try:
         submit(
             ctx.placement,

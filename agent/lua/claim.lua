@@ -5,9 +5,17 @@
 -- while the request waited in the worker's queue), nothing changes and nil is returned: the
 -- worker places the request again, as a miss. A function whose model failed is refused.
 --
--- KEYS[1] entries:{d}   KEYS[2] pins:{d}   KEYS[3] failed
+-- Either way the request is no longer queued on the copy: its queued count goes down.
+--
+-- KEYS[1] entries:{d}   KEYS[2] pins:{d}   KEYS[3] failed   KEYS[4] queued:{d}
 -- ARGV[1] slot (model|worker)   ARGV[2] function ('' skips the failed check)
 -- Returns {'failed', reason}, the entry JSON, or nil.
+local queued = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
+if queued > 1 then
+  redis.call('HINCRBY', KEYS[4], ARGV[1], -1)
+elseif queued == 1 then
+  redis.call('HDEL', KEYS[4], ARGV[1])
+end
 if ARGV[2] ~= '' then
   local reason = redis.call('HGET', KEYS[3], ARGV[2])
   if reason then return {'failed', reason} end

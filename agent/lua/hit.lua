@@ -3,14 +3,15 @@
 -- Find the alive worker holding MODEL with the shortest backlog (RQ queue + lane), account the
 -- request and the hit, append the arrival and push the invocation onto that worker's lane.
 -- The copy is not pinned here: the worker pins it when it starts the work (claim.lua); if the
--- copy was evicted meanwhile the worker places the request again as a miss.
+-- copy was evicted meanwhile the worker places the request again as a miss. The copy's
+-- queued count goes up (placement evicts copies nobody waits for first).
 -- Anything but a plain hit (no holder, every holder backed up: a second copy may be due)
 -- returns nil and the caller takes the WATCH/MULTI path.
 --
 -- KEYS[1] functions:version   KEYS[2] failed        KEYS[3] members:version
 -- KEYS[4] arrivals            KEYS[5] requests      KEYS[6] stats:{model}
--- then per device d (ARGV[9] of them, 5 keys each):
---   entries:{d}  used:{d}  hits:{d}  priority:{d}  clock:{d}
+-- then per device d (ARGV[9] of them, 6 keys each):
+--   entries:{d}  used:{d}  hits:{d}  priority:{d}  clock:{d}  queued:{d}
 -- then per worker w (ARGV[10] of them, 3 keys each):
 --   alive:{w}  lane:{w}  rq:queue:{queue of w}
 -- ARGV[1] function ('' skips the registry checks)  ARGV[2] the caller's registry version
@@ -30,13 +31,13 @@ end
 if (redis.call('GET', KEYS[3]) or '0') ~= members then return {'members'} end
 local model, now, msg = ARGV[4], ARGV[5], ARGV[6]
 local max_queue, ndev, nw = tonumber(ARGV[7]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local wk = 6 + 5 * ndev
+local wk = 6 + 6 * ndev
 local best, best_len, best_dev, best_entry
 for j = 1, nw do
   local w, d = ARGV[10 + 2 * j - 1], tonumber(ARGV[10 + 2 * j])
   local base = wk + 3 * (j - 1)
   if redis.call('EXISTS', KEYS[base + 1]) == 1 then
-    local entry = redis.call('HGET', KEYS[6 + 5 * (d - 1) + 1], model .. '|' .. w)
+    local entry = redis.call('HGET', KEYS[6 + 6 * (d - 1) + 1], model .. '|' .. w)
     if entry then
       local len = redis.call('LLEN', KEYS[base + 3]) + redis.call('LLEN', KEYS[base + 2])
       if best == nil or len < best_len or (len == best_len and w < best) then
@@ -48,12 +49,13 @@ end
 if best == nil or best_len >= max_queue then return nil end
 local w = ARGV[10 + 2 * best - 1]
 local s = model .. '|' .. w
-local dk = 6 + 5 * (best_dev - 1)
+local dk = 6 + 6 * (best_dev - 1)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'm', model, 't', now)
 redis.call('HSET', KEYS[dk + 2], s, now)
 local requests = redis.call('HINCRBY', KEYS[6], 'requests', 1)
 redis.call('INCR', KEYS[5])
 redis.call('HINCRBY', KEYS[dk + 3], model, 1)
+redis.call('HINCRBY', KEYS[dk + 6], s, 1)
 redis.call('RPUSH', KEYS[wk + 3 * (best - 1) + 2], msg)
 local priority = redis.call('HGET', KEYS[dk + 4], s) or '0'
 local clock = redis.call('GET', KEYS[dk + 5]) or '0'

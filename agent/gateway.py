@@ -694,9 +694,22 @@ def create_app(
 
     @app.get("/healthz")
     def healthz():
-        conn.ping()
-        alive, _ = cache.workers()
-        return jsonify(status="ok", workers=len(alive))
+        """ok; degraded (still 200) when `brulee up`'s supervisor has given up restarting a
+        part (crash loop); 503 while Redis is unreachable. Includes the supervisor's state."""
+        from agent.supervisor import read_status
+
+        supervisor = read_status(state_dir)  # None: not run by `brulee up`
+        extra = {} if supervisor is None else {"supervisor": supervisor}
+        try:
+            conn.ping()
+            alive, _ = cache.workers()
+        except redis.RedisError as exc:
+            error = f"the agent's Redis is unreachable: {exc}"
+            return jsonify(status="down", error=error, **extra), 503
+        looping = (supervisor or {}).get("crash_loop")
+        if looping:
+            return jsonify(status="degraded", workers=len(alive), crash_loop=looping, **extra)
+        return jsonify(status="ok", workers=len(alive), **extra)
 
     @app.get("/metrics")
     def prometheus():

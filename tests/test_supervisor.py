@@ -12,6 +12,8 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +26,7 @@ import requests
 
 from agent.placement import key, unslot
 from agent.redis_server import RedisServer, free_port
+from agent.supervisor import RestartPolicy, Slot, Supervisor
 from tests.agent_fixtures import (
     Up,
     descendants,
@@ -244,3 +247,30 @@ def test_redis_password_is_on_no_command_line(test_models: Path, tmp_path: Path)
         finally:
             orphans = stop_up(up)
         assert not orphans
+
+
+def test_backoff_doubles_until_the_crash_loop(tmp_path: Path):
+    """The restart policy on real processes that exit at once with status 3."""
+    said: list[str] = []
+    crashing = Slot("w1", "worker", lambda _s: subprocess.Popen([sys.executable, "-c", "exit(3)"]))
+    steady = Slot("gateway", "gateway", lambda _s: subprocess.Popen(["sleep", "30"]), vital=True)
+    policy = RestartPolicy(first=0.1, cap=0.3, limit=4, window=60)
+    sup = Supervisor([crashing, steady], tmp_path, policy, echo=said.append)
+    sup.start_all()
+    try:
+        deadline = time.monotonic() + 20
+        while crashing.state != "crash-loop" and time.monotonic() < deadline:
+            assert sup.tick()  # a worker slot in crash loop does not stop the agent
+            time.sleep(0.02)
+        delays = [line.rsplit("in ", 1)[1] for line in said if "restarting it in" in line]
+        assert delays == ["0.1 s", "0.2 s", "0.3 s", "0.3 s"]  # doubling, capped
+        deaths = [line for line in said if "restarted" not in line]
+        assert len(deaths) == 5 and all("exit code 3" in line for line in deaths), said
+        assert "crash loop" in deaths[-1]
+        status = json.loads((tmp_path / "supervisor.json").read_text())
+        assert status["workers"][0]["state"] == "crash-loop" and status["crash_loop"] == ["w1"]
+        assert status["workers"][0]["restarts"] == 4 and status["gateway"]["state"] == "running"
+    finally:
+        sup.stop(timeout=5)
+    assert steady.proc.returncode == -signal.SIGTERM
+    assert not (tmp_path / "supervisor.json").exists()

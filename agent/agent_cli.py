@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from agent.admission import DEFAULT_MAX_WAITING
+from agent.supervisor import RestartPolicy
 from agent.up import AlreadyRunning, parse_cap, run_up
 
 models_dir_option = click.option(
@@ -56,7 +57,27 @@ def _cap(_ctx, _param, value: str | None) -> int | None:
     "idle models, load them back before their predicted next request) or warming (fill free "
     "memory with the unloaded models of highest utility). See `brulee policies`.",
 )
-@click.option("--redis-url", default=None, help="Use this Redis instead of an embedded one.")
+@click.option(
+    "--redis-url",
+    default=None,
+    help="Use this Redis instead of an embedded one  [default: $REDIS_URL] (with a password, "
+    "prefer the environment: a command line is visible to every user in `ps`).",
+)
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(min=0),
+    default=RestartPolicy.limit,
+    show_default=True,
+    help="A worker (or the gateway, or the embedded Redis) that dies more than this many times "
+    "within --restart-window is in crash loop and not restarted again.",
+)
+@click.option(
+    "--restart-window",
+    type=click.FloatRange(min=0, min_open=True),
+    default=RestartPolicy.window,
+    show_default=True,
+    help="Seconds (see --max-restarts).",
+)
 @models_dir_option
 @click.option("--functions", "functions_file", default=None, help="stack.yml (default: all models)")
 @state_dir_option
@@ -83,13 +104,16 @@ def up_command(
     policy,
     keep_alive,
     redis_url,
+    max_restarts,
+    restart_window,
     models_dir,
     functions_file,
     state_dir,
     max_waiting,
     sync_timeout,
 ) -> None:
-    """Start Redis, the gateway and the workers; stop all of them on SIGTERM/SIGINT."""
+    """Start Redis, the gateway and the workers, restart any that dies (with backoff); stop all
+    of them on SIGTERM/SIGINT."""
     # the gateway and the workers (which admit waiting requests too) read them from here
     os.environ["BRULEE_MAX_WAITING"] = str(max_waiting)
     os.environ["BRULEE_SYNC_TIMEOUT"] = str(sync_timeout)
@@ -107,6 +131,7 @@ def up_command(
                 host=host,
                 keep_alive=keep_alive,
                 echo=click.echo,
+                restart=RestartPolicy(limit=max_restarts, window=restart_window),
             )
         )
     except (AlreadyRunning, ValueError) as exc:
@@ -114,18 +139,25 @@ def up_command(
 
 
 @click.command("worker")
-@click.option("--redis-url", required=True)
+@click.option(
+    "--redis-url",
+    envvar=["BRULEE_REDIS_URL", "REDIS_URL"],
+    required=True,
+    help="[default: $BRULEE_REDIS_URL, else $REDIS_URL] (with a password, prefer the "
+    "environment: a command line is visible to every user in `ps`)",
+)
 @click.option("--device", default=None, help="Device name (default: host name).")
+@click.option("--name", default=None, help="Worker name, unique (default: generated).")
 @click.option("--memory-cap", default=None, callback=_cap, help="BYTES or PCT% of total RAM.")
 @click.option("--policy", default="cremebrulee", show_default=True)
 @models_dir_option
-def worker_command(redis_url, device, memory_cap, policy, models_dir) -> None:
+def worker_command(redis_url, device, name, memory_cap, policy, models_dir) -> None:
     """Run one RQ worker that keeps interpreters warm (for systemd or other devices)."""
     import socket
 
     from agent.worker import run_worker
 
-    run_worker(redis_url, device or socket.gethostname(), models_dir, policy, memory_cap)
+    run_worker(redis_url, device or socket.gethostname(), models_dir, policy, memory_cap, name=name)
 
 
 @click.command("invoke")

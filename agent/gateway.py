@@ -25,6 +25,7 @@ from agent.lane import Spool
 from agent.membership import PlacementError
 from agent.metrics import RedisCollector
 from agent.placement import Placement
+from agent.redis_server import redact
 from agent.registry import Registry, _function_doc
 from agent.snapshot import snapshot
 
@@ -193,7 +194,7 @@ def create_app(
     @app.errorhandler(redis.RedisError)
     def _redis_down(exc: redis.RedisError):
         return jsonify(
-            error=f"the agent's Redis is unreachable ({redis_url.split('@')[-1]}): {exc}"
+            error=f"the agent's Redis is unreachable ({redact(redis_url)}): {exc}"
         ), 503
 
     @app.errorhandler(413)
@@ -302,9 +303,22 @@ def create_app(
 
     @app.get("/healthz")
     def healthz():
-        conn.ping()
-        alive, _ = placement.members.workers()
-        return jsonify(status="ok", workers=len(alive))
+        """ok; degraded (still 200) when `brulee up`'s supervisor has given up restarting a
+        part (crash loop); 503 while Redis is unreachable. Includes the supervisor's state."""
+        from agent.supervisor import read_status
+
+        supervisor = read_status(state_dir)  # None: not run by `brulee up`
+        extra = {} if supervisor is None else {"supervisor": supervisor}
+        try:
+            conn.ping()
+            alive, _ = placement.members.workers()
+        except redis.RedisError as exc:
+            error = f"the agent's Redis is unreachable: {exc}"
+            return jsonify(status="down", error=error, **extra), 503
+        looping = (supervisor or {}).get("crash_loop")
+        if looping:
+            return jsonify(status="degraded", workers=len(alive), crash_loop=looping, **extra)
+        return jsonify(status="ok", workers=len(alive), **extra)
 
     @app.get("/metrics")
     def prometheus():

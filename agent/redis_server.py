@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -25,6 +26,11 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _quote(value: str) -> str:
+    """``value`` as a double-quoted string of redis.conf (backslash escapes)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 class RedisServer:
@@ -54,11 +60,44 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
+        secret = quote(self.password or "", safe="")
+        auth = f":{secret}@" if secret else ""
         if self.port is None:
-            query = f"?password={self.password}" if self.password else ""
+            query = f"?password={secret}" if secret else ""
             return f"unix://{self.socket_path}{query}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "redis.conf"
+
+    def settings(self) -> list[tuple[str, str]]:
+        """redis-server's configuration, as (directive, value) pairs."""
+        settings = [
+            ("dir", str(self.dir)),
+            ("unixsocket", str(self.socket_path)),
+            ("unixsocketperm", "700"),
+            ("port", str(self.port or 0)),
+            ("bind", "127.0.0.1"),
+            ("protected-mode", "yes"),
+            ("daemonize", "no"),
+            ("logfile", str(self.dir / "redis.log")),
+            ("save", ""),
+            ("appendonly", "yes" if self.persist else "no"),
+        ]
+        if self.password:
+            settings.append(("requirepass", self.password))
+        return settings
+
+    def write_config(self) -> Path:
+        """Write :meth:`settings` to ``DIR/redis.conf`` (mode 0600): the password, if any, is
+        read from there and never appears on a command line (``ps``, /proc/PID/cmdline)."""
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # it may have existed with another mode
+        with os.fdopen(fd, "w") as fh:
+            for directive, value in self.settings():
+                fh.write(f"{directive} {_quote(value)}\n")
+        return self.config_path
 
     def command(self) -> list[str]:
         exe = shutil.which(self.executable)
@@ -67,42 +106,25 @@ class RedisServer:
                 f"{self.executable} not found: install it (Debian/Ubuntu/Raspberry Pi OS: "
                 "sudo apt-get install redis-server) or give --redis-url"
             )
-        args = [
-            exe,
-            "--dir",
-            str(self.dir),
-            "--unixsocket",
-            str(self.socket_path),
-            "--unixsocketperm",
-            "700",
-            "--port",
-            str(self.port or 0),
-            "--bind",
-            "127.0.0.1",
-            "--protected-mode",
-            "yes",
-            "--daemonize",
-            "no",
-            "--logfile",
-            str(self.dir / "redis.log"),
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if self.persist else "no",
-        ]
-        if self.password:
-            args += ["--requirepass", self.password]
-        return args
+        return [exe, str(self.config_path)]
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
+    def spawn(self) -> subprocess.Popen:
+        """Start redis-server on this directory and socket without waiting for it (its data
+        comes back from the append-only file); :meth:`start` also waits until it answers."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
+        command = self.command()
+        self.write_config()
         self.process = subprocess.Popen(
-            self.command(),
+            command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
+        return self.process
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.spawn()
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url)
         while time.monotonic() < deadline:
@@ -145,3 +167,13 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (user info and ``password=`` query), for messages."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -1,8 +1,9 @@
 """``brulee up``: Redis (embedded unless given), the gunicorn gateway and N workers, as one unit.
 
 A lock file (``flock``) in the state directory makes a second ``brulee up`` on it refuse; the
-token is generated there (mode 0600) unless ``BRULEE_TOKEN`` is set. SIGTERM/SIGINT stop the
-gateway and workers first (they finish their jobs), then Redis, so nothing is orphaned.
+token is generated there (mode 0600) unless ``BRULEE_TOKEN`` is set. The parts run under
+:mod:`agent.supervisor`, which restarts any that dies. SIGTERM/SIGINT stop the gateway and
+workers first (they finish their jobs), then Redis, so nothing is orphaned.
 """
 
 from __future__ import annotations
@@ -12,13 +13,24 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from agent.redis_server import RedisServer
+from agent.supervisor import (
+    RestartPolicy,
+    Slot,
+    Supervisor,
+    stop_processes,  # noqa: F401 (its old home: tests, testbed)
+)
 
 
 class AlreadyRunning(RuntimeError):
@@ -102,27 +114,40 @@ def keep_alive_loop(
 
 
 def worker_argv(
-    redis_url: str, models_dir: Path, cap: int, policy: str, device: str | None = None
+    redis_url: str | None,
+    models_dir: Path,
+    cap: int,
+    policy: str,
+    device: str | None = None,
+    name: str | None = None,
 ) -> list[str]:
-    """The command line of one ``brulee worker`` process (device: the host name if None)."""
-    argv = [sys.executable, "-m", "agent.agent_cli", "worker", "--redis-url", redis_url]
+    """The command line of one ``brulee worker`` process (device: the host name if None).
+    ``redis_url`` None: the worker reads it from ``BRULEE_REDIS_URL`` in its environment,
+    which keeps a password off the command line (``ps``, /proc/PID/cmdline)."""
+    argv = [sys.executable, "-m", "agent.agent_cli", "worker"]
+    if redis_url is not None:
+        argv += ["--redis-url", redis_url]
     if device is not None:
         argv += ["--device", device]
+    if name is not None:
+        argv += ["--name", name]
     return argv + ["--memory-cap", str(cap), "--policy", policy, "--models", str(models_dir)]
 
 
-def stop_processes(processes: list[subprocess.Popen], timeout: float) -> None:
-    """SIGTERM every process still running, then wait for each; kill what outlives
-    ``timeout`` seconds."""
-    for proc in processes:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in processes:
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def gateway_argv(host: str, port: int, processes: int) -> list[str]:
+    """gunicorn serving the gateway; everything else comes from ``BRULEE_*`` in its env."""
+    return [
+        sys.executable, "-m", "gunicorn", "-w", str(processes), "-k", "gthread",
+        "--threads", "8", "-b", f"{host}:{port}", "--graceful-timeout", "10",
+        "agent.gateway:create_app()",
+    ]  # fmt: skip
+
+
+def forget_worker(conn, name: str) -> None:
+    """Remove a dead worker's copies (and its registration) from the placement accounting."""
+    from agent.membership import Membership
+
+    Membership(conn).forget_worker(name)
 
 
 def lock_state_dir(state_dir: Path):
@@ -167,7 +192,10 @@ def run_up(
     host: str = "127.0.0.1",
     keep_alive: str | None = None,
     echo=print,
+    restart: RestartPolicy = RestartPolicy(),  # noqa: B008 (frozen)
 ) -> int:
+    """Run the agent under :class:`~agent.supervisor.Supervisor` until SIGTERM/SIGINT; 1 if
+    the gateway or the embedded Redis is in crash loop (the agent cannot serve)."""
     proactive = parse_keep_alive(keep_alive)  # fails before anything starts
     lock = lock_state_dir(state_dir)
     keeper_stop = threading.Event()
@@ -175,8 +203,8 @@ def run_up(
     if fresh:
         echo(f"management token (saved in {state_dir / 'token'}): {token}")
     redis_url = redis_url or os.environ.get("REDIS_URL")
-    server = None
-    children: list[subprocess.Popen] = []
+    slots: list[Slot] = []
+    supervisor = Supervisor(slots, state_dir, restart, echo)
     stopping = False
 
     def stop(*_args) -> None:
@@ -189,9 +217,13 @@ def run_up(
         if not redis_url:
             server = RedisServer(state_dir / "redis").start()
             redis_url = server.url
+            slots.append(
+                Slot("redis", "redis", lambda _slot: server.spawn(), vital=True,
+                     proc=server.process)
+            )  # fmt: skip
         env = {
             **os.environ,
-            "BRULEE_REDIS_URL": redis_url,
+            "BRULEE_REDIS_URL": redis_url,  # children read it here, never from their argv
             "BRULEE_MODELS": str(models_dir),
             "BRULEE_STATE_DIR": str(state_dir),
             "BRULEE_POLICY": policy,
@@ -199,31 +231,27 @@ def run_up(
         }
         if functions_file:
             env["BRULEE_FUNCTIONS"] = str(functions_file)
-        for _ in range(workers):
-            children.append(
-                subprocess.Popen(worker_argv(redis_url, models_dir, cap, policy), env=env)
-            )
-        children.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "-w",
-                    str(gateway_processes),
-                    "-k",
-                    "gthread",
-                    "--threads",
-                    "8",
-                    "-b",
-                    f"{host}:{port}",
-                    "--graceful-timeout",
-                    "10",
-                    "agent.gateway:create_app()",
-                ],
-                env=env,
-            )
+        # the supervisor's own connection: fail fast rather than retry while Redis is away
+        conn = redis.Redis.from_url(
+            redis_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
         )
+        host_name = socket.gethostname()
+
+        def spawn_worker(slot: Slot) -> subprocess.Popen:
+            slot.name = f"{host_name}-{slot.label}-{secrets.token_hex(3)}"
+            return subprocess.Popen(
+                worker_argv(None, models_dir, cap, policy, name=slot.name), env=env
+            )
+
+        for i in range(1, workers + 1):
+            slots.append(
+                Slot(f"w{i}", "worker", spawn_worker, lambda s: forget_worker(conn, s.name))
+            )
+        argv = gateway_argv(host, port, gateway_processes)
+        slots.append(
+            Slot("gateway", "gateway", lambda _slot: subprocess.Popen(argv, env=env), vital=True)
+        )
+        supervisor.start_all()
         if proactive is not None:
             threading.Thread(
                 target=keep_alive_loop,
@@ -232,14 +260,13 @@ def run_up(
             ).start()
         echo(f"brulee up: http://{host}:{port} ({workers} workers, cap {cap} bytes, {policy})")
         while not stopping:
-            if any(c.poll() is not None for c in children):
-                echo("a child process exited; stopping the agent")
-                break
+            if not supervisor.tick():
+                echo(f"brulee up: {', '.join(supervisor.crash_looping())} in crash loop; "
+                     "stopping the agent")  # fmt: skip
+                return 1
             time.sleep(0.2)
     finally:
         keeper_stop.set()
-        stop_processes(children, timeout=20)
-        if server is not None:
-            server.stop()
+        supervisor.stop(timeout=20)
         lock.close()
     return 0

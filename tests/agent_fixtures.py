@@ -5,8 +5,11 @@ can reuse :func:`running_agent`."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -111,3 +114,108 @@ def running_agent(
                 http.shutdown()
         finally:
             stop_all(procs)
+
+
+# -- `brulee up` as a user runs it (a subprocess), for tests/test_up.py and test_supervisor.py
+
+
+@dataclasses.dataclass
+class Up:
+    """A ``brulee up`` started by :func:`start_up`; its output goes to ``log``."""
+
+    proc: subprocess.Popen
+    cmd: list[str]
+    env: dict[str, str]
+    url: str
+    state: Path
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def token(self) -> str:
+        return (self.state / "token").read_text().strip()
+
+
+def up_cmd(models_dir: Path, state_dir: Path, port: int, *options: str) -> list[str]:
+    """The command line of ``brulee up`` on ``port`` (more ``options`` appended)."""
+    return [
+        sys.executable, "-c", "from agent.cli import main; main()", "up", "--port", str(port),
+        "--models", str(models_dir), "--state-dir", str(state_dir), *options,
+    ]  # fmt: skip
+
+
+def start_up(
+    models_dir: Path, state_dir: Path, *options: str, env: dict[str, str] | None = None
+) -> Up:
+    """Start ``brulee up`` (no ``REDIS_URL``/``BRULEE_TOKEN`` from the tests' environment
+    unless ``env`` gives them) on a free port; see :func:`wait_for_up`."""
+    port = free_port()
+    full_env = {**os.environ, "PYTHONPATH": str(REPO)}
+    full_env.pop("REDIS_URL", None)
+    full_env.pop("BRULEE_TOKEN", None)
+    full_env.update(env or {})
+    cmd = up_cmd(models_dir, state_dir, port, *options)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = state_dir.parent / f"{state_dir.name}-up.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    return Up(proc, cmd, full_env, f"http://127.0.0.1:{port}", state_dir, log)
+
+
+def wait_for_up(up: Up, workers: int, timeout: float = 60.0) -> dict:
+    """Wait until ``/healthz`` answers 200 with ``workers`` registered; returns its body."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if up.proc.poll() is not None:
+            raise RuntimeError(f"brulee up exited ({up.proc.returncode}):\n{up.output()}")
+        try:
+            resp = requests.get(f"{up.url}/healthz", timeout=2)
+            if resp.status_code == 200 and resp.json().get("workers") == workers:
+                return resp.json()
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"brulee up did not serve {workers} workers within {timeout:g} s")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children…)."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    pairs = [tuple(map(int, line.split())) for line in out.strip().splitlines()]
+    for child, parent in pairs:
+        children.setdefault(parent, []).append(child)
+    found, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.add(c)
+            todo.append(c)
+    return found
+
+
+def process_state(pid: int) -> str | None:
+    """``pid``'s state letter in /proc (``Z``: a zombie nobody reaped), None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    return process_state(pid) not in (None, "Z")
+
+
+def stop_up(up: Up, timeout: float = 60.0) -> set[int]:
+    """SIGTERM ``brulee up``, wait for it; returns its processes still alive afterwards
+    (orphans: there should be none)."""
+    family = descendants(up.proc.pid)
+    up.proc.send_signal(signal.SIGTERM)
+    try:
+        up.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        up.proc.kill()
+        up.proc.wait()
+    time.sleep(0.5)
+    return {p for p in family if process_alive(p)}

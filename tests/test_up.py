@@ -3,11 +3,8 @@ serves, refuses a second start on the same state directory, and SIGTERM leaves n
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,71 +12,20 @@ import pytest
 import requests
 
 from agent.redis_server import free_port
+from tests.agent_fixtures import descendants, start_up, stop_up, up_cmd, wait_for_up
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _descendants(pid: int) -> set[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
-    children: dict[int, list[int]] = {}
-    pairs = [tuple(map(int, line.split())) for line in out.strip().splitlines()]
-    for child, parent in pairs:
-        children.setdefault(parent, []).append(child)
-    found, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.add(c)
-            todo.append(c)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
-
-
 def test_up_serves_refuses_second_and_stops_cleanly(test_models: Path, tmp_path: Path):
-    port = free_port()
     state = tmp_path / "state"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("REDIS_URL", None)
-    env.pop("BRULEE_TOKEN", None)
-    cmd = [
-        sys.executable,
-        "-c",
-        "from agent.cli import main; main()",
-        "up",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--memory-cap",
-        "64M",
-        "--models",
-        str(test_models),
-        "--state-dir",
-        str(state),
-        "--keep-alive",
-        "ttl:600",
-    ]
-    up = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    up = start_up(
+        test_models, state, "--workers", "1", "--memory-cap", "64M", "--keep-alive", "ttl:600"
     )
-    url = f"http://127.0.0.1:{port}"
+    url, env = up.url, up.env
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/healthz", timeout=2).json().get("workers") == 1:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
+        wait_for_up(up, workers=1)
         x = np.zeros((1, 8, 8, 1), dtype=np.float32).tolist()
         resp = requests.post(f"{url}/function/digits-cnn", json={"inputs": x}, timeout=60)
         assert resp.status_code == 200, resp.text
@@ -115,7 +61,7 @@ def test_up_serves_refuses_second_and_stops_cleanly(test_models: Path, tmp_path:
         assert unknown.returncode != 0 and "not deployed" in unknown.stderr
 
         second = subprocess.run(
-            cmd[:5] + [str(free_port())] + cmd[6:],
+            up_cmd(test_models, state, free_port(), "--workers", "1"),
             cwd=REPO,
             env=env,
             capture_output=True,
@@ -125,11 +71,8 @@ def test_up_serves_refuses_second_and_stops_cleanly(test_models: Path, tmp_path:
         assert second.returncode != 0
         assert "already running" in second.stderr + second.stdout
 
-        family = _descendants(up.pid)
-        assert len(family) >= 3  # redis-server, worker, gunicorn (+ its workers)
+        assert len(descendants(up.proc.pid)) >= 3  # redis-server, worker, gunicorn (+ its own)
     finally:
-        up.send_signal(signal.SIGTERM)
-        up.wait(60)
-    assert up.returncode == 0
-    time.sleep(0.5)
-    assert not [p for p in family if _alive(p)], "orphans after SIGTERM"
+        orphans = stop_up(up)
+    assert up.proc.returncode == 0, up.output()
+    assert not orphans, "orphans after SIGTERM"

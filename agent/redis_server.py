@@ -171,9 +171,9 @@ class RedisServer:
 
 def redact(url: str) -> str:
     """``url`` without its password (user info and ``password=`` query), for messages."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    from urllib.parse import parse_qsl, urlsplit
 
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    query = "&".join(f"{k}={'***' if k == 'password' else v}" for k, v in parse_qsl(parts.query))
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")

@@ -274,3 +274,13 @@ def test_backoff_doubles_until_the_crash_loop(tmp_path: Path):
         sup.stop(timeout=5)
     assert steady.proc.returncode == -signal.SIGTERM
     assert not (tmp_path / "supervisor.json").exists()
+
+
+def test_redis_urls_are_redacted_in_messages():
+    from agent.redis_server import redact
+
+    assert (
+        redact("unix:///run/b/redis.sock?password=s3cret")
+        == "unix:///run/b/redis.sock?password=***"
+    )
+    assert redact("redis://:s3cret@10.0.0.2:6379/0") == "redis://10.0.0.2:6379/0"

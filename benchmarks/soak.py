@@ -18,7 +18,8 @@ there is none), and for ``--minutes``:
 
 Prints a progress line every 10 s and, at the end, tables of requests by outcome, faults,
 invariant violations and async jobs; writes ``OUT/soak.json``. Exits 1 if an invariant was
-violated, a request was unanswered (or answered without a cause) or an async job was lost.
+violated, a request was unanswered (or answered without a cause), an async job was lost, a
+fault was not recovered from within ``--recover-timeout`` or the agent exited.
 """
 
 from __future__ import annotations
@@ -384,6 +385,11 @@ def report(
         failed.append(f"{doc['requests']['bad']} request(s) unanswered or without a cause")
     if doc["async_jobs"]["lost"]:
         failed.append(f"{doc['async_jobs']['lost']} async job(s) lost")
+    unrecovered = [
+        f"{f.kind} at {f.at_s}s" for f in faults.faults if f.injected and not f.recovered
+    ]
+    if unrecovered:
+        failed.append(f"not recovered from {', '.join(unrecovered)}")
     if exited_at is not None:
         failed.append(f"the agent exited at t={exited_at}s")
     doc["failed"] = failed

@@ -25,16 +25,35 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from loadgen.replay import http_session
 from loadgen.workload_file import Request, write_workload
 
 
-def agent_session(token: str | None) -> requests.Session:
-    """A keep-alive session that sends the agent's token with every request."""
-    session = http_session()
-    if token:
-        session.headers["Authorization"] = f"Bearer {token}"
-    return session
+class AgentSession(requests.Session):
+    """A keep-alive session to the agent that sends its token with every request and drops its
+    connections once idle for ``IDLE_S``, before gunicorn closes them (keep-alive 2 s): reusing
+    a connection the server is closing at that instant fails with a reset that no agent fault
+    caused, and would be counted as unanswered."""
+
+    IDLE_S = 1.0
+
+    def __init__(self, token: str | None) -> None:
+        super().__init__()
+        self.trust_env = False  # talk to the agent directly, whatever proxy the env names
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self._last = 0.0
+
+    def request(self, *args, **kwargs) -> requests.Response:
+        if time.monotonic() - self._last > self.IDLE_S:
+            self.close()  # the adapters open new connections on the next request
+        try:
+            return super().request(*args, **kwargs)
+        finally:
+            self._last = time.monotonic()
+
+
+def agent_session(token: str | None) -> AgentSession:
+    return AgentSession(token)
 
 
 EXAMPLES = 3  # messages kept per outcome
@@ -228,6 +247,7 @@ class Load:
         self.local = threading.local()
         self.tally = Tally()
         self.jobs = Jobs(url, token, timeout)
+        self.t0 = time.monotonic()
         self.sent = 0
         self.skipped: Counter[str] = Counter()  # scheduled but not sent, by reason
         self.max_lag = 0.0  # how late the last request was handed to a thread
@@ -241,6 +261,7 @@ class Load:
     def send(self, function: str, sync: bool) -> None:
         body, ctype = self.payloads[function]
         path = "function" if sync else "async-function"
+        at = f"t={time.monotonic() - self.t0:.1f}s {function}"
         try:
             resp = self._session().post(
                 f"{self.url}/{path}/{function}",
@@ -249,7 +270,7 @@ class Load:
                 timeout=self.timeout,
             )
         except requests.RequestException as exc:
-            self.tally.add(unanswered(exc), f"{function}: {exc.__class__.__name__}: {exc}")
+            self.tally.add(unanswered(exc), f"{at}: {exc.__class__.__name__}: {exc}")
             return
         outcome, message = classify(resp)
         if resp.status_code == 202:
@@ -257,10 +278,11 @@ class Load:
                 self.jobs.accept(resp.json()["id"])
             except (ValueError, KeyError, TypeError):
                 outcome, message = "no cause: 202 without a job id", resp.text[:200]
-        self.tally.add(outcome, message and f"{function}: {message}")
+        self.tally.add(outcome, message and f"{at}: {message}")
 
     def run(self, requests_: Iterable[Request], t0: float, stop: threading.Event) -> None:
         """Hand each request to a thread at ``t0 + its time``; returns when all were handed."""
+        self.t0 = t0
         for req in requests_:
             if req.function not in self.payloads:
                 self.skipped[f"function {req.function} not served"] += 1

@@ -100,24 +100,51 @@ def alive(pid: int | None) -> bool:
         return False
 
 
+def descendants(root: int) -> list[tuple[int, str, list[str]]]:
+    """(pid, name, argv) of ``root``'s descendants: psutil when installed, else ``/proc``."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        out = []
+        try:
+            children = psutil.Process(root).children(recursive=True)
+        except psutil.Error:
+            return []
+        for proc in children:
+            try:
+                out.append((proc.pid, proc.name(), proc.cmdline()))
+            except psutil.Error:
+                continue
+        return out
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ValueError):
+            continue  # not a process, or gone meanwhile
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :]
+        table[int(entry.name)] = (int(rest.split()[1]), name, [a for a in argv if a])
+    found, frontier = [], {root}
+    while frontier:
+        level = [(pid, n, a) for pid, (ppid, n, a) in table.items() if ppid in frontier]
+        found += level
+        frontier = {pid for pid, _, _ in level}
+    return found
+
+
 def tree_pids(root: int | None) -> Pids:
     """Workers (``agent_cli worker``) and ``redis-server`` among ``root``'s descendants."""
-    import psutil
-
     workers, redis_pid = {}, None
-    try:
-        children = psutil.Process(root).children(recursive=True) if root else []
-    except psutil.Error:
-        children = []
-    for proc in children:
-        try:
-            cmd, name = proc.cmdline(), proc.name()
-        except psutil.Error:
-            continue
+    for pid, name, argv in descendants(root) if root else []:
         if name == "redis-server":  # it rewrites its command line
-            redis_pid = proc.pid
-        elif "agent.agent_cli" in cmd and "worker" in cmd:
-            workers[f"pid-{proc.pid}"] = proc.pid
+            redis_pid = pid
+        elif "agent.agent_cli" in argv and "worker" in argv:
+            workers[f"pid-{pid}"] = pid
     return Pids(workers, redis_pid, "process tree")
 
 

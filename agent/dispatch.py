@@ -17,7 +17,6 @@ from typing import Any
 import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
-from rq.webhook import Webhook
 
 from agent.keys import lane
 from agent.lane import lane_message
@@ -60,11 +59,9 @@ def enqueue_job(
     pipe, conn: redis.Redis, decision: Decision, req: dict[str, Any], job_id: str
 ) -> str:
     """An asynchronous invocation as an RQ job (id ``job_id``) on the chosen worker, in
-    ``pipe``; a callback URL gets RQ's webhook when it finishes or fails."""
-    callback = req.get("callback")
-    hooks = (
-        [Webhook(callback, s, method="POST") for s in ("finished", "failed")] if callback else None
-    )
+    ``pipe``. Its callback URL (``req["callback"]``) is posted by the worker once the answer
+    is final (:func:`agent.worker.notify`), not by RQ: a job placed again on another worker
+    (its copy was evicted while it was queued) ends in a later job."""
     Queue(decision.queue, connection=conn, serializer=JSONSerializer).enqueue_call(
         "agent.worker.invoke",
         args=(placed(req, decision),),
@@ -74,7 +71,6 @@ def enqueue_job(
         failure_ttl=JOB_TTL_S,
         timeout=int(req.get("timeout_s", 600)),
         meta={"function": req["function"], "worker": decision.worker},
-        webhooks=hooks,
     )
     return job_id
 

@@ -39,6 +39,7 @@ from functions.tensors import to_npy
 INPUT_TTL_S = 300
 SPOOL_CHECK_S = 2.0  # how long a gateway process trusts that its workers share its spool
 FACTS_TTL_S = 1.0  # how long a gateway process reuses a model's facts
+MAX_MOVES = 32  # how many times GET /jobs follows a job placed again
 HEADERS = {
     "X-Cache": "cache",
     "X-Load-Seconds": "load_s",
@@ -228,6 +229,7 @@ class Invocations:
         req = self.request(
             name,
             doc,
+            job_id=job_id,
             input_key=input_key,
             timeout_s=self.sync_timeout,
             **({"callback": callback} if callback else {}),
@@ -241,7 +243,18 @@ class Invocations:
 
     def job(self, job_id: str) -> dict[str, Any]:
         """An async job's state: ``queued`` (also while it waits for memory), ``started``,
-        ``finished`` with the result and the cache fields, or ``failed`` with the reason."""
+        ``finished`` with the result and the cache fields, or ``failed`` with the reason. A
+        job placed again (its copy was evicted while it was queued) is followed to the job
+        that answers it; the id stays the client's."""
+        doc = self._job(job_id)
+        for _ in range(MAX_MOVES):
+            moved = doc.pop("moved_to", None)
+            if moved is None:
+                break
+            doc = {**self._job(moved), "id": job_id}
+        return doc
+
+    def _job(self, job_id: str) -> dict[str, Any]:
         try:
             job = Job.fetch(job_id, connection=self.r, serializer=JSONSerializer)
         except Exception as exc:  # rq.exceptions.NoSuchJobError and malformed ids
@@ -252,7 +265,9 @@ class Invocations:
         doc: dict[str, Any] = {"id": job.id, "status": str(getattr(status, "value", status))}
         if doc["status"] == "finished":
             result = job.return_value()
-            if "error" in result:
+            if "moved_to" in result:
+                doc["moved_to"] = result["moved_to"]
+            elif "error" in result:
                 doc.update(status="failed", error=result["error"])
             else:
                 doc["result"] = result["result"]

@@ -36,7 +36,7 @@ from rq.exceptions import DequeueTimeout, StopRequested
 from rq.serializers import JSONSerializer
 
 from agent import waiting
-from agent.dispatch import SYNC, facts_of, submit
+from agent.dispatch import ASYNC, SYNC, submit
 from agent.interpreters import InterpreterCache
 from agent.keys import key, lane, worker_queue
 from agent.lane import Spool, reply_message
@@ -49,7 +49,7 @@ from agent.txn import Contended
 log = logging.getLogger("brulee.worker")
 JOB_FUNCTIONS = ("agent.worker.invoke", "agent.worker.evict", "agent.worker.prewarm")
 RECONCILE_EVERY_S = 5.0
-REPLACE_POLL_S = 0.05
+CALLBACK_TIMEOUT_S = 10
 
 _CONTEXT: Context | None = None
 
@@ -65,34 +65,41 @@ def _context() -> Context:
 
 def invoke(req: dict[str, Any]) -> dict[str, Any]:
     """An asynchronous invocation; its input waits under ``req["input_key"]``. If its copy was
-    evicted while it was queued, it is placed again on this worker (it is this worker's job),
-    waiting here until the memory is free."""
+    evicted while it was queued, it is placed again — through the same placement and
+    admission as at the gateway, never by waiting here — as a new job, and this one answers
+    ``{"moved_to": id}`` (``GET /jobs/{id}`` follows it to the final answer)."""
     ctx = _context()
     with ctx.lock:
-        while True:
-            result, pinned = serve(ctx, req, lambda: ctx.conn.get(req["input_key"]))
-            if result is not REPLACED:
-                break
-            _reserve_here(ctx, req)
+        result, pinned = serve(ctx, req, lambda: ctx.conn.get(req["input_key"]))
+        if result is REPLACED:
+            result = _replace(ctx, req, b"", ASYNC)
+            if result is REPLACED:
+                return {"moved_to": req["moved_to"]}
         with ctx.conn.pipeline(transaction=False) as pipe:
             pipe.delete(req["input_key"])
             account(ctx, req, result, pinned, pipe)
             pipe.execute()
     _admit_if_waiting(ctx)
+    if req.get("callback"):
+        notify(req, result)
     return result
 
 
-def _reserve_here(ctx: Context, req: dict[str, Any]) -> None:
-    """Reserve ``req``'s model on this worker again (a miss), polling until there is room."""
-    facts = facts_of(req)
-    while True:
-        decision, _ = ctx.placement.place(
-            facts, lambda pipe, d: None, only_worker=ctx.worker, admitting=lambda pipe: True
-        )
-        if decision is not None and decision.ticket is None:
-            req.update(miss=not decision.hit, wait_for=decision.wait_for)
-            return
-        time.sleep(REPLACE_POLL_S)
+def notify(req: dict[str, Any], result: dict[str, Any]) -> None:
+    """POST an async job's final answer to its callback URL (validated by the gateway); a
+    receiver that fails or cannot be reached is logged, never retried here."""
+    from urllib.request import Request, urlopen
+
+    status = "failed" if "error" in result else "finished"
+    body = {"job_id": req.get("job_id"), "status": status, "function": req["function"]}
+    body.update({"error": result["error"]} if status == "failed" else {"result": result["result"]})
+    request = Request(req["callback"], data=json.dumps(body).encode(), method="POST",
+                      headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urlopen(request, timeout=CALLBACK_TIMEOUT_S):
+            pass
+    except Exception as exc:  # noqa: BLE001 (a receiver's failure is not the job's)
+        log.warning("callback %s for job %s failed: %s", req["callback"], req.get("job_id"), exc)
 
 
 def evict(models: list[str]) -> dict[str, int]:
@@ -165,21 +172,19 @@ def serve_lane(raw: bytes) -> None:
         _admit_if_waiting(ctx, check=False)
 
 
-def _replace(ctx: Context, req: dict[str, Any], payload: bytes) -> dict[str, Any]:
-    """Place a lane request again (its copy is gone): a miss, through the same placement and
-    admission as at the gateway; the new worker answers its caller."""
+def _replace(ctx: Context, req: dict[str, Any], payload: bytes, kind: str = SYNC
+             ) -> dict[str, Any]:  # fmt: skip
+    """Place a request again (its copy is gone): a miss, through the same placement and
+    admission as at the gateway. A lane request goes onto the front of its new worker's lane
+    (which answers its caller); an async one becomes a new job (``req["moved_to"]``)."""
     deadline = req.get("deadline")
     req["recount"] = "miss" if req.get("miss") else "hit"
+    ident = uuid.uuid4().hex
+    if kind == ASYNC:
+        req["moved_to"] = ident
     try:
-        submit(
-            ctx.placement,
-            req,
-            payload,
-            SYNC,
-            uuid.uuid4().hex,
-            float("inf") if deadline is None else float(deadline),
-            front=True,
-        )
+        submit(ctx.placement, req, payload, kind, ident,
+               float("inf") if deadline is None else float(deadline), front=True)  # fmt: skip
     except (PlacementError, Contended) as exc:
         extra = {"retry_after": exc.retry_after} if hasattr(exc, "retry_after") else {}
         return {"error": str(exc), "status": exc.status, "worker": ctx.worker, **extra}

@@ -212,3 +212,36 @@ def test_lua_scripts_name_their_keys():
         body = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
         assert "brulee:" not in body and ".. ':" not in body, path.name
         assert json.dumps(text)  # plain text
+
+
+def test_an_async_job_whose_copy_was_evicted_while_queued_runs_as_a_miss(agent):
+    """Queued work does not pin: the copy is evicted while an async job waits behind the
+    worker's pause; the job is placed again (a new job, followed by ``GET /jobs``) and
+    answers with the model reloaded."""
+    digits = {"inputs": np.zeros((1, 8, 8, 1)).tolist()}
+    url, conn = agent["url"], agent["conn"]
+    assert requests.post(f"{url}/function/digits-cnn", json=digits, timeout=30).status_code == 200
+    proc = agent["workers"][0]
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        accepted = requests.post(f"{url}/async-function/digits-cnn", json=digits, timeout=10)
+        assert accepted.status_code == 202
+        slots = [f.decode() for f in conn.hkeys(key("entries", "dev"))]
+        assert "digits-cnn" in {s.split("|")[0] for s in slots}
+        assert int(conn.hget(key("queued", "dev"), slots[0]) or 0) >= 1  # counted, not pinned
+        with conn.pipeline() as pipe:
+            pipe.multi()
+            agent["placement"].copies.evict(pipe, "dev", slots, "test")
+            pipe.execute()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    status = {}
+    while time.monotonic() < deadline:
+        status = requests.get(f"{url}{accepted.headers['Location']}", timeout=10).json()
+        if status["status"] in ("finished", "failed"):
+            break
+        time.sleep(0.1)
+    assert status["status"] == "finished", status
+    assert status["id"] == accepted.json()["id"] and status["X-Cache"] == "miss"
+    _assert_ready_and_unpinned(agent, "digits-cnn")

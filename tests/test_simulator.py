@@ -250,13 +250,19 @@ def test_profiles_warm_page_cache_uses_the_interpreter_open_time(tmp_path):
 def test_arrival_placement_decides_when_the_request_arrives(tmp_path):
     """One worker, room for one model. A executes 0–1.1; B arrives at 0.5 and queues behind it.
     Deciding at start (t=1.1, A idle) evicts A and serves B; deciding at arrival, as the agent
-    does, finds A pinned (executing) and rejects B. Requests queued behind a load are hits."""
+    does, finds A pinned (executing): B waits for memory in the admission queue until A's
+    execution ends at 1.1, then evicts A, loads (0.1) and runs (1.0): done at 2.2. A at 3
+    evicts B; A at 3.01 is queued behind that load and finds it ready (a hit)."""
     profiles = {"A": ModelCost(0.1, 1.0, 100, 0.0), "B": ModelCost(0.1, 1.0, 100, 0.0)}
     w = workload(tmp_path, [(0, "A"), (0.5, "B"), (3, "A"), (3.01, "A")])
     at_start = simulate(w, profiles, "lru", 100, placement="start")
     assert (at_start.rejected, at_start.cold_starts, at_start.evictions) == (0, 3, 2)
     at_arrival = simulate(w, profiles, "lru", 100, placement="arrival")
-    assert (at_arrival.rejected, at_arrival.cold_starts, at_arrival.evictions) == (1, 1, 0)
-    assert (at_arrival.hits, at_arrival.load_waits) == (2, 0)
+    assert (at_arrival.rejected, at_arrival.cold_starts, at_arrival.evictions) == (0, 3, 2)
+    assert (at_arrival.hits, at_arrival.load_waits) == (1, 0)
+    assert (at_arrival.admitted_after_wait, at_arrival.timed_out) == (1, 0)
+    assert at_arrival.total_admission_wait_s == pytest.approx(0.6)
+    # responses: A 1.1, B 2.2 - 0.5 = 1.7 (its wait included), A 3 -> 4.1, A 3.01 -> 5.1
+    assert at_arrival.mean_response_s == pytest.approx((1.1 + 1.7 + 1.1 + 2.09) / 4)
     with pytest.raises(SimulationError, match="placement"):
         simulate(w, profiles, "lru", 100, placement="sideways")

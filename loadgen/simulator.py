@@ -276,9 +276,12 @@ def run(
     placement: str = "start",
     deadline_s: float = DEFAULT_DEADLINE_S,
     max_waiting: int = admission.DEFAULT_MAX_WAITING,
+    on_served: Callable[[str, float, float], None] | None = None,
 ) -> SimResult:
     """Simulate one (policy, cap) over an already-compacted workload. ``policy`` may carry
-    options (``parse_policy_spec``); ``progress(n)`` is called with requests done per chunk.
+    options (``parse_policy_spec``); ``progress(n)`` is called with requests done per chunk;
+    ``on_served(model, arrival, finish)`` (optional) with every served request, in the order
+    their execution starts.
     ``placement``: "start" (the cache decides when a worker starts a request) or "arrival"
     (as the live agent does; see the module docstring). Arrival placement only:
     ``deadline_s`` (the agent's sync timeout; ``math.inf``: no deadline, as for async jobs)
@@ -375,6 +378,8 @@ def run(
         # response time is known now: finish - arrival
         hist.add(t + exe - arrival)
         resp_sum[0] += t + exe - arrival
+        if on_served is not None:
+            on_served(names[m], arrival, t + exe)
 
     def start(w: int, now: float) -> None:
         """Worker ``w`` is free at ``now``: serve the head of its queue (skipping rejects)."""
@@ -699,6 +704,7 @@ def simulate(
     placement: str = "start",
     deadline_s: float = DEFAULT_DEADLINE_S,
     max_waiting: int = admission.DEFAULT_MAX_WAITING,
+    on_served: Callable[[str, float, float], None] | None = None,
 ) -> SimResult:
     """One run from a workload file: the entry point for the agent's replay comparison.
     ``cap_bytes`` may be a percentage string of the workload's total model bytes."""
@@ -707,5 +713,5 @@ def simulate(
         cap = parse_cap(cap_bytes, workload_bytes(wl, profiles))
         return run(
             wl, profiles, policy, cap, workers, seed, proactive, placement=placement,
-            deadline_s=deadline_s, max_waiting=max_waiting,
+            deadline_s=deadline_s, max_waiting=max_waiting, on_served=on_served,
         )  # fmt: skip

@@ -379,3 +379,27 @@ def test_admission_costs_nothing_when_nobody_waits(tmp_path):
         assert (r.admitted_after_wait, r.timed_out, r.queue_full, r.rejected) == (0, 0, 0, 0)
         got = (r.hits, r.cold_starts, r.evictions, r.total_load_delay_s, r.mean_response_s)
         assert got == pytest.approx(want)
+
+
+def test_cli_arrival_placement_admission_options(tmp_path):
+    """--deadline / --max-waiting reach the simulator; the table shows the admission counts."""
+    w = workload(tmp_path, [(0, "A"), (0.1, "B"), (0.2, "C"), (0.3, "B")])
+    common = ["simulate", "--workload", w, "--profiles", profile_file(tmp_path), "--policies",
+              "lru", "--memory-cap", "100", "--placement", "arrival"]  # fmt: skip
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, [*common, "--max-waiting", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "queue_full" in res.output and "timed_out" in res.output
+    (row,) = csv.DictReader(open(out / "results.csv"))
+    # A runs 0-1.5; B@0.1 waits; C@0.2 and B@0.3 find the one waiting place taken
+    assert (row["queue_full"], row["admitted_after_wait"], row["timed_out"]) == ("2", "1", "0")
+    res = CliRunner().invoke(main, [*common, "--deadline", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    (row,) = csv.DictReader(open(out / "results.csv"))
+    # deadline 1 s: B@0.1, C@0.2 leave at 1.1, 1.2 (A holds memory until 1.5); B@0.3 at 1.3
+    assert (row["timed_out"], row["admitted_after_wait"]) == ("3", "0")
+    res = CliRunner().invoke(main, [*common, "--deadline", "inf", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "results.json").read_text())["meta"]["deadline_s"] == "inf"
+    res = CliRunner().invoke(main, [*common, "--deadline", "0", "--out", str(out)])
+    assert res.exit_code != 0 and "--deadline" in res.output

@@ -495,11 +495,26 @@ def format_comparison(summary: dict) -> str:
     """Measured vs simulated side by side, with the targets (5 pp hit ratio, 10 % cold starts)."""
     from tabulate import tabulate
 
+    from loadgen.replay_sim import simulated_failures
+
     sim = summary["simulated"]
     rows = []
     for key in ("hit_ratio", "cold_starts", "mean_load_s", "mean_exec_s"):
         rows.append([key, summary.get(key), sim.get(key)])
-    rows.append(["failed / rejected", summary.get("failures"), sim.get("rejected")])
+    rows.append(["failed", summary.get("failures"), simulated_failures(sim)])
+    # the simulator's failures by cause, next to the agent's answers with the same status
+    for label, status, sim_key in (
+        ("  waited for memory past the deadline (503)", "503", "timed_out"),
+        ("  admission queue full (429)", "429", "queue_full"),
+        ("  larger than the cap (rejected)", None, "rejected"),
+    ):
+        measured = (
+            sum(n for k, n in (summary.get("errors") or {}).items() if k.startswith(status + ":"))
+            if status
+            else None
+        )
+        rows.append([label, measured, sim.get(sim_key)])
+    rows.append(["waited for memory, then served", None, sim.get("admitted_after_wait")])
     cmp_ = summary.get("comparison", {})
     return (
         tabulate(rows, headers=["", "measured", "simulated"])

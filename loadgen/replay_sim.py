@@ -34,8 +34,12 @@ def _find(node: object, keys: tuple[str, ...]) -> object | None:
 
 
 def agent_settings(cache: dict | None) -> dict:
-    """(policy, workers, cap_bytes) as the agent reports them; missing ones are None."""
+    """(policy, workers, cap_bytes) as the agent reports them; missing ones are None. The
+    admission settings (sync timeout = a waiting miss's deadline, max_waiting) as reported,
+    else the agent's defaults."""
+    from agent.admission import DEFAULT_MAX_WAITING
     from loadgen.replay import _memory_bytes
+    from loadgen.simulator import DEFAULT_DEADLINE_S
 
     cache = cache or {}
     workers = _find(cache, ("worker_count", "num_workers", "workers"))
@@ -43,7 +47,15 @@ def agent_settings(cache: dict | None) -> dict:
         workers = len(workers)
     cap = _memory_bytes(cache)[1] or None
     policy = _find(cache, ("policy", "eviction_policy"))
-    return {"policy": policy, "workers": workers, "cap_bytes": cap}
+    deadline = _find(cache, ("sync_timeout_s", "sync_timeout"))
+    max_waiting = _find(cache, ("max_waiting",))
+    return {
+        "policy": policy,
+        "workers": workers,
+        "cap_bytes": cap,
+        "deadline_s": float(deadline) if deadline is not None else DEFAULT_DEADLINE_S,
+        "max_waiting": int(max_waiting) if max_waiting is not None else DEFAULT_MAX_WAITING,
+    }
 
 
 def model_of(functions: list[dict]) -> dict[str, str]:
@@ -128,9 +140,11 @@ def simulate_replay(
             cap_bytes=int(settings["cap_bytes"]),
             workers=int(settings["workers"]),
             placement="arrival",  # the agent decides when a request arrives
+            deadline_s=float(settings["deadline_s"]),
+            max_waiting=int(settings["max_waiting"]),
         )
     flat = result.summary()
-    served = flat["requests"] - flat["rejected"]
+    served = result.served
     return {
         "profiles": source,
         "settings": settings,
@@ -144,7 +158,21 @@ def simulate_replay(
         "mean_exec_s": round(flat["mean_exec_s"], 6),
         "load_over_exec": round(flat["load_delay_ratio"], 4),
         "rejected": flat["rejected"],
+        # the admission queue: misses that waited for memory (and how long, mean), the ones
+        # whose deadline passed while waiting (the agent's 503) and those refused (429)
+        "admitted_after_wait": flat["admitted_after_wait"],
+        "mean_admission_wait_s": round(flat["mean_admission_wait_s"], 6)
+        if flat["admitted_after_wait"]
+        else None,
+        "timed_out": flat["timed_out"],
+        "queue_full": flat["queue_full"],
     }
+
+
+def simulated_failures(simulated: dict) -> int:
+    """Requests the simulator could not serve: larger than the cap, waited for memory past
+    their deadline (the agent's 503), refused at a full admission queue (429)."""
+    return sum(simulated.get(k) or 0 for k in ("rejected", "timed_out", "queue_full"))
 
 
 def compare(measured: dict, simulated: dict) -> dict:

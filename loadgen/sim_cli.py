@@ -16,9 +16,11 @@ from pathlib import Path
 
 import click
 
+from agent.admission import DEFAULT_MAX_WAITING
 from loadgen.profiles import ProfileError, load_profiles
 from loadgen.sim_workload import CompactWorkload
 from loadgen.simulator import (
+    DEFAULT_DEADLINE_S,
     SimResult,
     SimulationError,
     check_models,
@@ -42,6 +44,8 @@ TABLE_COLUMNS = (
     "p95_s",
     "p99_s",
 )
+# arrival placement only (the admission queue): after "rejected"
+ADMISSION_COLUMNS = ("timed_out", "queue_full", "admitted_after_wait", "mean_admission_wait_s")
 
 MARKERS = "os^vD<>pXh"
 LINES = ("-", "--")
@@ -171,13 +175,39 @@ def fmt(v: object) -> object:
     help="when the cache decides: as a worker starts a request, or as it arrives (the agent)",
 )
 @click.option(
+    "--deadline",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_DEADLINE_S,
+    show_default=True,
+    help="arrival placement: seconds a miss waits for memory before it fails (the agent's "
+    "sync timeout; inf: no deadline, as for async jobs)",
+)
+@click.option(
+    "--max-waiting",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_WAITING,
+    show_default=True,
+    help="arrival placement: misses that may wait for memory at once; one more is refused",
+)
+@click.option(
     "--sizes",
     type=click.Path(exists=True, dir_okay=False),
     help="JSON {model: bytes} for profiles without sizes (the seed's models.m5.json).",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 def simulate_command(
-    workload, profiles, policies, memory_cap, workers, seed, proactive, placement, sizes, out
+    workload,
+    profiles,
+    policies,
+    memory_cap,
+    workers,
+    seed,
+    proactive,
+    placement,
+    deadline,
+    max_waiting,
+    sizes,
+    out,
 ):
     """Simulate eviction POLICIES over WORKLOAD at each memory cap; table, CSV, JSON, plots."""
     from tabulate import tabulate
@@ -220,6 +250,8 @@ def simulate_command(
                                     proactive,
                                     bar.update,
                                     placement,
+                                    deadline,
+                                    max_waiting,
                                 ),
                             )
                         )
@@ -235,13 +267,19 @@ def simulate_command(
                 "seed": seed,
                 "proactive": proactive,
                 "placement": placement,
+                "deadline_s": deadline if math.isfinite(deadline) else "inf",
+                "max_waiting": max_waiting,
                 "elapsed_s": elapsed,
                 "requests_per_s": wl.n * len(rows) / elapsed if elapsed > 0 else None,
             }
     except (WorkloadError, SimulationError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    table = [[r.policy, cap, *(fmt(r.summary()[k]) for k in TABLE_COLUMNS[2:])] for cap, r in rows]
-    click.echo(tabulate(table, headers=list(TABLE_COLUMNS)))
+    columns = list(TABLE_COLUMNS)
+    if placement == "arrival":
+        at = columns.index("rejected") + 1
+        columns[at:at] = ADMISSION_COLUMNS
+    table = [[r.policy, cap, *(fmt(r.summary()[k]) for k in columns[2:])] for cap, r in rows]
+    click.echo(tabulate(table, headers=columns))
     click.echo(
         f"{meta['requests']} requests x {len(rows)} runs in {meta['elapsed_s']:.1f}s "
         f"({meta['requests_per_s']:.0f} requests/s); cap 100% = {total_bytes} bytes"

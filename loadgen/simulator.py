@@ -23,10 +23,25 @@ Model of the device (why each choice, see ``docs/simulation.md``):
 
 Arrival placement (``placement="arrival"``), the live agent's model (``agent/placement.py``):
 the cache decides when a request *arrives*, not when a worker starts it. A request for a cached
-model joins the queue of the worker that holds it; a miss chooses its victims at once — every
-model with requests queued or executing is pinned — and joins the least-loaded worker's queue,
+model joins the queue of the worker that holds it; a miss chooses its victims at once — only
+models executing or loading are pinned (a placed miss's model counts as loading until its worker
+has loaded it); requests merely queued do not pin — and joins the least-loaded worker's queue,
 which loads the model when it reaches the request; requests queued behind that load find the
-model ready (hits, as the agent's ``X-Cache`` says). No policy answer: rejected at arrival.
+model ready (hits, as the agent's ``X-Cache`` says).
+
+Admission (arrival placement only; the rule and its functions are ``agent.admission``'s, the
+same code as the agent's): a miss whose memory is held by pinned models waits in the device's
+admission queue, first come first served (only the head may take memory; a new miss joins the
+tail whenever anybody waits, even if it would fit). The head is tried, then the next, at every
+event that can free memory or unblock the head: an execution finishing, a prewarm load
+completing, a proactive unload, a waiting request's deadline. A request still waiting at its
+deadline (arrival + ``deadline_s``) leaves (``timed_out``, the agent's 503); one more miss when
+``max_waiting`` wait is refused (``queue_full``, the agent's 429). Only a model larger than the
+cap is ``rejected``. A request queued on a worker whose model was evicted meanwhile is
+re-placed when its worker reaches it: if its model is cached again (on another worker) it moves
+to that worker's queue; otherwise it is a miss again and goes through the same admission — the
+worker loads the model itself if nobody waits and the policy frees the memory, else the request
+joins the admission queue's tail (its deadline still counts from its arrival).
 
 Everything is deterministic: ties are broken by index, the policies take ``seed``.
 """
@@ -39,6 +54,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from agent import admission
 from agent.policies import Entry, make_policy
 from loadgen.profiles import ModelCost
 from loadgen.sim_workload import CompactWorkload
@@ -113,6 +129,14 @@ class SimResult:
     prewarms: int = 0
     total_load_delay_s: float = 0.0
     total_exec_s: float = 0.0
+    # admission (arrival placement): misses that waited for memory and were then placed, the
+    # ones whose deadline passed while waiting (503) and the ones refused at a full queue (429);
+    # the wait is over the admitted ones (time in the admission queue, part of response time)
+    admitted_after_wait: int = 0
+    timed_out: int = 0
+    queue_full: int = 0
+    total_admission_wait_s: float = 0.0
+    p99_admission_wait_s: float = math.nan
     p50_s: float = math.nan
     p95_s: float = math.nan
     p99_s: float = math.nan
@@ -124,7 +148,14 @@ class SimResult:
 
     @property
     def served(self) -> int:
-        return self.requests - self.rejected
+        """Requests that got a response (not rejected, timed out or refused at a full queue)."""
+        return self.requests - self.rejected - self.timed_out - self.queue_full
+
+    @property
+    def mean_admission_wait_s(self) -> float:
+        """Mean time in the admission queue of the requests that waited and were placed."""
+        n = self.admitted_after_wait
+        return self.total_admission_wait_s / n if n else math.nan
 
     @property
     def hit_ratio(self) -> float:
@@ -151,11 +182,13 @@ class SimResult:
             mean_load_delay_s=self.mean_load_delay_s,
             mean_exec_s=self.mean_exec_s,
             load_delay_ratio=self.load_delay_ratio,
+            mean_admission_wait_s=self.mean_admission_wait_s,
         )
         return d
 
 
 TIMELINE_POINTS = 500
+DEFAULT_DEADLINE_S = 60.0  # the agent's sync timeout (agent.gateway.create_app's sync_timeout)
 PLACEMENTS = ("start", "arrival")
 
 
@@ -241,15 +274,26 @@ def run(
     proactive: str | None = None,
     progress: Callable[[int], None] | None = None,
     placement: str = "start",
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    max_waiting: int = admission.DEFAULT_MAX_WAITING,
+    on_served: Callable[[str, float, float], None] | None = None,
 ) -> SimResult:
     """Simulate one (policy, cap) over an already-compacted workload. ``policy`` may carry
-    options (``parse_policy_spec``); ``progress(n)`` is called with requests done per chunk.
+    options (``parse_policy_spec``); ``progress(n)`` is called with requests done per chunk;
+    ``on_served(model, arrival, finish)`` (optional) with every served request, in the order
+    their execution starts.
     ``placement``: "start" (the cache decides when a worker starts a request) or "arrival"
-    (as the live agent does; see the module docstring)."""
+    (as the live agent does; see the module docstring). Arrival placement only:
+    ``deadline_s`` (the agent's sync timeout; ``math.inf``: no deadline, as for async jobs)
+    and ``max_waiting`` (the admission queue's bound) rule the admission queue."""
     if placement not in PLACEMENTS:
         raise SimulationError(
             f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}"
         )
+    if not deadline_s > 0:  # also refuses NaN
+        raise SimulationError(f"deadline must be > 0 seconds (inf: none), not {deadline_s}")
+    if max_waiting < 0:
+        raise SimulationError(f"max_waiting must be >= 0, not {max_waiting}")
     if workers < 1:
         raise SimulationError(f"workers must be >= 1, not {workers}")
     if cap_bytes <= 0:
@@ -278,8 +322,12 @@ def run(
     requests = [0] * nm  # per model, over the trace's life
     cached: dict[int, Entry] = {}  # model -> entry (resident or loading)
     ready_at = [0.0] * nm  # when a cached model's load completes
-    pins = [0] * nm  # requests executing or waiting on m (arrival placement: or queued for m)
+    pins = [0] * nm  # requests executing m or waiting for its load (not merely queued)
     holder = [0] * nm  # arrival placement: the worker that holds m
+    # arrival placement: the admission queue, in order: (ticket, model, arrival time)
+    waiting: list[tuple[admission.Ticket, int, float]] = []
+    wait_hist = LogHistogram()
+    tickets = 0
     used = 0
     total = 0
     # workers
@@ -330,6 +378,8 @@ def run(
         # response time is known now: finish - arrival
         hist.add(t + exe - arrival)
         resp_sum[0] += t + exe - arrival
+        if on_served is not None:
+            on_served(names[m], arrival, t + exe)
 
     def start(w: int, now: float) -> None:
         """Worker ``w`` is free at ``now``: serve the head of its queue (skipping rejects)."""
@@ -388,49 +438,59 @@ def run(
             qhead[w] = 0
 
     def start_placed(w: int, now: float) -> None:
-        """Arrival placement: worker ``w`` is free at ``now``; the head of its queue was placed
-        when it arrived (a load, or a use of a model this worker holds)."""
+        """Arrival placement: worker ``w`` is free at ``now``: serve the head of its queue. Its
+        model was placed at arrival (cached on ``w``: a hit, or a load this worker does now);
+        if it was evicted meanwhile the request is re-placed (see the module docstring)."""
         q = queues[w]
-        if qhead[w] >= len(q):
-            if qhead[w] > 1024:
-                del q[: qhead[w]]
-                qhead[w] = 0
-            return
-        arrival, m, load = q[qhead[w]]
-        qhead[w] += 1
-        pending[m] -= 1
-        t = now
-        if load:
-            res.cold_starts += 1
-            t += cost[m].load_s
-            ready_at[m] = t
-            res.total_load_delay_s += cost[m].load_s
-        elif ready_at[m] <= now:
-            res.hits += 1
-        else:  # a prewarm still loading it
-            res.load_waits += 1
-            res.total_load_delay_s += ready_at[m] - now
-            t = ready_at[m]
-        execute(w, m, t, arrival)
-
-    def place_on_arrival(t: float, m: int) -> tuple[int, bool] | None:
-        """Arrival placement: the worker for this request and whether it loads the model
-        (None: rejected), as the agent's
-        placement decides it: a cached model goes to the worker that holds it; a miss evicts
-        now (models with queued or executing requests are pinned) and is loaded by the least
-        loaded worker when it reaches the request."""
-        e = cached.get(m)
-        if e is not None:
-            e.last_used = t
-            pol.on_hit(e, t)
+        while qhead[w] < len(q):
+            arrival, m = q[qhead[w]]
+            qhead[w] += 1
+            if m not in cached or holder[m] != w:  # evicted while queued: re-place it
+                outstanding[w] -= 1
+                if m in cached:  # cached again, on another worker: queue there
+                    enqueue(holder[m], arrival, m, now)
+                    continue
+                if waiting:
+                    purge(now)
+                if admission.must_wait(len(waiting)) or place_miss(now, m, w) is None:
+                    join_queue(now, m, arrival)
+                    continue
+                outstanding[w] += 1  # this worker loads it, now
+            pending[m] -= 1
+            t = now
+            if ready_at[m] == math.inf:  # placed on this worker, not loaded yet: load it
+                res.cold_starts += 1
+                t += cost[m].load_s
+                ready_at[m] = t
+                res.total_load_delay_s += cost[m].load_s
+            elif ready_at[m] <= now:
+                res.hits += 1
+            else:  # a prewarm still loading it
+                res.load_waits += 1
+                res.total_load_delay_s += ready_at[m] - now
+                t = ready_at[m]
             pins[m] += 1
-            return holder[m], False
+            execute(w, m, t, arrival)
+            return
+        if qhead[w] > 1024:
+            del q[: qhead[w]]
+            qhead[w] = 0
+
+    def enqueue(w: int, arrival: float, m: int, now: float) -> None:
+        """Arrival placement: a placed request joins worker ``w``'s queue (started if idle)."""
+        queues[w].append((arrival, m))
+        outstanding[w] += 1
+        if outstanding[w] == 1:  # nothing queued or executing on it: idle
+            start_placed(w, now)
+
+    def place_miss(t: float, m: int, w: int | None) -> int | None:
+        """Arrival placement: make room for ``m`` (only executing and loading models are
+        pinned) and reserve it for worker ``w`` (None: the least loaded), which loads it when
+        it reaches the request. None: the pinned models hold the memory."""
         c = cost[m]
         incoming = Entry(names[m], size[m], c.load_s, c.exec_s, requests[m], t, t)
         need = size[m] - (cap_bytes - used)
-        victims = (
-            None if size[m] > cap_bytes else pol.victims(refresh_pins(t), incoming, need, total, t)
-        )
+        victims = pol.victims(refresh_pins(t), incoming, need, total, t)
         if victims is None:
             return None
         for v in victims:
@@ -443,14 +503,90 @@ def run(
         set_used(t, used + size[m])
         pol.on_insert(incoming, t)
         ready_at[m] = math.inf  # loading: pinned until its worker has loaded it
-        pins[m] += 1
-        holder[m] = outstanding.index(min(outstanding)) if workers > 1 else 0
-        return holder[m], True
+        if w is None:
+            w = outstanding.index(min(outstanding)) if workers > 1 else 0
+        holder[m] = w
+        return w
+
+    def place_on_arrival(t: float, m: int) -> int | None:
+        """Arrival placement: the worker whose queue this request joins, as the agent's
+        placement decides it (None: it waits for memory, or failed): a cached model goes to
+        the worker that holds it; a miss is placed at once when nobody waits and the policy
+        frees its memory, else it joins the admission queue."""
+        e = cached.get(m)
+        if e is not None:
+            e.last_used = t
+            pol.on_hit(e, t)
+            return holder[m]
+        if size[m] > cap_bytes:  # can never be served
+            res.rejected += 1
+            pending[m] -= 1
+            return None
+        if waiting:
+            purge(t)
+        if not admission.must_wait(len(waiting)):
+            w = place_miss(t, m, None)
+            if w is not None:
+                return w
+        join_queue(t, m, t)
+        return None
+
+    def join_queue(now: float, m: int, arrival: float) -> None:
+        """A miss that cannot be placed now waits at the admission queue's tail (or is
+        refused: full; or leaves at once: its deadline has passed)."""
+        nonlocal seq, tickets
+        if admission.is_full(len(waiting), max_waiting):
+            res.queue_full += 1
+            pending[m] -= 1
+            return
+        tickets += 1
+        ticket = admission.Ticket(
+            str(tickets), names[m], size[m], now, admission.deadline(arrival, deadline_s)
+        )
+        if admission.expired(ticket, now):
+            res.timed_out += 1
+            pending[m] -= 1
+            return
+        waiting.append((ticket, m, arrival))
+        if ticket.deadline < math.inf:  # wake up at the deadline: it leaves, the next is tried
+            seq += 1
+            heapq.heappush(events, (ticket.deadline, seq, -1, m))
+
+    def purge(now: float) -> None:
+        """Waiting requests whose deadline has passed leave the admission queue."""
+        if any(admission.expired(tk, now) for tk, _, _ in waiting):
+            for tk, m, _ in waiting:
+                if admission.expired(tk, now):
+                    res.timed_out += 1
+                    pending[m] -= 1
+            waiting[:] = [x for x in waiting if not admission.expired(x[0], now)]
+
+    def admit(now: float) -> None:
+        """Memory may have freed: place the admission queue's head, then the next, until one
+        cannot be placed (first come, first served: nobody overtakes the head)."""
+        purge(now)
+        while waiting:
+            ticket, m, arrival = waiting[0]
+            e = cached.get(m)
+            if e is not None:  # brought in meanwhile (an earlier waiter): no memory needed
+                e.last_used = now
+                pol.on_hit(e, now)
+                w = holder[m]
+            else:
+                w = place_miss(now, m, None)
+                if w is None:
+                    return
+            del waiting[0]
+            res.admitted_after_wait += 1
+            res.total_admission_wait_s += now - ticket.arrived
+            wait_hist.add(now - ticket.arrived)
+            enqueue(w, arrival, m, now)
 
     if placement == "arrival":
         start = start_placed  # noqa: F811 (the same event loop, the other decision point)
 
     def proactive_tick(now: float, entries: Sequence[Entry] | None = None) -> None:
+        nonlocal seq
         if pro is None:
             return
         for name in pro.expired(refresh_pins(now) if entries is None else entries, now):
@@ -458,6 +594,8 @@ def run(
             if m in cached and not pins[m] and ready_at[m] <= now:
                 evict(m, now)
                 res.proactive_unloads += 1
+        if waiting:  # an unload freed memory (a waiter's deadline may have passed too)
+            admit(now)
         free = cap_bytes - used
         if free > 0:
             cands = [
@@ -475,6 +613,9 @@ def run(
                 set_used(now, used + size[m])
                 pol.on_insert(e, now)
                 res.prewarms += 1
+                if placement == "arrival":  # its load completing unpins it: try the waiters
+                    seq += 1
+                    heapq.heappush(events, (ready_at[m], seq, -1, m))
 
     pro_next = math.inf
 
@@ -491,11 +632,17 @@ def run(
             if tf > limit:
                 return
             tf, _, w, m = heapq.heappop(events)
+            if w < 0:  # admission wake-up: a waiter's deadline, a prewarm load done
+                if waiting:
+                    admit(tf)
+                continue
             pins[m] -= 1
             outstanding[w] -= 1
             if pro is not None and m in cached and not pins[m]:
                 cached[m].pinned = ready_at[m] > tf
                 proactive_tick(tf, [cached[m]])
+            if waiting:  # memory freed: the waiters first (they came before w's next request)
+                admit(tf)
             start(w, tf)
 
     use_next = pol.needs_oracle
@@ -516,16 +663,12 @@ def run(
                 proactive_tick(t)
                 pro_next = pro.next_event_time(t)
             if placement == "arrival":
-                placed = place_on_arrival(t, m)
-                if placed is None:
-                    res.rejected += 1
-                    pending[m] -= 1
-                    continue
-                w, load = placed
-                queues[w].append((t, m, load))
-            else:
-                w = outstanding.index(min(outstanding)) if workers > 1 else 0
-                queues[w].append((t, m))
+                w = place_on_arrival(t, m)
+                if w is not None:
+                    enqueue(w, t, m, t)
+                continue
+            w = outstanding.index(min(outstanding)) if workers > 1 else 0
+            queues[w].append((t, m))
             outstanding[w] += 1
             if busy_until[w] <= t and outstanding[w] == 1:
                 start(w, t)
@@ -534,6 +677,9 @@ def run(
     res.requests = total
     while events:  # drain; with a proactive policy stop at the last finish, not its wake-ups
         finish_until(max(e[0] for e in events))
+    if waiting:  # nothing left to free memory, yet requests wait: a bug, not a result
+        raise RuntimeError(f"{len(waiting)} request(s) still waiting for memory at the end")
+    res.p99_admission_wait_s = wait_hist.quantile(0.99)
     end = max(mem_t, max(busy_until, default=t0))
     set_used(end, used)
     span = end - t0
@@ -556,10 +702,16 @@ def simulate(
     seed: int = 0,
     proactive: str | None = None,
     placement: str = "start",
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    max_waiting: int = admission.DEFAULT_MAX_WAITING,
+    on_served: Callable[[str, float, float], None] | None = None,
 ) -> SimResult:
     """One run from a workload file: the entry point for the agent's replay comparison.
     ``cap_bytes`` may be a percentage string of the workload's total model bytes."""
     with CompactWorkload(workload_path) as wl:
         check_models(wl, profiles)
         cap = parse_cap(cap_bytes, workload_bytes(wl, profiles))
-        return run(wl, profiles, policy, cap, workers, seed, proactive, placement=placement)
+        return run(
+            wl, profiles, policy, cap, workers, seed, proactive, placement=placement,
+            deadline_s=deadline_s, max_waiting=max_waiting, on_served=on_served,
+        )  # fmt: skip

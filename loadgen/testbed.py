@@ -28,9 +28,12 @@ from pathlib import Path
 import click
 import requests
 
+from agent.admission import DEFAULT_MAX_WAITING
 from agent.redis_server import free_port
 from agent.up import stop_processes
 from loadgen.replay import ReplayError, format_summary, run_replay
+from loadgen.replay_sim import simulated_failures
+from loadgen.simulator import DEFAULT_DEADLINE_S
 from loadgen.workload_file import iter_workload
 
 BUNDLED_TRACE = Path(__file__).parent / "data" / "azure2019_invocations_first9rows.csv"
@@ -45,15 +48,19 @@ def agent_process(
     state_dir: Path,
     token: str,
     startup_timeout: float = 90.0,
+    max_waiting: int | None = None,
 ) -> Iterator[str]:
     """A private ``brulee up`` (embedded Redis) on a free port; yields its URL, stops it after.
-    Its output goes to ``state_dir/agent.log``."""
+    Its output goes to ``state_dir/agent.log``. ``max_waiting``: its admission queue's bound
+    (None: the agent's default)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     brulee = str(Path(sys.executable).with_name("brulee"))
     cmd = [brulee, "up", "--port", str(port), "--workers", str(workers),
            "--memory-cap", str(cap_bytes), "--policy", policy, "--models", str(models),
            "--state-dir", str(state_dir)]  # fmt: skip
+    if max_waiting is not None:
+        cmd += ["--max-waiting", str(max_waiting)]
     url = f"http://127.0.0.1:{port}"
     with open(state_dir / "agent.log", "wb") as log:
         proc = subprocess.Popen(
@@ -160,6 +167,8 @@ def policy_rows(results: dict[str, dict]) -> list[dict]:
                 "sim hit ratio": sim.get("hit_ratio"),
                 "cold starts": s["cold_starts"],
                 "sim cold": sim.get("cold_starts"),
+                "sim failed": simulated_failures(sim) if sim else None,
+                "sim waited": sim.get("admitted_after_wait"),
                 "mean load ms": _ms(s.get("mean_load_s")),
                 "mean exec ms": _ms(s.get("mean_exec_s")),
                 "load/exec": s.get("load_over_exec"),
@@ -238,6 +247,13 @@ def plot_policies(rows: list[dict], path: Path) -> None:
 )
 @click.option("--policies", default="cremebrulee", show_default=True, help="comma-separated")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--max-waiting",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_WAITING,
+    show_default=True,
+    help="the agent's admission queue bound (misses waiting for memory), simulated alike",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", default="out/testbed", show_default=True, type=click.Path(file_okay=False))
 def testbed_command(
@@ -248,6 +264,7 @@ def testbed_command(
     cap: str,
     policies: str,
     workers: int,
+    max_waiting: int,
     seed: int,
     out: str,
 ) -> None:
@@ -299,7 +316,14 @@ def testbed_command(
         click.echo(f"\n== {policy}: starting the agent ({workers} workers) and replaying")
         try:
             with agent_process(
-                models, cap_bytes, policy, workers, outdir / policy / "state", token
+                models,
+                cap_bytes,
+                policy,
+                workers,
+                outdir / policy / "state",
+                token,
+                # passed only when not the default, so an agent without the option still runs
+                max_waiting=None if max_waiting == DEFAULT_MAX_WAITING else max_waiting,
             ) as url:
                 summary = run_replay(
                     workload,
@@ -308,6 +332,9 @@ def testbed_command(
                     simulate=True,
                     profiles_path=profiles,
                     token=token,
+                    # the simulator predicts the same admission: the agent's sync timeout (its
+                    # waiting misses' deadline; `brulee up` keeps the default) and bound
+                    sim_overrides={"deadline_s": DEFAULT_DEADLINE_S, "max_waiting": max_waiting},
                 )
         except ReplayError as exc:
             raise click.ClickException(str(exc)) from None

@@ -108,6 +108,9 @@ def test_replay_counts_match_workload_and_agent(server, azure_workload, tmp_path
         "policy": "lru",
         "workers": 1,
         "cap_bytes": saved["memory"][0]["cap_bytes"],
+        # the agent's admission defaults (sync timeout, bound) unless it reports others
+        "deadline_s": 60.0,
+        "max_waiting": 64,
     }
     # the comparison is reported, whatever it says
     assert set(summary["comparison"]) >= {"hit_ratio_pp", "cold_starts_pct"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -250,13 +251,155 @@ def test_profiles_warm_page_cache_uses_the_interpreter_open_time(tmp_path):
 def test_arrival_placement_decides_when_the_request_arrives(tmp_path):
     """One worker, room for one model. A executes 0–1.1; B arrives at 0.5 and queues behind it.
     Deciding at start (t=1.1, A idle) evicts A and serves B; deciding at arrival, as the agent
-    does, finds A pinned (executing) and rejects B. Requests queued behind a load are hits."""
+    does, finds A pinned (executing): B waits for memory in the admission queue until A's
+    execution ends at 1.1, then evicts A, loads (0.1) and runs (1.0): done at 2.2. A at 3
+    evicts B; A at 3.01 is queued behind that load and finds it ready (a hit)."""
     profiles = {"A": ModelCost(0.1, 1.0, 100, 0.0), "B": ModelCost(0.1, 1.0, 100, 0.0)}
     w = workload(tmp_path, [(0, "A"), (0.5, "B"), (3, "A"), (3.01, "A")])
     at_start = simulate(w, profiles, "lru", 100, placement="start")
     assert (at_start.rejected, at_start.cold_starts, at_start.evictions) == (0, 3, 2)
     at_arrival = simulate(w, profiles, "lru", 100, placement="arrival")
-    assert (at_arrival.rejected, at_arrival.cold_starts, at_arrival.evictions) == (1, 1, 0)
-    assert (at_arrival.hits, at_arrival.load_waits) == (2, 0)
+    assert (at_arrival.rejected, at_arrival.cold_starts, at_arrival.evictions) == (0, 3, 2)
+    assert (at_arrival.hits, at_arrival.load_waits) == (1, 0)
+    assert (at_arrival.admitted_after_wait, at_arrival.timed_out) == (1, 0)
+    assert at_arrival.total_admission_wait_s == pytest.approx(0.6)
+    # responses: A 1.1, B 2.2 - 0.5 = 1.7 (its wait included), A 3 -> 4.1, A 3.01 -> 5.1
+    assert at_arrival.mean_response_s == pytest.approx((1.1 + 1.7 + 1.1 + 2.09) / 4)
     with pytest.raises(SimulationError, match="placement"):
         simulate(w, profiles, "lru", 100, placement="sideways")
+
+
+# Admission (arrival placement): agent.admission's rule. Two models X, Y (100 bytes each,
+# load 1 s, exec 1 s) that cannot share a 100-byte cap; timings worked out in each docstring.
+ONE_AT_A_TIME = {"X": ModelCost(1.0, 1.0, 100, 0.0), "Y": ModelCost(1.0, 1.0, 100, 0.0)}
+
+
+def served_order(path: str, profiles: dict, cap: int, **kw) -> tuple:
+    """The run's result and (model, arrival, finish) of every served request, by finish."""
+    done: list[tuple[str, float, float]] = []
+    r = simulate(
+        path, profiles, "lru", cap, placement="arrival", on_served=lambda *a: done.append(a), **kw
+    )
+    return r, sorted(done, key=lambda d: d[2])
+
+
+def test_admission_waits_for_memory_first_come_first_served(tmp_path):
+    """(a) One worker. X@0 loads 0–1, runs 1–2. Y@0.1 finds X pinned: waits. X@0.2 is a hit
+    (queued, which does not pin). Y@0.3: somebody waits, so it waits too. At 2 X ends: Y@0.1
+    evicts X (its queued request does not pin it) and is queued on the worker; Y@0.3 finds Y
+    cached: queued. The worker reaches X@0.2: X was evicted, Y is loading (pinned): X@0.2
+    waits again; Y loads 2–3, runs 3–4; at 4 X@0.2 evicts Y, loads 4–5, runs 5–6; Y@0.3's Y
+    is gone: it waits; at 6 it loads 6–7, runs 7–8. Arrival order kept, nobody refused."""
+    w = workload(tmp_path, [(0, "X"), (0.1, "Y"), (0.2, "X"), (0.3, "Y")])
+    r, done = served_order(w, ONE_AT_A_TIME, 100)
+    assert (r.rejected, r.timed_out, r.queue_full, r.served) == (0, 0, 0, 4)
+    assert [(m, a) for m, a, _ in done] == [("X", 0), ("Y", 0.1), ("X", 0.2), ("Y", 0.3)]
+    assert [f for _, _, f in done] == pytest.approx([2, 4, 6, 8])
+    assert (r.cold_starts, r.hits, r.evictions) == (4, 0, 3)
+    # admissions: Y@0.1 at 2 (1.9 s), Y@0.3 at 2 (1.7), X@0.2 at 4 (waited from 2), Y@0.3
+    # at 6 (from 4)
+    assert r.admitted_after_wait == 4
+    assert r.total_admission_wait_s == pytest.approx(1.9 + 1.7 + 2 + 2)
+    assert r.mean_response_s == pytest.approx((2 + 3.9 + 5.8 + 7.7) / 4)
+    assert r.total_load_delay_s == pytest.approx(4.0)  # load delay excludes the waits
+
+
+def test_admission_a_large_model_is_not_starved_by_smaller_ones(tmp_path):
+    """(b) Cap 200, two workers. S1 (100 B) loads 0–0.5, runs 0.5–2.5. L (200 B) @0.1 cannot
+    fit (S1 pinned): waits. S2@0.2 and S3@0.3 would fit in the free 100 B but must queue behind
+    L. At 2.5 L evicts S1 and runs 2.5–4.5; S2 and S3 wait for it, then both run 4.5–7."""
+    profiles = {f"S{i}": ModelCost(0.5, 2.0, 100, 0.0) for i in (1, 2, 3)}
+    profiles["L"] = ModelCost(1.0, 1.0, 200, 0.0)
+    w = workload(tmp_path, [(0, "S1"), (0.1, "L"), (0.2, "S2"), (0.3, "S3")])
+    r, done = served_order(w, profiles, 200, workers=2)
+    finish = {m: f for m, _, f in done}
+    assert finish == pytest.approx({"S1": 2.5, "L": 4.5, "S2": 7.0, "S3": 7.0})
+    assert (r.admitted_after_wait, r.evictions, r.cold_starts) == (3, 2, 4)
+    assert r.total_admission_wait_s == pytest.approx(2.4 + 4.3 + 4.2)
+
+
+def test_admission_deadline_times_out_and_unblocks_the_next(tmp_path):
+    """(c) Cap 200, two workers. X (exec 10) runs 1–11. L (200 B) @1 waits; S (100 B, would
+    fit) @2 waits behind it. L's deadline (5 s) passes at 6: it leaves (timed out) and S is
+    placed at once: loads 6–7, runs 7–8. With the default 60 s deadline L waits until 11."""
+    profiles = {"X": ModelCost(1.0, 10.0, 100, 0.0), "L": ModelCost(1.0, 1.0, 200, 0.0),
+                "S": ModelCost(1.0, 1.0, 100, 0.0)}  # fmt: skip
+    w = workload(tmp_path, [(0, "X"), (1, "L"), (2, "S")])
+    r, done = served_order(w, profiles, 200, workers=2, deadline_s=5)
+    assert (r.timed_out, r.admitted_after_wait, r.served) == (1, 1, 2)
+    assert [(m, f) for m, _, f in done] == [("S", pytest.approx(8.0)), ("X", 11.0)]
+    assert r.total_admission_wait_s == pytest.approx(4.0)
+    r60, done60 = served_order(w, profiles, 200, workers=2)
+    assert (r60.timed_out, r60.admitted_after_wait, r60.served) == (0, 2, 3)
+    assert [m for m, _, _ in done60] == ["X", "L", "S"]  # L 11–13; S after it, 13–15
+    r_inf, _ = served_order(w, profiles, 200, workers=2, deadline_s=math.inf)
+    assert r_inf.summary() == r60.summary()
+    with pytest.raises(SimulationError, match="deadline"):
+        simulate(w, profiles, "lru", 200, placement="arrival", deadline_s=0)
+
+
+def test_admission_bound_refuses_one_more(tmp_path):
+    """(d) max_waiting=1: X runs 0–2; Y@0.5 waits; Y@0.6 finds the queue full (429); at 2 Y@0.5
+    is placed. A model larger than the cap is still rejected outright."""
+    profiles = {**ONE_AT_A_TIME, "BIG": ModelCost(1.0, 1.0, 500, 0.0)}
+    w = workload(tmp_path, [(0, "X"), (0.5, "Y"), (0.6, "Y"), (0.7, "BIG")])
+    r, done = served_order(w, profiles, 100, max_waiting=1)
+    assert (r.queue_full, r.rejected, r.admitted_after_wait, r.served) == (1, 1, 1, 2)
+    assert [(m, a) for m, a, _ in done] == [("X", 0), ("Y", 0.5)]
+    r0 = simulate(w, profiles, "lru", 100, placement="arrival", max_waiting=0)
+    assert (r0.queue_full, r0.served) == (2, 1)
+
+
+def test_queued_requests_do_not_pin_their_model(tmp_path):
+    """(e) One worker, cap 200. A loads 0–1, runs 1–2. B loads 3–4, runs 4–14. A@5 is queued
+    behind B (a hit when it arrives). C@6 needs 100 B: B executes (pinned) but A is only
+    queued, so A is evicted and C placed. At 14 the worker reaches A@5: A is gone, nobody
+    waits, so the worker reloads it itself (a cold start), evicting B (C is loading, pinned):
+    14–16; then C loads 16–17, runs 17–18. (Before, queued requests pinned A: C was refused.)"""
+    profiles = {"A": ModelCost(1.0, 1.0, 100, 0.0), "B": ModelCost(1.0, 10.0, 100, 0.0),
+                "C": ModelCost(1.0, 1.0, 100, 0.0)}  # fmt: skip
+    w = workload(tmp_path, [(0, "A"), (3, "B"), (5, "A"), (6, "C")])
+    r, done = served_order(w, profiles, 200)
+    assert (r.rejected, r.admitted_after_wait, r.hits) == (0, 0, 0)
+    assert (r.cold_starts, r.evictions) == (4, 2)
+    assert [(m, f) for m, _, f in done] == [("A", 2), ("B", 14), ("A", 16), ("C", 18)]
+
+
+def test_admission_costs_nothing_when_nobody_waits(tmp_path):
+    """(f) The seeded workload of test_deterministic_with_seed, spaced so that nothing ever
+    waits: arrival placement gives exactly what it gave before the admission queue existed
+    (numbers recorded from that version)."""
+    reqs = [(i * 2.6, "ABC"[(i * 7) % 3 if i % 5 else 0]) for i in range(300)]
+    w = workload(tmp_path, reqs)
+    for policy, want in (
+        ("cremebrulee", (139, 161, 159, 162.0, 1.04)),
+        ("random", (163, 137, 135, 184.0, 1.1133333333333333)),
+    ):
+        r = simulate(w, PROFILES, policy, 200, workers=2, seed=3, placement="arrival")
+        assert (r.admitted_after_wait, r.timed_out, r.queue_full, r.rejected) == (0, 0, 0, 0)
+        got = (r.hits, r.cold_starts, r.evictions, r.total_load_delay_s, r.mean_response_s)
+        assert got == pytest.approx(want)
+
+
+def test_cli_arrival_placement_admission_options(tmp_path):
+    """--deadline / --max-waiting reach the simulator; the table shows the admission counts."""
+    w = workload(tmp_path, [(0, "A"), (0.1, "B"), (0.2, "C"), (0.3, "B")])
+    common = ["simulate", "--workload", w, "--profiles", profile_file(tmp_path), "--policies",
+              "lru", "--memory-cap", "100", "--placement", "arrival"]  # fmt: skip
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, [*common, "--max-waiting", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "queue_full" in res.output and "timed_out" in res.output
+    (row,) = csv.DictReader(open(out / "results.csv"))
+    # A runs 0-1.5; B@0.1 waits; C@0.2 and B@0.3 find the one waiting place taken
+    assert (row["queue_full"], row["admitted_after_wait"], row["timed_out"]) == ("2", "1", "0")
+    res = CliRunner().invoke(main, [*common, "--deadline", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    (row,) = csv.DictReader(open(out / "results.csv"))
+    # deadline 1 s: B@0.1, C@0.2 leave at 1.1, 1.2 (A holds memory until 1.5); B@0.3 at 1.3
+    assert (row["timed_out"], row["admitted_after_wait"]) == ("3", "0")
+    res = CliRunner().invoke(main, [*common, "--deadline", "inf", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "results.json").read_text())["meta"]["deadline_s"] == "inf"
+    res = CliRunner().invoke(main, [*common, "--deadline", "0", "--out", str(out)])
+    assert res.exit_code != 0 and "--deadline" in res.output

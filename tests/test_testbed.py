@@ -66,10 +66,12 @@ def test_testbed_against_the_real_agent(profiled_models: Path, tmp_path: Path):
     sim = summary["simulated"]
     assert sim["requests"] == n
     assert sim["settings"]["policy"] == "lru" and sim["settings"]["workers"] == 1
+    assert (sim["settings"]["deadline_s"], sim["settings"]["max_waiting"]) == (60.0, 64)
     assert set(summary["comparison"]) >= {"hit_ratio_pp", "cold_starts_pct"}
     assert "measured" in result.output and "simulated" in result.output
     rows = json.loads((out / "testbed.json").read_text())["policies"]
     assert [r["policy"] for r in rows] == ["lru"] and rows[0]["requests"] == n
+    assert rows[0]["sim failed"] == sum(sim[k] for k in ("rejected", "timed_out", "queue_full"))
     for name in ("report.html", "summary.png", "locust_stats.csv"):
         assert (out / "lru" / name).stat().st_size > 0
 

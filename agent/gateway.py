@@ -299,7 +299,7 @@ def create_app(
 
     @app.get("/system/cache")
     def system_cache():
-        return jsonify(snapshot(placement))
+        return jsonify(snapshot(placement, sync_timeout_s=sync_timeout))
 
     @app.get("/healthz")
     def healthz():

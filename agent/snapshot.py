@@ -34,7 +34,8 @@ def _worker_rss(placement: Placement, worker: str) -> dict[str, Any]:
     }
 
 
-def snapshot(placement: Placement) -> dict[str, Any]:
+def snapshot(placement: Placement, **settings: Any) -> dict[str, Any]:
+    """The cache view; ``settings`` (the gateway's sync timeout) are shown with it."""
     r = placement.r
     alive, _ = placement.members.workers()
     now = time.time()
@@ -89,4 +90,10 @@ def snapshot(placement: Placement) -> dict[str, Any]:
             },
             "workers": workers,
         }
-    return {"policy": placement.policy_name, "time": now, "devices": devices}
+    return {
+        "policy": placement.policy_name,
+        "max_waiting": placement.max_waiting,
+        **settings,
+        "time": now,
+        "devices": devices,
+    }

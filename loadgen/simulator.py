@@ -25,7 +25,9 @@ Arrival placement (``placement="arrival"``), the live agent's model (``agent/pla
 the cache decides when a request *arrives*, not when a worker starts it. A request for a cached
 model joins the queue of the worker that holds it; a miss chooses its victims at once — only
 models executing or loading are pinned (a placed miss's model counts as loading until its worker
-has loaded it); requests merely queued do not pin — and joins the least-loaded worker's queue,
+has loaded it); requests merely queued do not pin, but as in the agent the policy chooses
+among models nobody has requests queued for first, and only if that cannot free enough among
+the others — and joins the least-loaded worker's queue,
 which loads the model when it reaches the request; requests queued behind that load find the
 model ready (hits, as the agent's ``X-Cache`` says).
 
@@ -323,6 +325,7 @@ def run(
     cached: dict[int, Entry] = {}  # model -> entry (resident or loading)
     ready_at = [0.0] * nm  # when a cached model's load completes
     pins = [0] * nm  # requests executing m or waiting for its load (not merely queued)
+    queued = [0] * nm  # arrival placement: requests placed on m's holder, not yet started
     holder = [0] * nm  # arrival placement: the worker that holds m
     # arrival placement: the admission queue, in order: (ticket, model, arrival time)
     waiting: list[tuple[admission.Ticket, int, float]] = []
@@ -445,6 +448,7 @@ def run(
         while qhead[w] < len(q):
             arrival, m = q[qhead[w]]
             qhead[w] += 1
+            queued[m] -= 1
             if m not in cached or holder[m] != w:  # evicted while queued: re-place it
                 outstanding[w] -= 1
                 if m in cached:  # cached again, on another worker: queue there
@@ -479,6 +483,7 @@ def run(
     def enqueue(w: int, arrival: float, m: int, now: float) -> None:
         """Arrival placement: a placed request joins worker ``w``'s queue (started if idle)."""
         queues[w].append((arrival, m))
+        queued[m] += 1
         outstanding[w] += 1
         if outstanding[w] == 1:  # nothing queued or executing on it: idle
             start_placed(w, now)
@@ -490,7 +495,15 @@ def run(
         c = cost[m]
         incoming = Entry(names[m], size[m], c.load_s, c.exec_s, requests[m], t, t)
         need = size[m] - (cap_bytes - used)
-        victims = pol.victims(refresh_pins(t), incoming, need, total, t)
+        # as the agent: copies nobody waits for first, then those with requests queued
+        entries = refresh_pins(t)
+        for e in entries:
+            e.pinned = e.pinned or queued[index[e.name]] > 0
+        victims = pol.victims(entries, incoming, need, total, t)
+        if victims is None and any(queued[index[e.name]] for e in entries):
+            victims = pol.victims(refresh_pins(t), incoming, need, total, t)
+        else:
+            refresh_pins(t)
         if victims is None:
             return None
         for v in victims:

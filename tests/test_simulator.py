@@ -365,6 +365,28 @@ def test_queued_requests_do_not_pin_their_model(tmp_path):
     assert [(m, f) for m, _, f in done] == [("A", 2), ("B", 14), ("A", 16), ("C", 18)]
 
 
+def test_models_with_queued_requests_are_evicted_last(tmp_path):
+    """As in the agent, the policy chooses among models nobody has requests queued for first.
+    One worker, cap 300, FIFO (evicts the longest cached). A@0 (0–2), D@2.5 (2.5–4.5), B@5
+    loads 5–6 and runs 6–16. A@7 is a hit queued behind B. C@8 needs 100: B executes, A is
+    oldest but has a request queued, so D goes. At 16 A@7 is still a hit (16–17); C loads
+    17–18, runs 18–19."""
+    profiles = {"A": ModelCost(1.0, 1.0, 100, 0.0), "B": ModelCost(1.0, 10.0, 100, 0.0),
+                "C": ModelCost(1.0, 1.0, 100, 0.0), "D": ModelCost(1.0, 1.0, 100, 0.0)}  # fmt: skip
+    w = workload(tmp_path, [(0, "A"), (2.5, "D"), (5, "B"), (7, "A"), (8, "C")])
+    done: list[tuple[str, float, float]] = []
+    r = simulate(w, profiles, "fifo", 300, placement="arrival",
+                 on_served=lambda *a: done.append(a))  # fmt: skip
+    assert (r.hits, r.cold_starts, r.evictions) == (1, 4, 1)
+    assert [(m, f) for m, _, f in sorted(done, key=lambda d: d[2])] == [
+        ("A", 2),
+        ("D", 4.5),
+        ("B", 16),
+        ("A", 17),
+        ("C", 19),
+    ]
+
+
 def test_admission_costs_nothing_when_nobody_waits(tmp_path):
     """(f) The seeded workload of test_deterministic_with_seed, spaced so that nothing ever
     waits: arrival placement gives exactly what it gave before the admission queue existed

@@ -116,7 +116,7 @@ def main(models: Path, cap: str, workers: int, clients: int, calls: int, policy:
     latencies = sorted(s for _, s, _ in answers)
     q = statistics.quantiles(latencies, n=100)
     print(f"{clients} clients x {calls} calls over {len(names)} functions ({models}), "
-          f"{workers} workers, cap {cap_bytes / 2**20:.0f} MiB, {policy}; {wall:.1f} s")  # fmt: skip
+          f"{workers} workers, cap {cap_bytes / 2**20:.0f} MiB, {policy}; {wall:.1f} s")
     print(tabulate(sorted(statuses.items()), headers=["status", "calls"]))
     for text, n in errors.most_common(5):
         print(f"  {n} x {text}")

@@ -191,11 +191,15 @@ def create_app(
     def _placement_error(exc: PlacementError):
         return jsonify(error=str(exc)), exc.status
 
-    @app.errorhandler(redis.RedisError)
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
     def _redis_down(exc: redis.RedisError):
-        return jsonify(
-            error=f"the agent's Redis is unreachable ({redact(redis_url)}): {exc}"
-        ), 503
+        return jsonify(error=f"the agent's Redis is unreachable ({redact(redis_url)}): {exc}"), 503
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_error(exc: redis.RedisError):
+        app.logger.exception("Redis refused a command: %s", exc)
+        return jsonify(error=f"the agent's Redis refused a command: {exc}"), 503
 
     @app.errorhandler(413)
     def _too_large(_exc):

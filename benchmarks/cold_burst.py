@@ -65,14 +65,18 @@ def _bodies(models: Path) -> dict[str, tuple[bytes, str]]:
 @click.option("--clients", type=int, default=20, show_default=True)
 @click.option("--calls", type=int, default=3, show_default=True, help="per client")
 @click.option("--policy", default="cremebrulee", show_default=True)
-def main(models: Path, cap: str, workers: int, clients: int, calls: int, policy: str) -> None:
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="keep the agent's state and log here (default: a temporary dir)")  # fmt: skip
+def main(models: Path, cap: str, workers: int, clients: int, calls: int, policy: str,
+         state_dir: Path | None) -> None:  # fmt: skip
     cap_bytes = parse_cap(cap)
     bodies = _bodies(models)
     names = sorted(bodies)
     token = secrets.token_urlsafe(16)
     auth = {"Authorization": f"Bearer {token}"}
     with tempfile.TemporaryDirectory(prefix="brulee-burst-") as tmp:
-        with agent_process(models, cap_bytes, policy, workers, Path(tmp) / "state", token) as url:
+        state = state_dir or Path(tmp) / "state"
+        with agent_process(models, cap_bytes, policy, workers, state, token) as url:
             peaks = {"used": 0, "rss_over_baseline": 0}
             done = threading.Event()
 
@@ -97,7 +101,7 @@ def main(models: Path, cap: str, workers: int, clients: int, calls: int, policy:
                         t0 = time.perf_counter()
                         resp = s.post(f"{url}/function/{name}", data=body,
                                       headers={"Content-Type": ctype}, timeout=120)  # fmt: skip
-                        text = "" if resp.ok else resp.json().get("error", resp.text)[:100]
+                        text = "" if resp.ok else resp.json().get("error", resp.text)[:400]
                         out.append((resp.status_code, time.perf_counter() - t0, text))
                 return out
 
@@ -115,8 +119,10 @@ def main(models: Path, cap: str, workers: int, clients: int, calls: int, policy:
     errors = Counter(text for code, _, text in answers if code != 200)
     latencies = sorted(s for _, s, _ in answers)
     q = statistics.quantiles(latencies, n=100)
-    print(f"{clients} clients x {calls} calls over {len(names)} functions ({models}), "
-          f"{workers} workers, cap {cap_bytes / 2**20:.0f} MiB, {policy}; {wall:.1f} s")
+    print(
+        f"{clients} clients x {calls} calls over {len(names)} functions ({models}), "
+        f"{workers} workers, cap {cap_bytes / 2**20:.0f} MiB, {policy}; {wall:.1f} s"
+    )
     print(tabulate(sorted(statuses.items()), headers=["status", "calls"]))
     for text, n in errors.most_common(5):
         print(f"  {n} x {text}")

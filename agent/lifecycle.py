@@ -230,6 +230,14 @@ class Copies:
                 pipe.hdel(key(name, device), *fields)
         return released
 
+    def clear_pins(self, device: str, worker: str) -> list[str]:
+        """Remove every pin on ``worker``'s copies (its caller knows nothing executes there);
+        returns the slots that had one."""
+        fields = [f for f in self.r.hkeys(key("pins", device)) if unslot(f)[1] == worker]
+        if fields:
+            self.r.hdel(key("pins", device), *fields)
+        return [f.decode() if isinstance(f, bytes) else f for f in fields]
+
     def held_by(self, device: str, worker: str) -> dict[str, dict[str, Any]]:
         """The copies the accounting says ``worker`` holds: model → entry."""
         return {

@@ -29,6 +29,7 @@ from agent.lane import Spool
 from agent.memory import rss_bytes
 from agent.metrics import observe
 from agent.placement import Placement
+from agent.txn import through_outage
 from functions.handlers import BadInput, make_handler
 from functions.tensors import from_npy
 
@@ -153,8 +154,11 @@ def _finish_load(ctx: Context, req: dict[str, Any], load_s: float, rss_before: i
     if facts.get("profiled") and observed <= int(facts.get("bytes") or 0):
         correction = None
     try:
-        kept = ctx.copies.loaded(
-            ctx.device, model, ctx.worker, correction, load_s, observed, ctx.placement.policy()
+        kept = through_outage(
+            lambda: ctx.copies.loaded(
+                ctx.device, model, ctx.worker, correction, load_s, observed, ctx.placement.policy()
+            ),
+            f"marking {model} ready",
         )
     except redis.RedisError:
         log.exception("could not mark %s ready; the heartbeat's reconciliation will", model)

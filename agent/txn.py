@@ -8,6 +8,7 @@ then :class:`Contended` is raised: the caller answers 503 rather than hang.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import TypeVar
 import redis
 
 T = TypeVar("T")
+log = logging.getLogger("brulee.txn")
 MAX_ATTEMPTS = 40
 BACKOFF_FIRST_S = 0.0005
 BACKOFF_MAX_S = 0.02
@@ -52,3 +54,20 @@ def transaction(
     raise Contended(
         f"{what} changed under {MAX_ATTEMPTS} attempts in a row (heavy contention); retry"
     )
+
+
+def through_outage(call: Callable[[], T], what: str, patience_s: float = 15.0) -> T:
+    """``call()``, tried again while Redis is unreachable (a restart takes about a second),
+    for at most ``patience_s``: the steps a worker must not lose — a copy turning ready, the
+    answer that unpins it — survive a Redis restart instead of leaving a pin behind."""
+    deadline = time.monotonic() + patience_s
+    delay = 0.1
+    while True:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            if time.monotonic() > deadline:
+                raise
+            log.warning("Redis unreachable while %s; trying again in %.1f s", what, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)

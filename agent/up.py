@@ -134,12 +134,23 @@ def worker_argv(
     return argv + ["--memory-cap", str(cap), "--policy", policy, "--models", str(models_dir)]
 
 
+def gateway_threads(processes: int, max_waiting: int | None = None) -> int:
+    """Threads per gateway process: a synchronous request waiting for memory holds one, so
+    there must be room for a full admission queue (``max_waiting``) plus 8 per process for
+    everything else — hits, ``/healthz``, ``/system/cache`` — or waiting requests would
+    starve them."""
+    from agent.admission import DEFAULT_MAX_WAITING
+
+    waiting = max_waiting or int(os.environ.get("BRULEE_MAX_WAITING") or DEFAULT_MAX_WAITING)
+    return 8 + -(-waiting // max(processes, 1))
+
+
 def gateway_argv(host: str, port: int, processes: int) -> list[str]:
     """gunicorn serving the gateway; everything else comes from ``BRULEE_*`` in its env."""
     return [
         sys.executable, "-m", "gunicorn", "-w", str(processes), "-k", "gthread",
-        "--threads", "8", "-b", f"{host}:{port}", "--graceful-timeout", "10",
-        "agent.gateway:create_app()",
+        "--threads", str(gateway_threads(processes)), "-b", f"{host}:{port}",
+        "--graceful-timeout", "10", "agent.gateway:create_app()",
     ]  # fmt: skip
 
 

@@ -44,7 +44,7 @@ from agent.membership import HEARTBEAT_TTL, PlacementError
 from agent.memory import release_memory, rss_bytes
 from agent.placement import Placement
 from agent.serve import REPLACED, Context, account, serve
-from agent.txn import Contended
+from agent.txn import Contended, through_outage
 
 log = logging.getLogger("brulee.worker")
 JOB_FUNCTIONS = ("agent.worker.invoke", "agent.worker.evict", "agent.worker.prewarm")
@@ -75,10 +75,14 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
             result = _replace(ctx, req, b"", ASYNC)
             if result is REPLACED:
                 return {"moved_to": req["moved_to"]}
-        with ctx.conn.pipeline(transaction=False) as pipe:
-            pipe.delete(req["input_key"])
-            account(ctx, req, result, pinned, pipe)
-            pipe.execute()
+
+        def answer() -> None:
+            with ctx.conn.pipeline(transaction=False) as pipe:
+                pipe.delete(req["input_key"])
+                account(ctx, req, result, pinned, pipe)
+                pipe.execute()
+
+        through_outage(answer, f"answering job {req.get('job_id')}")
     _admit_if_waiting(ctx)
     if req.get("callback"):
         notify(req, result)
@@ -109,7 +113,10 @@ def evict(models: list[str]) -> dict[str, int]:
     with ctx.lock:
         for model in models:
             freed[model] = ctx.interpreters.drop(model)
-            ctx.copies.released(ctx.device, model, ctx.worker, freed[model])
+            through_outage(
+                lambda m=model: ctx.copies.released(ctx.device, m, ctx.worker, freed[m]),
+                f"releasing {model}",
+            )
     _admit_if_waiting(ctx)
     return freed
 
@@ -162,11 +169,15 @@ def serve_lane(raw: bytes) -> None:
         if result is REPLACED:
             waiters = 0
         else:
-            with ctx.conn.pipeline(transaction=False) as pipe:
-                pipe.rpush(req["reply"], reply_message(result))
-                pipe.expire(req["reply"], waiting.REPLY_TTL_S)
-                account(ctx, req, result, pinned, pipe)
-                replies = pipe.execute()
+
+            def answer() -> list:
+                with ctx.conn.pipeline(transaction=False) as pipe:
+                    pipe.rpush(req["reply"], reply_message(result))
+                    pipe.expire(req["reply"], waiting.REPLY_TTL_S)
+                    account(ctx, req, result, pinned, pipe)
+                    return pipe.execute()
+
+            replies = through_outage(answer, f"answering a call of {req.get('function')}")
             waiters = int(replies[2]) if pinned else 0
     if waiters:
         _admit_if_waiting(ctx, check=False)
@@ -222,7 +233,8 @@ def reconcile(ctx: Context) -> None:
     """Make what this process holds and what the accounting says it holds agree (under the
     context's lock, so no invocation is half way): interpreters the accounting does not count
     (neither a copy nor being released) are dropped; copies counted ``ready`` that this process
-    does not hold are given back; a load whose ``ready`` step failed is completed."""
+    does not hold are given back; a load whose ``ready`` step failed is completed; pins on this
+    worker's copies (nothing executes while the lock is held) are stale and cleared."""
     held = ctx.copies.held_by(ctx.device, ctx.worker)
     releasing = {
         m
@@ -239,6 +251,9 @@ def reconcile(ctx: Context) -> None:
         if entry["state"] == "ready" and model not in ctx.interpreters.models:
             log.warning("accounted for %s, which this worker does not hold: giving it back", model)
             ctx.copies.give_back(ctx.device, model, ctx.worker)
+    stale = ctx.copies.clear_pins(ctx.device, ctx.worker)
+    if stale:  # nothing executes here now: a pin left by an answer Redis never took
+        log.warning("cleared stale pins of %s", ", ".join(stale))
 
 
 # -- the worker process -------------------------------------------------------------------------

@@ -245,3 +245,14 @@ def test_an_async_job_whose_copy_was_evicted_while_queued_runs_as_a_miss(agent):
     assert status["status"] == "finished", status
     assert status["id"] == accepted.json()["id"] and status["X-Cache"] == "miss"
     _assert_ready_and_unpinned(agent, "digits-cnn")
+
+
+def test_a_pin_nobody_holds_is_cleared(agent):
+    """A pin left behind (an answer Redis never took: it restarted mid-call) would keep its
+    copy unevictable for good; the worker's reconciliation clears it while nothing runs."""
+    (worker,) = agent["placement"].members.workers()[0]
+    agent["conn"].hset(key("pins", "dev"), f"digits-cnn|{worker}", 3)
+    deadline = time.monotonic() + 15
+    while agent["conn"].hexists(key("pins", "dev"), f"digits-cnn|{worker}"):
+        assert time.monotonic() < deadline, "the stale pin was never cleared"
+        time.sleep(0.2)

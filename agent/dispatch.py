@@ -18,8 +18,9 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from agent.keys import lane
+from agent.keys import lane, route
 from agent.lane import lane_message
+from agent.membership import ROUTE_TTL_S
 from agent.placement import Decision, ModelFacts, Placement, Wait
 
 JOB_TTL_S = 3600  # how long RQ keeps an async job's result (and failure)
@@ -52,6 +53,7 @@ def push_lane(
     """A synchronous invocation onto the chosen worker's lane, in ``pipe``."""
     message = lane_message(placed(req, decision), payload)
     (pipe.lpush if front else pipe.rpush)(lane(decision.worker), message)
+    pipe.set(route(req["reply"]), decision.worker, ex=ROUTE_TTL_S)
     return decision.worker
 
 

@@ -28,7 +28,7 @@ from rq.serializers import JSONSerializer
 from agent import admission, waiting
 from agent.dispatch import ASYNC, SYNC, submit, with_facts
 from agent.errors import ApiError
-from agent.keys import key
+from agent.keys import key, route
 from agent.lane import Spool, lane_message, read_reply
 from agent.membership import PlacementError
 from agent.placement import ModelFacts, Placement, RegistryChanged
@@ -168,11 +168,15 @@ class Invocations:
             popped = self.r.blpop([reply], timeout=max(min(left, 1.0), 0.01))
             if popped is not None:
                 return read_reply(popped[1])
-            if decision.ticket is None and not self.r.exists(key("alive", decision.worker)):
-                raise ApiError(
-                    503,
-                    f"worker {decision.worker} died before finishing the job for {name!r}; retry",
-                )
+            worker = self._route(reply, decision)
+            if worker is not None and not self.r.exists(key("alive", worker)):
+                # forgetting it moves the calls it had queued to be placed again: if this one
+                # was among them it is orphaned now, and this caller keeps waiting
+                self.placement.members.forget_worker(worker)
+                if self._route(reply, decision) == worker:  # it had started it
+                    raise ApiError(
+                        503, f"worker {worker} died before finishing the job for {name!r}; retry"
+                    )
             if time.time() < deadline:
                 continue
             if decision.ticket is not None and waiting.cancel(
@@ -200,6 +204,15 @@ class Invocations:
                 f"function {name!r} did not answer within its deadline "
                 f"({self.sync_timeout:g} s, or X-Deadline-Ms)",
             )
+
+    def _route(self, reply: str, decision) -> str | None:
+        """The worker that has the call now (None: not placed yet, or orphaned by a dead
+        worker and waiting to be placed again: nobody to check on)."""
+        routed = self.r.get(route(reply))
+        if routed is None:
+            return None if decision.ticket is not None else decision.worker
+        routed = routed.decode()
+        return None if routed == "orphaned" else routed
 
     def _hand_over(self, batch) -> tuple[str | None, dict[str, Any], bytes]:
         """How the input reaches the worker: a spool slot when every worker shares this

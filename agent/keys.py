@@ -28,7 +28,9 @@ Admission (:mod:`agent.waiting`):
 
 Requests and statistics:
 
-- ``lane:{w}`` list: synchronous invocations for worker ``w``; ``reply:{id}``: one answer
+- ``lane:{w}`` list: synchronous invocations for worker ``w``; ``reply:{id}``: one answer;
+  ``reply:{id}:route``: the worker that has the call now (or ``orphaned``)
+- ``orphans:{d}`` list: calls queued on a worker that died, to be placed again
 - ``input:{id}``: an async job's input tensor (TTL)
 - ``stats:{m}`` hash: ``requests``, ``load_s``, ``exec_s``, ``bytes``, ``observed_bytes``,
   ``freed_bytes``; ``requests``: all requests (the policies' R)
@@ -63,6 +65,12 @@ def unslot(field_: str | bytes) -> tuple[str, str]:
 def lane(worker: str) -> str:
     """The list a worker pops synchronous invocations from."""
     return key("lane", worker)
+
+
+def route(reply: str) -> str:
+    """Where a synchronous call is now (its worker's name, or ``orphaned`` while it waits to
+    be placed again): the gateway checks that worker's heartbeat while it waits."""
+    return f"{reply}:route"
 
 
 def rq_queue(queue: str) -> str:

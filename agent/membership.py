@@ -10,14 +10,16 @@ the list (the hit script refuses a stale one).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import redis
 
-from agent.keys import decode, key, lane, worker_queue
+from agent.keys import decode, key, lane, route, worker_queue
 from agent.lifecycle import Copies
 
 HEARTBEAT_TTL = 5.0  # seconds without a heartbeat before a worker counts as dead
+ROUTE_TTL_S = 120  # how long a call's route key (which worker has it) lives
 
 
 @dataclass(frozen=True)
@@ -122,11 +124,14 @@ class Membership:
             return [(m or b"").decode() for m in pipe.execute()]
 
     def forget_worker(self, worker: str) -> list[str]:
-        """Drop a dead worker: its copies leave the accounting, its lane and registration go;
-        returns the models it held. Its queued synchronous calls are answered by their
-        gateways ("worker … died"); async jobs left in its RQ queue stay there (see
-        docs/agent.md)."""
+        """Drop a dead worker: its copies leave the accounting, its registration goes; returns
+        the models it held. The synchronous calls queued on its lane never started: they move
+        to the device's orphans, to be placed again (:func:`agent.waiting.adopt_orphans`);
+        the one it was running is answered by its gateway ("worker … died"). Async jobs left
+        in its RQ queue stay there (``GET /jobs`` says the worker died)."""
         device = (self.r.hget(key("worker", worker), "device") or b"").decode()
+        if device:
+            self._orphan_lane(worker, device)
         with self.r.pipeline() as pipe:
             released = self.copies.forget_worker(pipe, device, worker) if device else []
             pipe.srem(key("workers"), worker)
@@ -134,6 +139,16 @@ class Membership:
             pipe.incr(key("members", "version"))
             pipe.execute()
         return released
+
+    def _orphan_lane(self, worker: str, device: str) -> None:
+        for _ in range(10):  # the lane changes only while its worker's heartbeat still shows
+            calls = self.r.lrange(lane(worker), 0, -1)
+            routes = [route(json.loads(c.split(b"\n", 1)[0]).get("reply", "")) for c in calls]
+            moved = self.copies.scripts.orphan(
+                keys=[lane(worker), key("orphans", device), *routes], args=[ROUTE_TTL_S]
+            )
+            if moved >= 0:
+                return
 
 
 def parse_cap(device: str, raw: bytes | None) -> int:

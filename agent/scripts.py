@@ -22,7 +22,7 @@ def source(name: str) -> str:
 class Scripts:
     """The registered scripts, as attributes: ``Scripts(conn).claim(keys=…, args=…)``."""
 
-    NAMES = ("hit", "claim", "unpin", "ready")
+    NAMES = ("hit", "claim", "unpin", "ready", "orphan")
 
     def __init__(self, conn: redis.Redis) -> None:
         for name in self.NAMES:
@@ -32,3 +32,4 @@ class Scripts:
     claim: Script
     unpin: Script
     ready: Script
+    orphan: Script

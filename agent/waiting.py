@@ -27,6 +27,7 @@ from agent import admission
 from agent.keys import decode, key
 from agent.lane import reply_message
 from agent.lifecycle import LOADING
+from agent.membership import PlacementError
 
 REPLY_TTL_S = 120  # an answer nobody collected (its caller gave up) expires
 
@@ -192,6 +193,40 @@ def admit(placement: Placement, device: str, now: float | None = None) -> int:
         if decision.ticket is not None:
             return placed  # still no room for the head: nobody behind it may overtake
         placed += 1
+
+
+def adopt_orphans(placement: Placement, device: str) -> int:
+    """Place again the calls a dead worker had queued (``orphans:{d}``; they never started),
+    as misses through the same placement and admission; a call whose deadline passed, or
+    that cannot be placed, is answered with why. Returns how many were placed."""
+    from agent.dispatch import SYNC, submit
+    from agent.txn import Contended
+
+    conn, placed = placement.r, 0
+    while (raw := conn.lpop(key("orphans", device))) is not None:
+        head, _, payload = raw.partition(b"\n")
+        req = json.loads(head)
+        req["recount"] = "miss" if req.get("miss") else "hit"
+        deadline = float(req.get("deadline") or "inf")
+        if time.time() >= deadline:
+            _answer(conn, req, {"error": "its worker died before running it and its deadline "
+                                "passed before another could", "status": 503})  # fmt: skip
+            continue
+        try:
+            submit(placement, req, payload, SYNC, req["reply"], deadline, front=True)
+            placed += 1
+        except (PlacementError, Contended) as exc:
+            _answer(conn, req, {"error": str(exc), "status": exc.status,
+                                **({"retry_after": exc.retry_after}
+                                   if getattr(exc, "retry_after", None) else {})})  # fmt: skip
+    return placed
+
+
+def _answer(conn: redis.Redis, req: dict[str, Any], reply: dict[str, Any]) -> None:
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.rpush(req["reply"], reply_message(reply))
+        pipe.expire(req["reply"], REPLY_TTL_S)
+        pipe.execute()
 
 
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -220,11 +220,20 @@ def _lane_input(ctx: Context, req: dict[str, Any], inline: bytes) -> bytes | Non
 
 
 def _admit_if_waiting(ctx: Context, check: bool = True) -> None:
-    """Memory may have freed: place the requests waiting for it (if any)."""
+    """Memory may have freed: place the requests waiting for it (if any), and the calls a
+    dead worker of this device left queued (if any)."""
     try:
-        if check and not ctx.conn.zcard(key("waiting", ctx.device)):
-            return
-        waiting.admit(ctx.placement, ctx.device)
+        if check:
+            with ctx.conn.pipeline(transaction=False) as pipe:
+                pipe.zcard(key("waiting", ctx.device))
+                pipe.llen(key("orphans", ctx.device))
+                queued, orphans = pipe.execute()
+        else:
+            queued, orphans = 1, ctx.conn.llen(key("orphans", ctx.device))
+        if orphans:
+            waiting.adopt_orphans(ctx.placement, ctx.device)
+        if queued:
+            waiting.admit(ctx.placement, ctx.device)
     except (redis.RedisError, PlacementError, Contended) as exc:
         log.warning("admission failed: %s", exc)
 

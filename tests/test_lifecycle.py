@@ -256,3 +256,37 @@ def test_a_pin_nobody_holds_is_cleared(agent):
     while agent["conn"].hexists(key("pins", "dev"), f"digits-cnn|{worker}"):
         assert time.monotonic() < deadline, "the stale pin was never cleared"
         time.sleep(0.2)
+
+
+def test_calls_queued_on_a_dead_worker_are_served_by_another(test_models: Path):
+    """A worker is stopped with calls queued on its lane, then killed: the calls never
+    started, so they are placed again on the other worker and answered 200. The first call
+    after the pause is the exception: Redis hands it to the worker's pending blocking pop (into
+    its socket), so the dead worker had taken it — that one is answered "worker … died"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    digits = {"inputs": np.zeros((1, 8, 8, 1)).tolist()}
+    with running_agent(test_models, CAP, workers=2, token=TOKEN) as agent:
+        url = agent["url"]
+        first = requests.post(f"{url}/function/digits-cnn", json=digits, timeout=30)
+        holder = first.headers["X-Worker"]
+        placement = Placement(redis.Redis.from_url(agent["redis_url"]))
+        pid = int(placement.r.hget(key("worker", holder), "pid"))
+        proc = next(p for p in agent["workers"] if p.pid == pid)
+        os.kill(pid, signal.SIGSTOP)
+        with ThreadPoolExecutor(3) as pool:
+            calls = [
+                pool.submit(requests.post, f"{url}/function/digits-cnn", json=digits, timeout=60)
+                for _ in range(3)
+            ]
+            deadline = time.monotonic() + 10
+            # two queue behind the pause (a third would get a second copy elsewhere)
+            while placement.r.llen(key("lane", holder)) < 2:
+                assert time.monotonic() < deadline, "the calls were not queued on the holder"
+                time.sleep(0.05)
+            proc.kill()
+            answers = [c.result() for c in calls]
+        codes = sorted(a.status_code for a in answers)
+        assert codes == [200, 200, 503], [a.text for a in answers]
+        assert all(a.headers["X-Worker"] != holder for a in answers if a.status_code == 200)
+        assert all("died" in a.json()["error"] for a in answers if a.status_code == 503)

@@ -36,6 +36,17 @@ def _cap(_ctx, _param, value: str | None) -> int | None:
         raise click.BadParameter(str(exc)) from exc
 
 
+def _callback_allow(_ctx, _param, value: str | None) -> str | None:
+    from agent.callbacks import CallbackPolicy
+
+    if value is not None:
+        try:
+            CallbackPolicy.parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    return value
+
+
 @click.command("up")
 @click.option("--port", default=8080, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -59,6 +70,15 @@ def _cap(_ctx, _param, value: str | None) -> int | None:
 @models_dir_option
 @click.option("--functions", "functions_file", default=None, help="stack.yml (default: all models)")
 @state_dir_option
+@click.option(
+    "--callback-allow",
+    envvar="BRULEE_CALLBACK_ALLOW",
+    default=None,
+    callback=_callback_allow,
+    help="Hosts and CIDR networks (comma-separated) that X-Callback-Url may reach although "
+    "they are loopback, private, link-local, ... (default: public hosts only) "
+    "[env: BRULEE_CALLBACK_ALLOW]",
+)
 def up_command(
     port,
     host,
@@ -70,8 +90,11 @@ def up_command(
     models_dir,
     functions_file,
     state_dir,
+    callback_allow,
 ) -> None:
     """Start Redis, the gateway and the workers; stop all of them on SIGTERM/SIGINT."""
+    if callback_allow is not None:  # the gateway processes read it from their environment
+        os.environ["BRULEE_CALLBACK_ALLOW"] = callback_allow
     try:
         sys.exit(
             run_up(

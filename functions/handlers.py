@@ -89,7 +89,7 @@ def json_inputs(doc: Any) -> np.ndarray:
     if not isinstance(doc, dict):
         raise BadInput(f'JSON body must be an object {{"inputs": [...]}}, got {json_type(doc)}')
     if "inputs" not in doc:
-        raise BadInput('JSON body has no "inputs" field (expected {"inputs": <nested list>})')
+        raise BadInput('JSON body must be an object with an "inputs" field: {"inputs": [...]}')
     inputs = doc["inputs"]
     if isinstance(inputs, (dict, str, bool)) or inputs is None:
         raise BadInput(f"'inputs' must be a nested list of numbers, got {json_type(inputs)}")
@@ -99,7 +99,7 @@ def json_inputs(doc: Any) -> np.ndarray:
         raise BadInput(f"'inputs' is not a rectangular nested list of numbers ({exc})") from exc
     if array.dtype.kind not in "iuf":
         found = {"b": "booleans", "U": "strings"}.get(array.dtype.kind, "null, objects or strings")
-        raise BadInput(f"'inputs' must hold numbers only; found {found}")
+        raise BadInput(f"inputs must be numbers; found {found} in 'inputs'")
     return array
 
 

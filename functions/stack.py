@@ -117,9 +117,9 @@ def _check_types(spec: dict[str, Any]) -> None:
     ``memory`` may be null: a stack file's empty ``options:``)."""
     for key in ("model", "file", "handler"):
         if key in spec and not isinstance(spec[key], str):
-            raise ValueError(f"{key!r} must be a string, got {json_type(spec[key])}")
+            raise ValueError(f"{key} must be a string, got {json_type(spec[key])}")
     if "options" in spec and spec["options"] is not None and not isinstance(spec["options"], dict):
-        raise ValueError(f"'options' must be a mapping, got {json_type(spec['options'])}")
+        raise ValueError(f"options must be a mapping, got {json_type(spec['options'])}")
 
 
 def build_function(

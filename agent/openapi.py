@@ -149,7 +149,10 @@ def _schemas(models: list[str] | None) -> dict[str, Any]:
                 "file": {
                     "type": "string",
                     "minLength": 1,
-                    "description": "a file inside the model directory (default: the model's)",
+                    "description": (
+                        "a file inside the model directory (default: the model's); another "
+                        "file must be in the catalog with the model's signature"
+                    ),
                 },
                 "memory": {
                     "description": "bytes, or a size like '64Mi' (at least one byte)",

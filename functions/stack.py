@@ -122,6 +122,41 @@ def _check_types(spec: dict[str, Any]) -> None:
         raise ValueError(f"options must be a mapping, got {json_type(spec['options'])}")
 
 
+def _signature(record: dict[str, Any]) -> tuple:
+    return tuple(
+        (list(record.get(f"{side}_shape") or []), str(record.get(f"{side}_dtype")))
+        for side in ("input", "output")
+    )
+
+
+def _check_file_fits(
+    model: str, record: dict[str, Any], path: Path, models_dir: str | os.PathLike, catalog: dict
+) -> None:
+    """A function may serve ``model`` from another file only when the catalog knows that file
+    and it has the model's input and output signature: the gateway checks requests against the
+    model's record, so a worker running another shape would fail every call."""
+    holder = next(
+        (
+            r
+            for r in catalog.values()
+            if r.get("file") and model_path(models_dir, r["file"]) == path
+        ),
+        None,
+    )
+    if holder is None:
+        raise ValueError(
+            f"model file {path.name!r} is not in the catalog, so its signature cannot be "
+            f"checked against model {model!r}'s; deploy the model it holds instead"
+        )
+    if _signature(holder) != _signature(record):
+        (want, want_dtype), _ = _signature(record)
+        (got, got_dtype), _ = _signature(holder)
+        raise ValueError(
+            f"model file {path.name!r} holds {holder.get('name')!r} (input {got} {got_dtype}), "
+            f"which does not fit model {model!r} (input {want} {want_dtype})"
+        )
+
+
 def build_function(
     name: str, spec: dict[str, Any], models_dir: str | os.PathLike, catalog: dict[str, dict]
 ) -> Function:
@@ -140,7 +175,9 @@ def build_function(
         raise ValueError(f"model {model!r:.80} is not in the catalog ({sorted(catalog)})")
     record = catalog[model]
     file = spec.get("file", record["file"])
-    model_path(models_dir, file)
+    path = model_path(models_dir, file)
+    if path != model_path(models_dir, record["file"]) and path.is_file():
+        _check_file_fits(model, record, path, models_dir, catalog)
     handler = spec["handler"] if "handler" in spec else handler_for(record)
     options = spec.get("options") or {}
     make_handler(handler, record, **options)  # unknown handler, options or signature fail here

@@ -24,6 +24,7 @@ Anything else fails: a 500, an undocumented status, a non-JSON error, a 405 with
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -43,7 +44,7 @@ set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "brulee-hypothesis")
 pytestmark = pytest.mark.timeout(300)
 CAP = 64 * 1024 * 1024
 TOKEN = "fuzz-token"
-MAX_EXAMPLES = 40  # per operation and phase; the whole module runs in about a minute
+MAX_EXAMPLES = int(os.environ.get("BRULEE_FUZZ_EXAMPLES", "40"))  # per operation and phase
 INVOCATIONS = ["invokeFunction", "invokeFunctionAsync"]
 SEMANTIC_400 = [*INVOCATIONS, "deployFunction"]
 # Schemathesis' default for accepted valid data (5xx are judged by not_a_server_error)
@@ -57,7 +58,7 @@ def fuzz_config(url: str | None = None):
         {
             **({"base-url": url} if url else {}),
             "headers": {"Authorization": f"Bearer {TOKEN}"},
-            "seed": 20261129,
+            "seed": int(os.environ.get("BRULEE_FUZZ_SEED", "20261129")),
             "generation": {"max-examples": MAX_EXAMPLES, "mode": "all", "database": "none"},
             "checks": {"enabled": True},
             "operations": [
@@ -93,6 +94,9 @@ def model_names() -> list[str]:
 
     return sorted(spec.name for spec in plan(resolve("test")))
 
+
+# .npy bodies go out as the raw bytes Schemathesis generates for "format: binary"
+schemathesis.serializer.alias("application/x-npy", "application/octet-stream")
 
 # The document the agent serves, built here at import so pytest can parametrize over its
 # operations (test_the_fuzzed_document_is_the_served_one checks that the two are equal).

@@ -144,6 +144,7 @@ def test_wrong_json_types_in_invocations_are_400(agent, route, body, named):
         ('{"name": "x", "model": "digits-cnn", "memory": 1.5}', "memory"),
         ('{"name": "x", "model": "digits-cnn", "memory": "0"}', "memory"),
         ('{"name": "x", "model": "digits-cnn", "file": "nope.tflite"}', "does not exist"),
+        ('{"name": "x", "model": "digits-cnn", "file": "tiny-cnn.tflite"}', "does not fit"),
         ('{"name": "%s", "model": "digits-cnn"}' % ("a" * 129), "function name"),  # noqa: UP031
     ],
 )

@@ -98,7 +98,9 @@ def json_inputs(doc: Any) -> np.ndarray:
     except ValueError as exc:  # ragged nesting, or deeper than numpy's dimension limit
         raise BadInput(f"'inputs' is not a rectangular nested list of numbers ({exc})") from exc
     if array.dtype.kind not in "iuf":
-        found = {"b": "booleans", "U": "strings"}.get(array.dtype.kind, "null, objects or strings")
+        found = {"b": "booleans", "U": "strings"}.get(
+            array.dtype.kind, "null, objects, or integers beyond 64 bits"
+        )
         raise BadInput(f"inputs must be numbers; found {found} in 'inputs'")
     return array
 

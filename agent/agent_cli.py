@@ -38,6 +38,17 @@ def _cap(_ctx, _param, value: str | None) -> int | None:
         raise click.BadParameter(str(exc)) from exc
 
 
+def _callback_allow(_ctx, _param, value: str | None) -> str | None:
+    from agent.callbacks import CallbackPolicy
+
+    if value is not None:
+        try:
+            CallbackPolicy.parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    return value
+
+
 @click.command("up")
 @click.option("--port", default=8080, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -96,6 +107,15 @@ def _cap(_ctx, _param, value: str | None) -> int | None:
     help="Seconds a synchronous call may take, waiting for memory included (a request's "
     "X-Deadline-Ms header may shorten it).",
 )
+@click.option(
+    "--callback-allow",
+    envvar="BRULEE_CALLBACK_ALLOW",
+    default=None,
+    callback=_callback_allow,
+    help="Hosts and CIDR networks (comma-separated) that X-Callback-Url may reach although "
+    "they are loopback, private, link-local, ... (default: public hosts only) "
+    "[env: BRULEE_CALLBACK_ALLOW]",
+)
 def up_command(
     port,
     host,
@@ -111,12 +131,15 @@ def up_command(
     state_dir,
     max_waiting,
     sync_timeout,
+    callback_allow,
 ) -> None:
     """Start Redis, the gateway and the workers, restart any that dies (with backoff); stop all
     of them on SIGTERM/SIGINT."""
     # the gateway and the workers (which admit waiting requests too) read them from here
     os.environ["BRULEE_MAX_WAITING"] = str(max_waiting)
     os.environ["BRULEE_SYNC_TIMEOUT"] = str(sync_timeout)
+    if callback_allow is not None:
+        os.environ["BRULEE_CALLBACK_ALLOW"] = callback_allow
     try:
         sys.exit(
             run_up(

@@ -17,13 +17,16 @@ from typing import Any
 import redis
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry, generate_latest
+from werkzeug.exceptions import HTTPException
 
+from agent.callbacks import ENV, CallbackPolicy, CallbackRefused
 from agent.errors import ApiError
 from agent.invocations import HEADERS, Invocations
 from agent.keys import key
 from agent.lane import Spool
 from agent.membership import PlacementError
 from agent.metrics import RedisCollector
+from agent.openapi import openapi_document
 from agent.placement import Placement
 from agent.redis_server import redact
 from agent.registry import Registry, _function_doc
@@ -42,99 +45,6 @@ def read_token(state_dir: str | os.PathLike | None) -> str | None:
     return None
 
 
-def openapi_document() -> dict[str, Any]:
-    """The API's OpenAPI 3 description (kept next to the routes it describes)."""
-    err = {
-        "description": "error",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-    body = {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"type": "object", "properties": {"inputs": {}}}},
-            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-    json_ok = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
-    faults = {s: err for s in ("400", "404", "413", "503", "507")}
-    secured = [{"bearer": []}]
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "brulee edge agent", "version": "1"},
-        "paths": {
-            "/function/{name}": {
-                "post": {
-                    "summary": "Invoke a function synchronously",
-                    "parameters": [name],
-                    "requestBody": body,
-                    "responses": {"200": json_ok, **faults, "504": err},
-                }
-            },
-            "/async-function/{name}": {
-                "post": {
-                    "summary": "Invoke a function asynchronously",
-                    "parameters": [
-                        name,
-                        {"name": "X-Callback-Url", "in": "header", "schema": {"type": "string"}},
-                    ],
-                    "requestBody": body,
-                    "responses": {"202": json_ok, **faults},
-                }
-            },
-            "/jobs/{id}": {
-                "get": {
-                    "summary": "State and result of an async job",
-                    "parameters": [
-                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-                    ],
-                    "responses": {"200": json_ok, "404": err},
-                }
-            },
-            "/system/functions": {
-                "get": {
-                    "summary": "List functions",
-                    "security": secured,
-                    "responses": {"200": json_ok, "401": err},
-                },
-                "post": {
-                    "summary": "Deploy a function",
-                    "security": secured,
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    },
-                    "responses": {"201": json_ok, "400": err, "401": err},
-                },
-                "delete": {
-                    "summary": "Remove a function",
-                    "security": secured,
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    },
-                    "responses": {"200": json_ok, "401": err, "404": err},
-                },
-            },
-            "/system/cache": {"get": {"summary": "Cache state", "responses": {"200": json_ok}}},
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": json_ok, "503": err}}},
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text"}},
-                }
-            },
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": json_ok}}},
-        },
-        "components": {
-            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "string"}}}},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-    }
-
-
 def create_app(
     redis_url: str | None = None,
     models_dir: str | os.PathLike | None = None,
@@ -146,6 +56,7 @@ def create_app(
     sync_timeout: float = 60.0,
     spool_dir: str | os.PathLike | None = None,
     max_waiting: int | None = None,
+    callback_allow: str | None = None,
 ) -> Flask:
     """Build the app; unset arguments come from ``BRULEE_*`` environment variables (gunicorn)."""
     env = os.environ.get
@@ -159,6 +70,7 @@ def create_app(
     body_limit = body_limit or int(env("BRULEE_BODY_LIMIT") or DEFAULT_BODY_LIMIT)
     policy = policy or env("BRULEE_POLICY") or "cremebrulee"
     sync_timeout = float(env("BRULEE_SYNC_TIMEOUT") or sync_timeout)
+    callbacks = CallbackPolicy.parse(callback_allow if callback_allow is not None else env(ENV))
 
     conn = redis.Redis.from_url(
         redis_url, socket_connect_timeout=2, socket_timeout=sync_timeout + 5
@@ -201,17 +113,28 @@ def create_app(
         app.logger.exception("Redis refused a command: %s", exc)
         return jsonify(error=f"the agent's Redis refused a command: {exc}"), 503
 
-    @app.errorhandler(413)
-    def _too_large(_exc):
-        return jsonify(error=f"request body larger than the limit of {body_limit} bytes"), 413
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        """Werkzeug's own answers (no route, wrong method, body over the limit, a malformed
+        request) as JSON, keeping their headers (``Allow`` on a 405)."""
+        messages = {
+            404: f"no route {request.path}",
+            405: f"method {request.method} not allowed on {request.path}",
+            413: f"request body larger than the limit of {body_limit} bytes",
+        }
+        resp = jsonify(error=messages.get(exc.code or 500, exc.description or exc.name))
+        resp.status_code = exc.code or 500
+        for header, value in exc.get_headers():
+            if header.lower() != "content-type":
+                resp.headers[header] = value
+        return resp
 
-    @app.errorhandler(404)
-    def _not_found(_exc):
-        return jsonify(error=f"no route {request.path}"), 404
-
-    @app.errorhandler(405)
-    def _bad_method(_exc):
-        return jsonify(error=f"method {request.method} not allowed on {request.path}"), 405
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        """Anything else is a bug: logged with its traceback, answered as JSON (never Flask's
+        HTML page), and the agent keeps serving."""
+        app.logger.exception("unexpected error on %s %s", request.method, request.path)
+        return jsonify(error=f"unexpected error ({type(exc).__name__}); see the agent's log"), 500
 
     def require_token() -> None:
         if token is None:
@@ -219,6 +142,29 @@ def create_app(
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise ApiError(401, "management endpoints need 'Authorization: Bearer <token>'")
+
+    def json_body(what: str = "body") -> Any:
+        """The request's JSON document, read strictly (``functions.tensors.parse_json``)."""
+        from functions.handlers import BadInput
+        from functions.tensors import parse_json
+
+        if request.mimetype != "application/json":
+            raise ApiError(
+                400, f"wrong content type {request.mimetype or '(none)'!r}: send application/json"
+            )
+        try:
+            return parse_json(request.get_data(), what)
+        except BadInput as exc:
+            raise ApiError(exc.status, str(exc)) from exc
+
+    def deadline_header() -> str | None:
+        """``X-Deadline-Ms``: absent, or a whole number of milliseconds > 0 (else 400)."""
+        raw = request.headers.get("X-Deadline-Ms")
+        if raw is None:
+            return None
+        if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+            raise ApiError(400, f"X-Deadline-Ms must be an integer > 0 (ms), got {raw!r:.40}")
+        return raw
 
     def respond(head: dict[str, Any], body: bytes):
         if "error" in head:
@@ -232,13 +178,21 @@ def create_app(
 
     @app.post("/function/<name>")
     def invoke(name: str):
-        return respond(*invocations.call(name, request.get_data(), request.content_type or "",
-                                         request.headers.get("X-Deadline-Ms")))  # fmt: skip
+        deadline = deadline_header()
+        return respond(
+            *invocations.call(name, request.get_data(), request.content_type or "", deadline)
+        )
 
     @app.post("/async-function/<name>")
     def invoke_async(name: str):
-        job_id = invocations.submit(name, request.get_data(), request.content_type or "",
-                                    request.headers.get("X-Callback-Url"))  # fmt: skip
+        deadline_header()
+        callback = request.headers.get("X-Callback-Url")
+        if callback is not None:
+            try:
+                callback = callbacks.check(callback)
+            except CallbackRefused as exc:
+                raise ApiError(400, str(exc)) from exc
+        job_id = invocations.submit(name, request.get_data(), request.content_type or "", callback)
         resp = jsonify(id=job_id, status="queued", location=f"/jobs/{job_id}")
         resp.status_code = 202
         resp.headers["Location"] = f"/jobs/{job_id}"
@@ -278,31 +232,38 @@ def create_app(
     @app.post("/system/functions")
     def deploy_function():
         require_token()
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict) or not body.get("name"):
-            raise ApiError(400, "body must be JSON with at least 'name' and 'model'")
-        from functions.stack import build_function
+        from functions.stack import build_function, deploy_request, model_path
         from models.catalog import load_catalog
 
-        spec = {k: v for k, v in body.items() if k != "name"}
         try:
-            fn = build_function(body["name"], spec, models, load_catalog(models))
+            name, spec = deploy_request(json_body())
+            fn = build_function(name, spec, models, load_catalog(models))
         except ValueError as exc:
             raise ApiError(400, str(exc)) from exc
+        if not model_path(models, fn.file).is_file():
+            raise ApiError(400, f"model file {fn.file!r} does not exist in the model directory")
         registry.ensure_loaded()
         return jsonify(registry.deploy(_function_doc(fn))), 201
 
     @app.delete("/system/functions")
     def remove_function():
         require_token()
-        body = request.get_json(silent=True) or {}
-        name = body.get("functionName") or body.get("name") or request.args.get("name")
-        if not name or not registry.remove(name):
+        body = json_body()
+        if not isinstance(body, dict) or "functionName" not in body:
+            raise ApiError(400, 'body must be a JSON object {"functionName": "<name>"}')
+        unknown = sorted(set(body) - {"functionName"})
+        if unknown:
+            raise ApiError(400, f"unknown field(s) {unknown}; the body is {{'functionName'}}")
+        name = body["functionName"]
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, f"'functionName' must be a non-empty string, got {name!r:.80}")
+        if not registry.remove(name):
             raise ApiError(404, f"function {name!r} is not deployed")
         return jsonify(removed=name)
 
     @app.get("/system/cache")
     def system_cache():
+        require_token()  # worker names hold host names and process ids
         return jsonify(snapshot(placement, sync_timeout_s=sync_timeout))
 
     @app.get("/healthz")
@@ -330,6 +291,12 @@ def create_app(
 
     @app.get("/openapi.json")
     def openapi():
-        return jsonify(openapi_document())
+        from models.catalog import load_catalog
+
+        try:
+            served = sorted(load_catalog(models))
+        except (OSError, ValueError):
+            served = None
+        return jsonify(openapi_document(served))
 
     return app

@@ -19,13 +19,12 @@ Handlers:
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 import numpy as np
 
 from functions.errors import BadInput
-from functions.tensors import from_npy
+from functions.tensors import from_npy, json_type, parse_json
 
 __all__ = ["BadInput", "Handler", "HANDLERS", "handler_for", "make_handler", "MAX_BODY_BYTES"]
 
@@ -59,13 +58,51 @@ def conform(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.nd
     if array.dtype == dtype:
         return array
     if dtype.kind == "f":
-        return array.astype(dtype)
+        with np.errstate(over="ignore"):
+            cast = array.astype(dtype)
+        overflowed = np.isinf(cast)
+        if overflowed.any() and (overflowed & ~np.isinf(array)).any():
+            raise BadInput(
+                f"wrong dtype: values outside {dtype} range (largest {np.finfo(dtype).max:g})"
+            )
+        return cast
     if dtype.kind in "iu" and array.dtype.kind in "biu":
         info = np.iinfo(dtype)
         if array.size and (array.min() < info.min or array.max() > info.max):
             raise BadInput(f"wrong dtype: values outside {dtype} range [{info.min}, {info.max}]")
         return array.astype(dtype)
     raise BadInput(f"wrong dtype: the model takes {dtype}, got {array.dtype} (no lossy casts)")
+
+
+def positive_int(handler: str, option: str, value: Any) -> int:
+    """An option that must be a whole number >= 1 (not a bool, string or float)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"handler {handler!r}: {option} must be an integer >= 1, got {value!r:.60}"
+        )
+    return value
+
+
+def json_inputs(doc: Any) -> np.ndarray:
+    """The array of a JSON body ``{"inputs": <nested list of numbers>}``; BadInput naming what
+    is of the wrong type (the body, ``inputs``, or the list's items)."""
+    if not isinstance(doc, dict):
+        raise BadInput(f'JSON body must be an object {{"inputs": [...]}}, got {json_type(doc)}')
+    if "inputs" not in doc:
+        raise BadInput('JSON body must be an object with an "inputs" field: {"inputs": [...]}')
+    inputs = doc["inputs"]
+    if isinstance(inputs, (dict, str, bool)) or inputs is None:
+        raise BadInput(f"'inputs' must be a nested list of numbers, got {json_type(inputs)}")
+    try:
+        array = np.asarray(inputs)
+    except ValueError as exc:  # ragged nesting, or deeper than numpy's dimension limit
+        raise BadInput(f"'inputs' is not a rectangular nested list of numbers ({exc})") from exc
+    if array.dtype.kind not in "iuf":
+        found = {"b": "booleans", "U": "strings"}.get(
+            array.dtype.kind, "null, objects, or integers beyond 64 bits"
+        )
+        raise BadInput(f"inputs must be numbers; found {found} in 'inputs'")
+    return array
 
 
 class Handler:
@@ -91,7 +128,8 @@ class Handler:
             ) from exc
         self.record = record
         self.options = options
-        self.max_bytes = int(options.get("max_bytes", MAX_BODY_BYTES))
+        limit = options.get("max_bytes", MAX_BODY_BYTES)
+        self.max_bytes = positive_int(self.name, "max_bytes", limit)
 
     def decode(self, body: bytes, content_type: str) -> np.ndarray:
         """Validate ``body`` and return the model's input batch (BadInput otherwise)."""
@@ -124,16 +162,7 @@ class TensorHandler(Handler):
         if media == "application/x-npy":
             array = from_npy(body)
         else:
-            try:
-                doc = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise BadInput(f"body is not valid JSON ({exc})") from exc
-            if not isinstance(doc, dict) or "inputs" not in doc:
-                raise BadInput('JSON body must be an object {"inputs": <nested list>}')
-            try:
-                array = np.asarray(doc["inputs"])
-            except ValueError as exc:  # ragged nesting
-                raise BadInput(f"inputs are not a rectangular nested list ({exc})") from exc
+            array = json_inputs(parse_json(body))
         return conform(array, self.input_shape, self.input_dtype)
 
     def encode(self, output: np.ndarray) -> dict[str, Any]:
@@ -170,10 +199,14 @@ class ImageHandler(Handler):
                 f"handler 'image': unknown preprocess {self.preprocess!r}; "
                 f"known: {list(PREPROCESS_MODES)}"
             )
-        self.top_k = int(options.get("top_k", 5))
-        if self.top_k < 1:
-            raise ValueError(f"handler 'image': top_k must be >= 1, got {self.top_k}")
+        self.top_k = positive_int(self.name, "top_k", options.get("top_k", 5))
         self.labels = options.get("labels")
+        if self.labels is not None and not (
+            isinstance(self.labels, list) and all(isinstance(x, str) for x in self.labels)
+        ):
+            raise ValueError(
+                f"handler 'image': labels must be a list of strings, got {self.labels!r:.60}"
+            )
 
     def _decode(self, body: bytes, media: str) -> np.ndarray:
         from PIL import Image

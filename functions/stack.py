@@ -17,10 +17,18 @@ from typing import Any
 import yaml
 
 from functions.handlers import HANDLERS, handler_for, make_handler
+from functions.tensors import json_type
 
 log = logging.getLogger(__name__)
 
 FUNCTION_KEYS = {"model", "handler", "memory", "options", "file"}
+API_REQUIRED = ["name", "model"]  # what POST /system/functions needs (and the schema says)
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_MAX = 128
+# a size of at least one byte ("0.5G" is written "512Mi"), spaces allowed; the API schema
+# uses the same pattern (plain spaces: Python's and ECMAScript's \s differ)
+MEMORY_PATTERN = r" *(0*[1-9][0-9]*(?:\.[0-9]+)?) *([kKmMgG]i?)?[bB]? *"
+MEMORY_RE = re.compile(MEMORY_PATTERN)
 TOP_KEYS = {"version", "provider", "functions"}
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
 
@@ -75,38 +83,103 @@ def parse_memory(value: Any) -> int | None:
         return None
     if isinstance(value, bool):
         raise ValueError(f"memory must be bytes or a size like '64Mi', got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, int):
         if value <= 0:
             raise ValueError(f"memory must be positive, got {value}")
         return value
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]i?)?[bB]?\s*", str(value))
+    m = MEMORY_RE.fullmatch(value) if isinstance(value, str) else None
     if not m:
-        raise ValueError(f"memory must be bytes or a size like '64Mi', got {value!r}")
+        raise ValueError(
+            f"memory must be bytes or a size like '64Mi' (at least 1 byte), got {value!r:.80}"
+        )
     size = int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
     if size <= 0:
         raise ValueError(f"memory must be positive, got {value!r}")
     return size
 
 
+def deploy_request(body: Any) -> tuple[str, dict[str, Any]]:
+    """The function name and spec of a ``POST /system/functions`` body: a JSON object with the
+    required ``name`` and ``model`` (a stack file may omit ``model``; the API may not) and the
+    optional keys of ``FUNCTION_KEYS``; ValueError naming the missing or ill-typed field."""
+    if not isinstance(body, dict):
+        raise ValueError(f"body must be a JSON object, got {json_type(body)}")
+    for required in API_REQUIRED:
+        if required not in body:
+            raise ValueError(f"missing required field {required!r} (required: {API_REQUIRED})")
+    return body["name"], {k: v for k, v in body.items() if k != "name"}
+
+
+def _check_types(spec: dict[str, Any]) -> None:
+    """ValueError naming a key whose value has the wrong JSON/YAML type (``options`` and
+    ``memory`` may be null: a stack file's empty ``options:``)."""
+    for key in ("model", "file", "handler"):
+        if key in spec and not isinstance(spec[key], str):
+            raise ValueError(f"{key} must be a string, got {json_type(spec[key])}")
+    if "options" in spec and spec["options"] is not None and not isinstance(spec["options"], dict):
+        raise ValueError(f"options must be a mapping, got {json_type(spec['options'])}")
+
+
+def _signature(record: dict[str, Any]) -> tuple:
+    return tuple(
+        (list(record.get(f"{side}_shape") or []), str(record.get(f"{side}_dtype")))
+        for side in ("input", "output")
+    )
+
+
+def _check_file_fits(
+    model: str, record: dict[str, Any], path: Path, models_dir: str | os.PathLike, catalog: dict
+) -> None:
+    """A function may serve ``model`` from another file only when the catalog knows that file
+    and it has the model's input and output signature: the gateway checks requests against the
+    model's record, so a worker running another shape would fail every call."""
+    holder = next(
+        (
+            r
+            for r in catalog.values()
+            if r.get("file") and model_path(models_dir, r["file"]) == path
+        ),
+        None,
+    )
+    if holder is None:
+        raise ValueError(
+            f"model file {path.name!r} is not in the catalog, so its signature cannot be "
+            f"checked against model {model!r}'s; deploy the model it holds instead"
+        )
+    if _signature(holder) != _signature(record):
+        (want, want_dtype), _ = _signature(record)
+        (got, got_dtype), _ = _signature(holder)
+        raise ValueError(
+            f"model file {path.name!r} holds {holder.get('name')!r} (input {got} {got_dtype}), "
+            f"which does not fit model {model!r} (input {want} {want_dtype})"
+        )
+
+
 def build_function(
     name: str, spec: dict[str, Any], models_dir: str | os.PathLike, catalog: dict[str, dict]
 ) -> Function:
     """One function from its stack entry (or a management-API body); ValueError on bad keys."""
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ValueError(f"function name {name!r} must be letters, digits, . _ -")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > NAME_MAX:
+        raise ValueError(
+            f"function name {name!r:.80} must be 1-{NAME_MAX} letters, digits, . _ - "
+            "(starting with a letter or digit)"
+        )
     unknown = sorted(set(spec) - FUNCTION_KEYS)
     if unknown:
         raise ValueError(f"unknown key(s) {unknown}; known: {sorted(FUNCTION_KEYS)}")
+    _check_types(spec)
     model = spec.get("model", name)
-    if not isinstance(model, str) or model not in catalog:
-        raise ValueError(f"model {model!r} is not in the catalog ({sorted(catalog)})")
+    if model not in catalog:
+        raise ValueError(f"model {model!r:.80} is not in the catalog ({sorted(catalog)})")
     record = catalog[model]
     file = spec.get("file", record["file"])
-    model_path(models_dir, file)
-    handler = spec.get("handler") or handler_for(record)
+    path = model_path(models_dir, file)
+    if path != model_path(models_dir, record["file"]) and path.is_file():
+        _check_file_fits(model, record, path, models_dir, catalog)
+    handler = spec["handler"] if "handler" in spec else handler_for(record)
     options = spec.get("options") or {}
-    if not isinstance(options, dict):
-        raise ValueError(f"options must be a mapping, got {type(options).__name__}")
     make_handler(handler, record, **options)  # unknown handler, options or signature fail here
     memory = parse_memory(spec.get("memory"))
     return Function(name, model, str(file), handler, memory, options, record)

@@ -1,4 +1,5 @@
-"""Tensors as ``.npy`` bytes: how a request batch travels through Redis to a worker.
+"""Tensors as ``.npy`` bytes: how a request batch travels through Redis to a worker; and the
+one strict reader of client JSON bodies.
 
 ``.npy`` keeps shape and dtype exactly and, loaded with ``allow_pickle=False``, never runs
 client-supplied pickle data (object arrays are refused instead of unpickled).
@@ -7,12 +8,43 @@ client-supplied pickle data (object arrays are refused instead of unpickled).
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
+import orjson
 
 from functions.errors import BadInput
 
 NPY_MAGIC = b"\x93NUMPY"
+JSON_MAX_DEPTH = 1024  # orjson's own limit: deeper bodies are refused before any recursion
+JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+
+
+def parse_json(body: bytes, what: str = "body") -> Any:
+    """A client's JSON document, read strictly by orjson: no NaN/Infinity, no number beyond
+    float64 (``1e999``, a 400-digit integer), no nesting deeper than ``JSON_MAX_DEPTH``, valid
+    UTF-8 only. Anything else is BadInput naming the problem (never a RecursionError or a
+    ValueError from Python's own reader, which answered 500)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        detail = str(exc)
+        if "depth limit" in detail:
+            problem = f"is nested deeper than {JSON_MAX_DEPTH} levels"
+        elif "infinity" in detail:
+            problem = "holds a number out of range (beyond float64, e.g. 1e999 or 10**400)"
+        elif not body:
+            problem = "is empty"
+        else:
+            problem = "is not valid JSON"
+        raise BadInput(f"{what} {problem} ({detail})") from exc
+
+
+def json_type(value: Any) -> str:
+    """``value``'s JSON type, for error messages ("an object", "a number", "null", ...)."""
+    if value is None:
+        return "null"
+    return JSON_TYPES.get(type(value), "a number")
 
 
 def to_npy(a: np.ndarray) -> bytes:

@@ -145,11 +145,13 @@ def _memory_bytes(cache: object) -> tuple[float, float]:
 
 
 class MemoryPoller(threading.Thread):
-    """Polls ``/system/cache`` every ``interval`` seconds; keeps (time, used, cap), last answer."""
+    """Polls ``/system/cache`` (with the management token) every ``interval`` seconds; keeps
+    (time, used, cap), last answer."""
 
-    def __init__(self, host: str, interval: float = 0.5) -> None:
+    def __init__(self, host: str, interval: float = 0.5, token: str | None = None) -> None:
         super().__init__(daemon=True)
         self.url = host.rstrip("/") + "/system/cache"
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.interval = interval
         self.samples: list[tuple[float, dict[str, float]]] = []
         self.last: dict | None = None
@@ -159,7 +161,10 @@ class MemoryPoller(threading.Thread):
 
     def poll_once(self) -> None:
         try:
-            answer = self._session.get(self.url, timeout=2).json()
+            resp = self._session.get(self.url, headers=self.headers, timeout=2)
+            if resp.status_code != 200:  # e.g. 401 without the token: no sample
+                return
+            answer = resp.json()
         except (requests.RequestException, ValueError):
             return
         if self.first is None:
@@ -226,7 +231,7 @@ def run_replay(
         BRULEE_REPLAY_CONCURRENCY=str(concurrency),
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     )
-    poller = MemoryPoller(host)
+    poller = MemoryPoller(host, token=token)
     poller.start()
     started = time.time()
     # headless, Locust's own console tables go to DIR/locust.log (its CSV and HTML reports are

@@ -39,8 +39,11 @@ def models_dir(test_models: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def agent(models_dir: Path):
-    with running_agent(models_dir, CAP, workers=1, token=TOKEN) as info:
-        yield info
+    # the callback tests post to a server of the test on loopback: allowed here only
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BRULEE_CALLBACK_ALLOW", "127.0.0.1")
+        with running_agent(models_dir, CAP, workers=1, token=TOKEN) as info:
+            yield info
 
 
 def auth() -> dict:
@@ -227,7 +230,7 @@ def test_async_job_and_callback(agent):
 
 def test_cache_metrics_health_openapi(agent):
     post_json(agent, "digits-cnn", digits_input())
-    cache = requests.get(f"{agent['url']}/system/cache", timeout=10).json()
+    cache = requests.get(f"{agent['url']}/system/cache", headers=auth(), timeout=10).json()
     device = cache["devices"]["dev"]
     assert device["cap_bytes"] == CAP and device["used_bytes"] <= CAP
     assert requests.get(f"{agent['url']}/healthz", timeout=10).json()["workers"] == 1
@@ -258,6 +261,32 @@ def test_cache_metrics_health_openapi(agent):
         "/openapi.json",
     }
     assert set(doc["paths"]) == rules
+
+
+def test_openapi_declares_required_fields_statuses_and_links(agent):
+    doc = requests.get(f"{agent['url']}/openapi.json", timeout=10).json()
+    schemas = doc["components"]["schemas"]
+    assert schemas["DeployRequest"]["required"] == ["name", "model"]
+    assert "digits-cnn" in schemas["DeployRequest"]["properties"]["model"]["enum"]
+    assert schemas["RemoveRequest"]["required"] == ["functionName"]
+    paths = doc["paths"]
+    for path in ("/function/{name}", "/async-function/{name}"):
+        post = paths[path]["post"]
+        assert {"400", "404", "413", "429", "500", "503", "507"} <= set(post["responses"])
+        assert post["responses"]["429"]["headers"]["Retry-After"]["required"] is True
+        assert "Retry-After" in post["responses"]["503"]["headers"]
+        deadline = next(p for p in post["parameters"] if p["name"] == "X-Deadline-Ms")
+        assert deadline["in"] == "header" and deadline["schema"]["minimum"] == 1
+    deploy_links = paths["/system/functions"]["post"]["responses"]["201"]["links"]
+    assert {link["operationId"] for link in deploy_links.values()} == {
+        "invokeFunction",
+        "invokeFunctionAsync",
+        "removeFunction",
+    }
+    job_link = paths["/async-function/{name}"]["post"]["responses"]["202"]["links"]["GetJob"]
+    assert job_link == {"operationId": "getJob", "parameters": {"id": "$response.body#/id"}}
+    assert paths["/system/cache"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in paths["/healthz"]["get"]
 
 
 def test_redis_down_is_503_and_recovers(agent):
@@ -336,7 +365,9 @@ def test_concurrent_cold_requests_never_exceed_cap(models_dir: Path, tmp_path_fa
 
         def watch():
             while not done.is_set():
-                snap = requests.get(f"{small['url']}/system/cache", timeout=10).json()
+                snap = requests.get(
+                    f"{small['url']}/system/cache", headers=auth(), timeout=10
+                ).json()
                 peaks.extend(d["used_bytes"] for d in snap["devices"].values())
 
         watcher = threading.Thread(target=watch)
@@ -353,7 +384,7 @@ def test_concurrent_cold_requests_never_exceed_cap(models_dir: Path, tmp_path_fa
         # misses that find the memory held by executing or loading models wait for it
         assert codes == [200] * 10, [a.text for a in answers]
         assert peaks and max(peaks) <= cap
-        snap = requests.get(f"{small['url']}/system/cache", timeout=10).json()
+        snap = requests.get(f"{small['url']}/system/cache", headers=auth(), timeout=10).json()
         assert sum(d["evictions"].get("cremebrulee", 0) for d in snap["devices"].values()) > 0
 
 
@@ -373,7 +404,7 @@ def test_killed_worker_fails_sync_and_async_jobs_with_a_reason(agent):
         doc = requests.get(f"{agent['url']}{queued.headers['Location']}", timeout=10).json()
         assert doc["status"] == "failed" and "died" in doc["error"]
     # the dead worker's models are released from the accounting
-    snap = requests.get(f"{agent['url']}/system/cache", timeout=10).json()
+    snap = requests.get(f"{agent['url']}/system/cache", headers=auth(), timeout=10).json()
     assert snap["devices"] == {}
     resp = post_json(agent, "digits-cnn", digits_input())
     assert resp.status_code == 503 and "no worker" in resp.json()["error"]

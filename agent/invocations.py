@@ -199,6 +199,13 @@ class Invocations:
             popped = self.r.blpop([reply], timeout=0.2)  # answered just now?
             if popped is not None:
                 return read_reply(popped[1])
+            if self.r.get(route(reply)) == b"orphaned":
+                raise ApiError(
+                    503,
+                    f"the worker that had the call of {name!r} died before running it, and no "
+                    "other worker took it before its deadline; retry",
+                    {"Retry-After": "1"},
+                )
             raise ApiError(
                 504,
                 f"function {name!r} did not answer within its deadline "

@@ -397,8 +397,12 @@ def test_killed_worker_fails_sync_and_async_jobs_with_a_reason(agent):
     worker.wait(10)
     queued = post_json(agent, "digits-cnn", digits_input(), path="async-function")
     started = time.monotonic()
-    resp = post_json(agent, "digits-cnn", digits_input())
-    assert resp.status_code == 503 and "died" in resp.json()["error"]
+    # queued on the dead worker, never started: it waits to be placed again; with no other
+    # worker (and no supervisor to restart one) its deadline ends the wait
+    resp = requests.post(f"{agent['url']}/function/digits-cnn",
+                         json={"inputs": digits_input().tolist()},
+                         headers={"X-Deadline-Ms": "6000"}, timeout=60)  # fmt: skip
+    assert resp.status_code == 503 and "died" in resp.json()["error"], resp.text
     assert time.monotonic() - started < 15
     if queued.status_code == 202:
         doc = requests.get(f"{agent['url']}{queued.headers['Location']}", timeout=10).json()

@@ -50,9 +50,11 @@ def placed(req: dict[str, Any], decision: Decision) -> dict[str, Any]:
 def push_lane(
     pipe, decision: Decision, req: dict[str, Any], payload: bytes, front: bool = False
 ) -> str:
-    """A synchronous invocation onto the chosen worker's lane, in ``pipe``."""
+    """A synchronous invocation onto the chosen worker's lane, in ``pipe``. A miss goes to
+    the front: its reserved memory is pinned until the worker has loaded the model, and must
+    not sit idle behind a backlog of hits while other misses wait for memory."""
     message = lane_message(placed(req, decision), payload)
-    (pipe.lpush if front else pipe.rpush)(lane(decision.worker), message)
+    (pipe.lpush if front or not decision.hit else pipe.rpush)(lane(decision.worker), message)
     pipe.set(route(req["reply"]), decision.worker, ex=ROUTE_TTL_S)
     return decision.worker
 

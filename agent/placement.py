@@ -155,6 +155,13 @@ class Placement:
         self.members = Membership(conn, self.copies)
         self._hit_view: tuple[bytes, list[Worker], list[str]] | None = None
 
+    def uncount(self, device: str, req: dict[str, Any]) -> None:
+        """A request placed again that could not be (it gets an error instead): it no longer
+        counts as the hit or miss it was counted as."""
+        outcome = req.get("recount")
+        if outcome:
+            self.r.hincrby(key("hits" if outcome == "hit" else "misses", device), req["model"], -1)
+
     def policy(self, clock: float = 0.0) -> EvictionPolicy:
         return policy_for(self.policy_name, self.policy_options, clock)
 

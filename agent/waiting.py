@@ -216,6 +216,7 @@ def adopt_orphans(placement: Placement, device: str) -> int:
             submit(placement, req, payload, SYNC, req["reply"], deadline, front=True)
             placed += 1
         except (PlacementError, Contended) as exc:
+            placement.uncount(device, req)
             _answer(conn, req, {"error": str(exc), "status": exc.status,
                                 **({"retry_after": exc.retry_after}
                                    if getattr(exc, "retry_after", None) else {})})  # fmt: skip

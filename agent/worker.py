@@ -197,6 +197,7 @@ def _replace(ctx: Context, req: dict[str, Any], payload: bytes, kind: str = SYNC
         submit(ctx.placement, req, payload, kind, ident,
                float("inf") if deadline is None else float(deadline), front=True)  # fmt: skip
     except (PlacementError, Contended) as exc:
+        ctx.placement.uncount(ctx.device, req)
         extra = {"retry_after": exc.retry_after} if hasattr(exc, "retry_after") else {}
         return {"error": str(exc), "status": exc.status, "worker": ctx.worker, **extra}
     return REPLACED

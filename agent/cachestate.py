@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from agent.keys import decode, key, lane, rq_queue, slot, unslot
+from agent.keys import decode, key, lanes, rq_queue, slot, unslot
 from agent.lifecycle import LOADING
 from agent.membership import Membership
 from agent.policies import Entry, EvictionPolicy, make_policy
@@ -35,11 +35,12 @@ def ask_backlogs(pipe, workers) -> None:
     """Queue in ``pipe`` each worker's RQ queue and lane length (for :func:`backlogs_from`)."""
     for w in workers:
         pipe.llen(rq_queue(w.queue))
-        pipe.llen(lane(w.name))
+        for name in lanes(w.name):
+            pipe.llen(name)
 
 
 def backlogs_from(workers, lengths: list[int]) -> dict[str, int]:
-    return {w.name: lengths[2 * i] + lengths[2 * i + 1] for i, w in enumerate(workers)}
+    return {w.name: sum(lengths[3 * i : 3 * i + 3]) for i, w in enumerate(workers)}
 
 
 def policy_entries(

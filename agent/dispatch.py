@@ -18,7 +18,7 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from agent.keys import lane, route
+from agent.keys import lane, load_lane, route
 from agent.lane import lane_message
 from agent.membership import ROUTE_TTL_S
 from agent.placement import Decision, ModelFacts, Placement, Wait
@@ -50,11 +50,15 @@ def placed(req: dict[str, Any], decision: Decision) -> dict[str, Any]:
 def push_lane(
     pipe, decision: Decision, req: dict[str, Any], payload: bytes, front: bool = False
 ) -> str:
-    """A synchronous invocation onto the chosen worker's lane, in ``pipe``. A miss goes to
-    the front: its reserved memory is pinned until the worker has loaded the model, and must
-    not sit idle behind a backlog of hits while other misses wait for memory."""
+    """A synchronous invocation onto the chosen worker's lane, in ``pipe``. A miss goes to its
+    load lane, popped first: its reserved memory is pinned until the worker has loaded the
+    model, and must not sit idle behind a backlog of hits while others wait for memory.
+    ``front``: a hit placed again goes to the front of its lane."""
     message = lane_message(placed(req, decision), payload)
-    (pipe.lpush if front or not decision.hit else pipe.rpush)(lane(decision.worker), message)
+    if not decision.hit:
+        pipe.rpush(load_lane(decision.worker), message)
+    else:
+        (pipe.lpush if front else pipe.rpush)(lane(decision.worker), message)
     pipe.set(route(req["reply"]), decision.worker, ex=ROUTE_TTL_S)
     return decision.worker
 

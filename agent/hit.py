@@ -9,7 +9,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from agent.keys import decode, key, lane, rq_queue, slot
+from agent.keys import decode, key, lane, load_lane, rq_queue, slot
 from agent.membership import Worker
 from agent.policies import Entry, EvictionPolicy
 
@@ -60,7 +60,7 @@ def try_hit(
             len(workers),
         ]
         for w in workers:
-            keys += [key("alive", w.name), lane(w.name), rq_queue(w.queue)]
+            keys += [key("alive", w.name), lane(w.name), rq_queue(w.queue), load_lane(w.name)]
             args += [w.name, index[w.device]]
         found = placement.scripts.hit(keys=keys, args=args)
         if found is None:

@@ -28,7 +28,8 @@ Admission (:mod:`agent.waiting`):
 
 Requests and statistics:
 
-- ``lane:{w}`` list: synchronous invocations for worker ``w``; ``reply:{id}``: one answer;
+- ``lane:{w}`` list: synchronous invocations for worker ``w``; ``lane:{w}:loads``: the
+  misses among them (popped first); ``reply:{id}``: one answer;
   ``reply:{id}:route``: the worker that has the call now (or ``orphaned``)
 - ``orphans:{d}`` list: calls queued on a worker that died, to be placed again
 - ``input:{id}``: an async job's input tensor (TTL)
@@ -65,6 +66,17 @@ def unslot(field_: str | bytes) -> tuple[str, str]:
 def lane(worker: str) -> str:
     """The list a worker pops synchronous invocations from."""
     return key("lane", worker)
+
+
+def load_lane(worker: str) -> str:
+    """The list of synchronous misses for a worker: popped before its lane of hits, so the
+    memory a miss reserved is not held idle behind a backlog."""
+    return key("lane", worker, "loads")
+
+
+def lanes(worker: str) -> tuple[str, str]:
+    """A worker's two lanes, in the order it pops them."""
+    return load_lane(worker), lane(worker)
 
 
 def route(reply: str) -> str:

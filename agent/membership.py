@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import redis
 
-from agent.keys import decode, key, lane, route, worker_queue
+from agent.keys import decode, key, lanes, route, worker_queue
 from agent.lifecycle import Copies
 
 HEARTBEAT_TTL = 5.0  # seconds without a heartbeat before a worker counts as dead
@@ -131,21 +131,22 @@ class Membership:
         in its RQ queue stay there (``GET /jobs`` says the worker died)."""
         device = (self.r.hget(key("worker", worker), "device") or b"").decode()
         if device:
-            self._orphan_lane(worker, device)
+            for name in lanes(worker):
+                self._orphan_lane(name, device)
         with self.r.pipeline() as pipe:
             released = self.copies.forget_worker(pipe, device, worker) if device else []
             pipe.srem(key("workers"), worker)
-            pipe.delete(key("worker", worker), key("alive", worker), lane(worker))
+            pipe.delete(key("worker", worker), key("alive", worker), *lanes(worker))
             pipe.incr(key("members", "version"))
             pipe.execute()
         return released
 
-    def _orphan_lane(self, worker: str, device: str) -> None:
+    def _orphan_lane(self, name: str, device: str) -> None:
         for _ in range(10):  # the lane changes only while its worker's heartbeat still shows
-            calls = self.r.lrange(lane(worker), 0, -1)
+            calls = self.r.lrange(name, 0, -1)
             routes = [route(json.loads(c.split(b"\n", 1)[0]).get("reply", "")) for c in calls]
             moved = self.copies.scripts.orphan(
-                keys=[lane(worker), key("orphans", device), *routes], args=[ROUTE_TTL_S]
+                keys=[name, key("orphans", device), *routes], args=[ROUTE_TTL_S]
             )
             if moved >= 0:
                 return

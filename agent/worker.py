@@ -38,7 +38,7 @@ from rq.serializers import JSONSerializer
 from agent import waiting
 from agent.dispatch import ASYNC, SYNC, submit
 from agent.interpreters import InterpreterCache
-from agent.keys import key, lane, worker_queue
+from agent.keys import key, lanes, worker_queue
 from agent.lane import Spool, reply_message
 from agent.membership import HEARTBEAT_TTL, PlacementError
 from agent.memory import release_memory, rss_bytes
@@ -290,16 +290,16 @@ class LaneQueue(Queue):
         while True:
             if timeout is None:  # RQ's burst mode: do not block
                 popped = next(
-                    ((k, v) for k in (*keys, worker.lane) if (v := connection.lpop(k))), None
+                    ((k, v) for k in (*keys, *worker.lanes) if (v := connection.lpop(k))), None
                 )
                 if popped is None:
                     return None
             else:
-                popped = connection.blpop([*keys, worker.lane], timeout)
+                popped = connection.blpop([*keys, *worker.lanes], timeout)
                 if popped is None:
                     raise DequeueTimeout(timeout, keys)
             popped_key = popped[0].decode() if isinstance(popped[0], bytes) else popped[0]
-            if popped_key == worker.lane:
+            if popped_key in worker.lanes:
                 worker.serve_lane(popped[1])
                 if time.monotonic() - since > 1.0:  # back to RQ's loop, which heartbeats
                     raise DequeueTimeout(timeout, keys)
@@ -333,7 +333,7 @@ class BruleeWorker(SimpleWorker):
         _CONTEXT = self.ctx = context
         self.device, self.cap = device, cap
         self._stop_heartbeat = threading.Event()
-        self.lane = lane(self.name)
+        self.lanes = lanes(self.name)
         self.queue_class = type("BruleeLaneQueue", (LaneQueue,), {"lane_worker": self})
         self._serving_lane = False
 

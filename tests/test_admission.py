@@ -52,9 +52,11 @@ def _req(model: str, size: int, reply: str) -> dict:
 
 
 def _lane_models(conn) -> list[str]:
-    return [
-        json.loads(m.split(b"\n", 1)[0])["model"] for m in conn.lrange(key("lane", "w0"), 0, -1)
-    ]
+    """The models of the calls on w0's lanes, in the order it pops them."""
+    from agent.keys import lanes
+
+    calls = [m for name in lanes("w0") for m in conn.lrange(name, 0, -1)]
+    return [json.loads(m.split(b"\n", 1)[0])["model"] for m in calls]
 
 
 def _hold(placement: Placement, model: str, size: int) -> None:

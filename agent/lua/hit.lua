@@ -12,8 +12,8 @@
 -- KEYS[4] arrivals            KEYS[5] requests      KEYS[6] stats:{model}
 -- then per device d (ARGV[9] of them, 6 keys each):
 --   entries:{d}  used:{d}  hits:{d}  priority:{d}  clock:{d}  queued:{d}
--- then per worker w (ARGV[10] of them, 3 keys each):
---   alive:{w}  lane:{w}  rq:queue:{queue of w}
+-- then per worker w (ARGV[10] of them, 4 keys each):
+--   alive:{w}  lane:{w}  rq:queue:{queue of w}  lane:{w}:loads
 -- ARGV[1] function ('' skips the registry checks)  ARGV[2] the caller's registry version
 -- ARGV[3] the caller's membership version           ARGV[4] model     ARGV[5] now
 -- ARGV[6] the lane message                          ARGV[7] backlog at which a holder is
@@ -35,11 +35,12 @@ local wk = 6 + 6 * ndev
 local best, best_len, best_dev, best_entry
 for j = 1, nw do
   local w, d = ARGV[10 + 2 * j - 1], tonumber(ARGV[10 + 2 * j])
-  local base = wk + 3 * (j - 1)
+  local base = wk + 4 * (j - 1)
   if redis.call('EXISTS', KEYS[base + 1]) == 1 then
     local entry = redis.call('HGET', KEYS[6 + 6 * (d - 1) + 1], model .. '|' .. w)
     if entry then
       local len = redis.call('LLEN', KEYS[base + 3]) + redis.call('LLEN', KEYS[base + 2])
+        + redis.call('LLEN', KEYS[base + 4])
       if best == nil or len < best_len or (len == best_len and w < best) then
         best, best_len, best_dev, best_entry = j, len, d, entry
       end
@@ -56,7 +57,7 @@ local requests = redis.call('HINCRBY', KEYS[6], 'requests', 1)
 redis.call('INCR', KEYS[5])
 redis.call('HINCRBY', KEYS[dk + 3], model, 1)
 redis.call('HINCRBY', KEYS[dk + 6], s, 1)
-redis.call('RPUSH', KEYS[wk + 3 * (best - 1) + 2], msg)
+redis.call('RPUSH', KEYS[wk + 4 * (best - 1) + 2], msg)
 local priority = redis.call('HGET', KEYS[dk + 4], s) or '0'
 local clock = redis.call('GET', KEYS[dk + 5]) or '0'
 return {w, best_dev, requests, priority, clock, best_entry}

@@ -18,6 +18,7 @@ queue (:mod:`agent.waiting`, rule in :mod:`agent.admission`) in the same transac
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,6 +130,7 @@ class _State:
     clocks: dict[str, float] = field(default_factory=dict)
     waiting: dict[str, int] = field(default_factory=dict)
     queued: dict[str, dict[str, str]] = field(default_factory=dict)
+    priority: dict[str, dict[str, str]] = field(default_factory=dict)
     backlog: dict[str, int] = field(default_factory=dict)
 
 
@@ -154,6 +156,7 @@ class Placement:
         self.copies = Copies(conn, self.scripts)
         self.members = Membership(conn, self.copies)
         self._hit_view: tuple[bytes, list[Worker], list[str]] | None = None
+        self._deciding = threading.Lock()
 
     def uncount(self, device: str, req: dict[str, Any]) -> None:
         """A request placed again that could not be (it gets an error instead): it no longer
@@ -238,7 +241,8 @@ class Placement:
             return decision, enqueue(pipe, decision)
 
         try:
-            return transaction(self.r, watched, body, what=f"placing {model.name!r}")
+            with self._deciding:  # one decision at a time per process: no self-contention
+                return transaction(self.r, watched, body, what=f"placing {model.name!r}")
         except PlacementError:
             self._record_arrival(self.r, model.name, now)
             raise
@@ -259,18 +263,19 @@ class Placement:
                 pipe.get(key("clock", d))
                 pipe.zcard(key("waiting", d))
                 pipe.hgetall(key("queued", d))
+                pipe.hgetall(key("priority", d))
             ask_backlogs(pipe, alive.values())
             pipe.get(key("requests"))
             pipe.hget(key("stats", model), "requests")
             replies = pipe.execute()
         state = _State(int(replies[-2] or 0), int(replies[-1] or 0))
         for i, d in enumerate(devices):
-            raw, cap, pins, clock, waiting, queued = replies[6 * i : 6 * i + 6]
+            raw, cap, pins, clock, waiting, queued, priority = replies[7 * i : 7 * i + 7]
             state.entries[d] = parse_entries(raw, alive)
             state.caps[d], state.pins[d] = parse_cap(d, cap), decode(pins)
             state.clocks[d], state.waiting[d] = float(clock or 0.0), int(waiting)
-            state.queued[d] = decode(queued)
-        state.backlog = backlogs_from(alive.values(), replies[6 * len(devices) : -2])
+            state.queued[d], state.priority[d] = decode(queued), decode(priority)
+        state.backlog = backlogs_from(alive.values(), replies[7 * len(devices) : -2])
         return state
 
     def _decide(
@@ -408,7 +413,7 @@ class Placement:
         )
         if d.hit:
             # a hit starts from the stored priority (LFU keeps its insert-time count there)
-            stored = self.r.hget(key("priority", d.device), s)
+            stored = state.priority[d.device].get(s)
             entry.priority = float(stored) if stored is not None else 0.0
             policy.on_hit(entry, now)
         else:

@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from agent.interpreters import InterpreterCache
+from agent.keys import key
 from agent.lane import Spool
 from agent.memory import rss_bytes
 from agent.metrics import observe
@@ -186,7 +187,10 @@ def _wait_for_release(ctx: Context, slots: list[str]) -> None:
 
 def account(ctx: Context, req: dict[str, Any], result: dict[str, Any], pinned: bool, pipe) -> None:
     """After an invocation, in the pipeline that answers it: unpin the copy, store the model's
-    exec time (this worker's moving average), count it in the metrics if it was served."""
+    exec time (this worker's moving average), count it in the metrics if it was served. If
+    the worker found otherwise than placement counted (a call counted as a hit whose copy it
+    had to load: the copy was evicted and reserved again for a later miss before the call
+    ran), the device's hit/miss counters move to what the answer's ``X-Cache`` says."""
     model, exec_s = req["model"], result.get("exec_s")
     if exec_s is not None:
         old = ctx.exec_s.get(model)
@@ -195,3 +199,9 @@ def account(ctx: Context, req: dict[str, Any], result: dict[str, Any], pinned: b
         ctx.copies.unpin(ctx.device, model, ctx.worker, exec_s, pipe)
     if "cache" in result:
         observe(pipe, req["function"], result)
+        counted = "miss" if req.get("miss") else "hit"
+        if result["cache"] != counted:
+            hits = key("hits", ctx.device)
+            misses = key("misses", ctx.device)
+            pipe.hincrby(hits, model, 1 if result["cache"] == "hit" else -1)
+            pipe.hincrby(misses, model, 1 if result["cache"] == "miss" else -1)

@@ -18,7 +18,7 @@ import redis
 
 T = TypeVar("T")
 log = logging.getLogger("brulee.txn")
-MAX_ATTEMPTS = 40
+MAX_ATTEMPTS = 64
 BACKOFF_FIRST_S = 0.0005
 BACKOFF_MAX_S = 0.02
 

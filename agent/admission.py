@@ -82,3 +82,16 @@ def retry_after(position: int, exec_s: float, workers: int) -> int:
     whole seconds, at least :data:`MIN_RETRY_AFTER_S`."""
     estimate = (position + 1) * max(exec_s, 0.0) / max(workers, 1)
     return max(MIN_RETRY_AFTER_S, math.ceil(estimate))
+
+
+def max_waiting_option(help_text: str, minimum: int = 0):
+    """The ``--max-waiting`` command-line option (``brulee up``, ``simulate``, ``testbed``)."""
+    import click
+
+    return click.option(
+        "--max-waiting",
+        type=click.IntRange(min=minimum),
+        default=DEFAULT_MAX_WAITING,
+        show_default=True,
+        help=help_text,
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from agent.admission import DEFAULT_MAX_WAITING
+from agent.admission import max_waiting_option
 from agent.supervisor import RestartPolicy
 from agent.up import AlreadyRunning, parse_cap, run_up
 
@@ -92,12 +92,9 @@ def _callback_allow(_ctx, _param, value: str | None) -> str | None:
 @models_dir_option
 @click.option("--functions", "functions_file", default=None, help="stack.yml (default: all models)")
 @state_dir_option
-@click.option(
-    "--max-waiting",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_WAITING,
-    show_default=True,
-    help="Requests that may wait for memory per device; one more is answered 429.",
+@max_waiting_option(
+    "Requests that may wait for memory per device; one more is answered 429.",
+    minimum=1,
 )
 @click.option(
     "--sync-timeout",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from agent.admission import DEFAULT_MAX_WAITING
+from agent.admission import max_waiting_option
 from loadgen.profiles import ProfileError, load_profiles
 from loadgen.sim_workload import CompactWorkload
 from loadgen.simulator import (
@@ -182,12 +182,9 @@ def fmt(v: object) -> object:
     help="arrival placement: seconds a miss waits for memory before it fails (the agent's "
     "sync timeout; inf: no deadline, as for async jobs)",
 )
-@click.option(
-    "--max-waiting",
-    type=click.IntRange(min=0),
-    default=DEFAULT_MAX_WAITING,
-    show_default=True,
-    help="arrival placement: misses that may wait for memory at once; one more is refused",
+@max_waiting_option(
+    "arrival placement: misses that may wait for memory at once; one more is refused",
+    minimum=0,
 )
 @click.option(
     "--sizes",

@@ -28,7 +28,7 @@ from pathlib import Path
 import click
 import requests
 
-from agent.admission import DEFAULT_MAX_WAITING
+from agent.admission import max_waiting_option
 from agent.redis_server import free_port
 from agent.up import stop_processes
 from loadgen.replay import ReplayError, format_summary, run_replay
@@ -247,12 +247,9 @@ def plot_policies(rows: list[dict], path: Path) -> None:
 )
 @click.option("--policies", default="cremebrulee", show_default=True, help="comma-separated")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
-@click.option(
-    "--max-waiting",
-    type=click.IntRange(min=0),
-    default=DEFAULT_MAX_WAITING,
-    show_default=True,
-    help="the agent's admission queue bound (misses waiting for memory), simulated alike",
+@max_waiting_option(
+    "the agent's admission queue bound (misses waiting for memory), simulated alike",
+    minimum=0,
 )
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", default="out/testbed", show_default=True, type=click.Path(file_okay=False))
@@ -322,8 +319,7 @@ def testbed_command(
                 workers,
                 outdir / policy / "state",
                 token,
-                # passed only when not the default, so an agent without the option still runs
-                max_waiting=None if max_waiting == DEFAULT_MAX_WAITING else max_waiting,
+                max_waiting=max_waiting,
             ) as url:
                 summary = run_replay(
                     workload,

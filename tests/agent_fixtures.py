@@ -219,3 +219,36 @@ def stop_up(up: Up, timeout: float = 60.0) -> set[int]:
         up.proc.wait()
     time.sleep(0.5)
     return {p for p in family if process_alive(p)}
+
+
+@contextlib.contextmanager
+def callback_receiver() -> Iterator[tuple[int, list[bytes]]]:
+    """A real HTTP server on a free loopback port that records the bodies POSTed to it (an
+    async job's callback); yields its port and the list of bodies."""
+    import http.server
+
+    received: list[bytes] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            received.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1], received
+    finally:
+        server.shutdown()
+
+
+def wait_for(received: list, timeout: float = 30.0) -> bool:
+    """Whether ``received`` gets an item within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(received)

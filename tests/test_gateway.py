@@ -311,38 +311,18 @@ def test_redis_down_is_503_and_recovers(agent):
 
 
 def test_async_callback_is_posted(agent):
-    import http.server
-    import threading
+    from tests.agent_fixtures import callback_receiver, wait_for
 
-    received: list[bytes] = []
-
-    class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's naming)
-            received.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        hook = f"http://127.0.0.1:{server.server_address[1]}/done"
+    with callback_receiver() as (port, received):
         resp = requests.post(
             f"{agent['url']}/async-function/digits-cnn",
             json={"inputs": digits_input().tolist()},
-            headers={"X-Callback-Url": hook},
+            headers={"X-Callback-Url": f"http://127.0.0.1:{port}/done"},
             timeout=30,
         )
         assert resp.status_code == 202
-        deadline = time.monotonic() + 30
-        while not received and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert received, "callback URL was never called"
+        assert wait_for(received), "callback URL was never called"
         assert resp.json()["id"].encode() in received[0]
-    finally:
-        server.shutdown()
 
 
 def test_concurrent_cold_requests_never_exceed_cap(models_dir: Path, tmp_path_factory):

@@ -4,10 +4,7 @@ real worker, real HTTP, the test models): every bad request gets a JSON ``{"erro
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +13,7 @@ import redis
 import requests
 
 from agent.callbacks import CallbackPolicy, CallbackRefused
-from tests.agent_fixtures import running_agent
+from tests.agent_fixtures import callback_receiver, running_agent, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 CAP = 64 * 1024 * 1024
@@ -302,40 +299,21 @@ def test_callback_to_internal_addresses_is_refused_before_enqueueing(agent, url,
 
 def test_callback_to_an_allowed_host_is_posted(agent):
     """``BRULEE_CALLBACK_ALLOW=localhost`` (the fixture) lets callbacks reach that host name."""
-    received: list[bytes] = []
-
-    class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's naming)
-            received.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        hook = f"http://localhost:{server.server_address[1]}/done"
+    with callback_receiver() as (port, received):
         resp = requests.post(
             f"{agent['url']}/async-function/digits-cnn",
             json={"inputs": digits_input()},
-            headers={"X-Callback-Url": hook},
+            headers={"X-Callback-Url": f"http://localhost:{port}/done"},
             timeout=30,
         )
         assert resp.status_code == 202, resp.text
-        deadline = time.monotonic() + 30
-        while not received and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert received, "the allowed callback was never called"
+        assert wait_for(received), "the allowed callback was never called"
         assert json.loads(received[0])["job_id"] == resp.json()["id"]
-    finally:
-        server.shutdown()
     # the same server by its address is still refused: only the host name is allowed
     resp = requests.post(
         f"{agent['url']}/async-function/digits-cnn",
         json={"inputs": digits_input()},
-        headers={"X-Callback-Url": f"http://127.0.0.1:{server.server_address[1]}/done"},
+        headers={"X-Callback-Url": f"http://127.0.0.1:{port}/done"},
         timeout=10,
     )
     assert_error(resp, 400, "127.0.0.1", "loopback")

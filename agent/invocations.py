@@ -162,55 +162,69 @@ class Invocations:
     def _wait(
         self, name: str, decision, reply: str, deadline: float
     ) -> tuple[dict[str, Any], bytes]:
-        """Wait for the answer until the deadline, in slices that check the worker is alive."""
+        """Wait for the answer until the deadline, in slices that check the worker is alive.
+        A Redis restart meanwhile is waited out (the call, its reply list and the worker's
+        answer survive it: append-only file, and the worker retries its answer), up to the
+        deadline; then the caller hears that Redis was unreachable."""
         while True:
-            left = deadline - time.time()
-            popped = self.r.blpop([reply], timeout=max(min(left, 1.0), 0.01))
-            if popped is not None:
-                return read_reply(popped[1])
-            worker = self._route(reply, decision)
-            if worker is not None and not self.r.exists(key("alive", worker)):
-                # forgetting it moves the calls it had queued to be placed again: if this one
-                # was among them it is orphaned now, and this caller keeps waiting
-                self.placement.members.forget_worker(worker)
-                if self._route(reply, decision) == worker:  # it had started it
-                    raise ApiError(
-                        503, f"worker {worker} died before finishing the job for {name!r}; retry"
-                    )
-            if time.time() < deadline:
+            try:
+                answer = self._wait_slice(name, decision, reply, deadline)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.time() + 0.25 >= deadline:
+                    raise
+                time.sleep(0.25)
                 continue
-            if decision.ticket is not None and waiting.cancel(
-                self.r, decision.device, decision.ticket
-            ):
-                self.r.hincrby(key("admission", decision.device), "timed_out", 1)
-                waited = time.time() - float(decision.arrived or time.time())
-                facts = self.facts(self.registry.get(name, verify=False))[0]
-                retry = admission.retry_after(
-                    int(self.r.zcard(key("waiting", decision.device))), facts.exec_s, 1
-                )
+            if answer is not None:
+                return answer
+
+    def _wait_slice(
+        self, name: str, decision, reply: str, deadline: float
+    ) -> tuple[dict[str, Any], bytes] | None:
+        """One slice of :meth:`_wait`: the answer, None (wait on), or an ApiError."""
+        popped = self.r.blpop([reply], timeout=max(min(deadline - time.time(), 1.0), 0.01))
+        if popped is not None:
+            return read_reply(popped[1])
+        worker = self._route(reply, decision)
+        if worker is not None and not self.r.exists(key("alive", worker)):
+            # forgetting it moves the calls it had queued to be placed again: if this one
+            # was among them it is orphaned now, and this caller keeps waiting
+            self.placement.members.forget_worker(worker)
+            if self._route(reply, decision) == worker:  # it had started it
                 raise ApiError(
-                    503,
-                    waiting.timed_out_message(
-                        name, {"model": facts.name, "bytes": facts.bytes}, waited
-                    ),
-                    {"Retry-After": str(retry)},
-                    waited_s=round(waited, 3),
+                    503, f"worker {worker} died before finishing the job for {name!r}; retry"
                 )
-            popped = self.r.blpop([reply], timeout=0.2)  # answered just now?
-            if popped is not None:
-                return read_reply(popped[1])
-            if self.r.get(route(reply)) == b"orphaned":
-                raise ApiError(
-                    503,
-                    f"the worker that had the call of {name!r} died before running it, and no "
-                    "other worker took it before its deadline; retry",
-                    {"Retry-After": "1"},
-                )
-            raise ApiError(
-                504,
-                f"function {name!r} did not answer within its deadline "
-                f"({self.sync_timeout:g} s, or X-Deadline-Ms)",
+        if time.time() < deadline:
+            return None
+        if decision.ticket is not None and waiting.cancel(self.r, decision.device, decision.ticket):
+            self.r.hincrby(key("admission", decision.device), "timed_out", 1)
+            waited = time.time() - float(decision.arrived or time.time())
+            facts = self.facts(self.registry.get(name, verify=False))[0]
+            retry = admission.retry_after(
+                int(self.r.zcard(key("waiting", decision.device))), facts.exec_s, 1
             )
+            raise ApiError(
+                503,
+                waiting.timed_out_message(
+                    name, {"model": facts.name, "bytes": facts.bytes}, waited
+                ),
+                {"Retry-After": str(retry)},
+                waited_s=round(waited, 3),
+            )
+        popped = self.r.blpop([reply], timeout=0.2)  # answered just now?
+        if popped is not None:
+            return read_reply(popped[1])
+        if self.r.get(route(reply)) == b"orphaned":
+            raise ApiError(
+                503,
+                f"the worker that had the call of {name!r} died before running it, and no "
+                "other worker took it before its deadline; retry",
+                {"Retry-After": "1"},
+            )
+        raise ApiError(
+            504,
+            f"function {name!r} did not answer within its deadline "
+            f"({self.sync_timeout:g} s, or X-Deadline-Ms)",
+        )
 
     def _route(self, reply: str, decision) -> str | None:
         """The worker that has the call now (None: not placed yet, or orphaned by a dead

@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from agent.keys import decode, key, lanes, rq_queue, slot, unslot
-from agent.lifecycle import LOADING
+from agent.lifecycle import DRAINING, LOADING
 from agent.membership import Membership
 from agent.policies import Entry, EvictionPolicy, make_policy
 
@@ -69,7 +69,7 @@ def policy_entries(
             requests=int(st.get("requests", 0)),
             last_used=float(used.get(s, doc["inserted_at"])),
             inserted_at=float(doc["inserted_at"]),
-            pinned=int(pins.get(s, 0)) > 0 or doc["state"] == LOADING,
+            pinned=int(pins.get(s, 0)) > 0 or doc["state"] in (LOADING, DRAINING),
             priority=float(priority.get(s, 0.0)),
         )
         result.append((entry, s))

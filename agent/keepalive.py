@@ -38,10 +38,14 @@ def expire_idle(
 
         def body(pipe, device=device) -> list[str]:
             pins = decode(r.hgetall(key("pins", device)))
+            queued = decode(r.hgetall(key("queued", device)))
             entries = parse_entries(r.hgetall(key("entries", device)), alive)
             facts = policy_entries(r, device, entries, pins)
             names = set(proactive.expired([e for e, _ in facts], now))
-            slots = [s for e, s in facts if e.name in names and not e.pinned]
+            # idle: not pinned, and no request queued on it
+            slots = [
+                s for e, s in facts if e.name in names and not e.pinned and not queued.get(s)
+            ]
             if not slots:
                 pipe.unwatch()
                 return []

@@ -3,20 +3,23 @@
 States, as :mod:`agent.keys` stores them::
 
     (none) --reserve--> loading --loaded--> ready --evict--> releasing --released--> (none)
-                          |  \\                |
-                          |   give_back        forget (the worker died / was forgotten)
-                          |   (the load failed, or the model grew past the cap and only
-                          |    executing copies hold the rest)
-                          +--> (none)
+                          |                       |                  ^
+                          +--give_back--> (none)  +--drain--> draining  (evicted when the
+                                                  |                     last request queued
+                                                  +--forget--> (none)   on it is done)
 
 - **reserve** (placement's commit, :meth:`reserve`): the copy is counted against the cap at
   once, ``loading``; a loading copy is pinned (never a victim).
 - **claim** / **unpin** (the worker, around each invocation: ``claim.lua``, ``unpin.lua``): a
   copy is pinned while an invocation *executes* on it, and only then. Requests queued on a
   worker do not pin; they are counted (``queued:{d}``, up at placement, down at the claim) so
-  that placement evicts copies nobody waits for first, and only if that cannot free enough,
-  copies with requests queued. If a copy is evicted while requests wait for it, their claim
-  finds it gone and the worker places them again, as misses (they reload the model).
+  that placement evicts copies nobody waits for first. If that cannot free enough, copies
+  with requests queued are not evicted under them but **drained** (``draining``): they take
+  no new requests (those become misses and wait in the admission queue, in order), serve
+  what is queued on them, and are evicted by the unpin of the last one (``unpin.lua``), which
+  frees the memory the waiting miss needs. If a copy is nevertheless gone when a queued
+  request reaches it (its worker was forgotten), the claim finds nothing and the worker
+  places the request again, as a miss.
 - **loaded** (``ready.lua``; a transaction if the model grew past its reservation): ``loading``
   becomes ``ready`` with the bytes the worker measured. Every path out of ``loading`` ends in
   ``ready`` or in **give_back**: the worker calls one of them in a ``finally`` right after the
@@ -27,6 +30,9 @@ States, as :mod:`agent.keys` stores them::
   interpreter (an ``agent.worker.evict`` job at the front of its queue); a load that needed
   that memory waits for the release, so resident memory follows the cap.
 - **forget** (:meth:`forget_worker`): a dead worker's copies leave the accounting at once.
+
+``loading`` and ``draining`` copies and copies with an invocation executing are pinned: never
+a victim.
 
 Each transition is one atomic Redis step (a script or a ``MULTI``).
 """
@@ -45,7 +51,7 @@ from agent.keys import decode, key, slot, unslot, worker_queue
 from agent.scripts import Scripts
 from agent.txn import transaction
 
-LOADING, READY = "loading", "ready"
+LOADING, READY, DRAINING = "loading", "ready", "draining"
 
 
 class Claimed:
@@ -133,14 +139,35 @@ class Copies:
             return Claimed(failed=found[1].decode())
         return Claimed(entry=json.loads(found))
 
-    def unpin(self, device: str, model: str, worker: str, exec_s: float | None, pipe=None) -> None:
-        """The invocation is over: unpin (in ``pipe`` if given; its reply is the number of
-        requests waiting for memory on the device) and store the model's exec time."""
-        self.scripts.unpin(
-            keys=[key("pins", device), key("stats", model), key("waiting", device)],
-            args=[slot(model, worker), "" if exec_s is None else repr(exec_s)],
+    def unpin(
+        self,
+        device: str,
+        model: str,
+        worker: str,
+        exec_s: float | None,
+        pipe=None,
+        policy: str = "",
+    ) -> Any:
+        """The invocation is over: unpin and store the model's exec time (in ``pipe`` if
+        given). A draining copy with nothing left queued or executing is evicted in the same
+        step (draining → releasing; its worker drops it). The reply: ``[requests waiting for
+        memory on the device, 1 if the copy was evicted]``."""
+        names = ("pins", "stats", "waiting", "entries", "queued", "used", "priority",
+                 "releasing", "evictions")  # fmt: skip
+        keys = [key("stats", model) if n == "stats" else key(n, device) for n in names]
+        return self.scripts.unpin(
+            keys=keys,
+            args=[slot(model, worker), "" if exec_s is None else repr(exec_s), policy],
             client=pipe if pipe is not None else self.r,
         )
+
+    @staticmethod
+    def drain(pipe, device: str, slots: list[str], now: float, entries: dict[str, dict]) -> None:
+        """ready → draining, in ``pipe``: the copy takes no new requests and is evicted when
+        the last request queued on it is done (:meth:`unpin`)."""
+        for s in slots:
+            pipe.hset(key("entries", device), s, json.dumps({**entries[s], "state": DRAINING,
+                                                              "since": now}))  # fmt: skip
 
     def loaded(
         self,

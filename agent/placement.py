@@ -37,7 +37,7 @@ from agent.cachestate import (
 )
 from agent.hit import ARRIVALS_KEPT, SCALE_OUT_QUEUE
 from agent.keys import decode, key, slot, unslot
-from agent.lifecycle import Copies
+from agent.lifecycle import DRAINING, Copies
 from agent.membership import Membership, PlacementError, Worker, parse_cap
 from agent.policies import Entry, EvictionPolicy, make_policy
 from agent.scripts import Scripts
@@ -100,6 +100,7 @@ class Decision:
     ticket: str | None = None
     position: int = 0  # in the admission queue, 0 = head
     arrived: float = 0.0  # when it joined the admission queue
+    drain: list[str] = field(default_factory=list)  # copies to drain while it waits
 
     @property
     def wait_for(self) -> list[str]:
@@ -231,9 +232,15 @@ class Placement:
             )
             if decision.ticket is not None:
                 if admitting is not None:  # still no room for the head: it keeps waiting
-                    pipe.unwatch()
-                    return decision, None
-                return waiting.join(self, pipe, model, decision, state, wait, alive, now), None
+                    if not decision.drain:
+                        pipe.unwatch()
+                        return decision, None
+                    pipe.multi()
+                else:
+                    decision = waiting.join(self, pipe, model, decision, state, wait, alive, now)
+                docs = {slot(m, w): doc for m, w, doc in state.entries[decision.device]}
+                Copies.drain(pipe, decision.device, decision.drain, now, docs)
+                return decision, None
             pipe.multi()
             if recount is None:
                 self._record_arrival(pipe, model.name, now)
@@ -289,12 +296,13 @@ class Placement:
         only_worker: str | None,
     ) -> tuple[Decision, EvictionPolicy | None]:
         backlog = state.backlog
-        holders = [
-            (d, w)
+        copies = [
+            (d, w, doc["state"])
             for d, es in state.entries.items()
-            for m, w, _ in es
+            for m, w, doc in es
             if m == model.name and (only_worker is None or w == only_worker)
         ]
+        holders = [(d, w) for d, w, st in copies if st != DRAINING]  # draining: no new requests
         best_hit = None
         if holders:
             best_hit = min(holders, key=lambda dw: (backlog[dw[1]], dw[1]))
@@ -311,8 +319,9 @@ class Placement:
             # others wait for memory: no overtaking (agent.admission)
             device = next(d for d in fits if state.waiting[d])
             return Decision(device, ticket=""), None
-        holding = {w for _, w in holders}
+        holding = {w for _, w, _ in copies}  # one copy per worker (its slot), draining or not
         options = []  # (bytes evicted, device, worker, victims, policy)
+        drains: dict[str, list[str]] = {}  # per device: copies to drain so that it fits
         for device in fits:
             candidates = [
                 w
@@ -340,8 +349,11 @@ class Placement:
                 last_used=now,
                 pinned=True,
             )
-            chosen = self._victims(policy, facts, state.queued[device], incoming, need, state, now)
+            chosen, drain = self._victims(
+                policy, facts, state.queued[device], incoming, need, state, now
+            )
             if chosen is None:
+                drains[device] = drain
                 continue
             by_id = {id(e): s for e, s in facts}
             victims = [(e, by_id[id(e)]) for e in chosen]
@@ -349,7 +361,8 @@ class Placement:
         if best_hit is not None and not options:
             return self._hit(best_hit, alive, state), None
         if not options:
-            return Decision(fits[0], ticket=""), None
+            device = next((d for d in fits if drains.get(d)), fits[0])
+            return Decision(device, ticket="", drain=drains.get(device, [])), None
         _, device, target, victims, policy = min(options, key=lambda o: (o[0], o[1]))
         decision = Decision(device, target.name, target.queue, hit=False)
         for entry, s in victims:
@@ -366,10 +379,12 @@ class Placement:
         need: int,
         state: _State,
         now: float,
-    ) -> list[Entry] | None:
-        """The policy's victims: first among copies nobody waits for, then — only if that
-        cannot free ``need`` — among copies with requests queued (those requests are placed
-        again when their worker reaches them: a reload, rather than waiting)."""
+    ) -> tuple[list[Entry] | None, list[str]]:
+        """The policy's victims among copies nobody has requests queued for; if they cannot
+        free ``need``, ``(None, drains)``: the copies with requests queued that the policy
+        would take as well — they are drained (they take no new requests and are evicted once
+        their queue is served) while the request waits, rather than evicted under the
+        requests queued on them."""
         entries = [e for e, _ in facts]
         pinned = [e.pinned for e in entries]
         for e, s in facts:
@@ -377,9 +392,11 @@ class Placement:
         chosen = policy.victims(entries, incoming, need, state.requests, now)
         for e, was in zip(entries, pinned):
             e.pinned = was
-        if chosen is None and any(int(queued.get(s, 0)) > 0 for _, s in facts):
-            chosen = policy.victims(entries, incoming, need, state.requests, now)
-        return chosen
+        if chosen is not None or not any(int(queued.get(s, 0)) > 0 for _, s in facts):
+            return chosen, []
+        wider = policy.victims(entries, incoming, need, state.requests, now) or []
+        slot_of = {id(e): s for e, s in facts}
+        return None, [slot_of[id(e)] for e in wider if int(queued.get(slot_of[id(e)], 0)) > 0]
 
     def _hit(self, holder: tuple[str, str], alive: dict[str, Worker], state: _State) -> Decision:
         device, worker = holder

@@ -196,7 +196,7 @@ def account(ctx: Context, req: dict[str, Any], result: dict[str, Any], pinned: b
         old = ctx.exec_s.get(model)
         exec_s = ctx.exec_s[model] = exec_s if old is None else 0.8 * old + 0.2 * exec_s
     if pinned:
-        ctx.copies.unpin(ctx.device, model, ctx.worker, exec_s, pipe)
+        ctx.copies.unpin(ctx.device, model, ctx.worker, exec_s, pipe, ctx.placement.policy_name)
     if "cache" in result:
         observe(pipe, req["function"], result)
         counted = "miss" if req.get("miss") else "hit"

@@ -70,7 +70,8 @@ def join(
         pipe.unwatch()
         raise MemoryBusy(
             f"no room for model {model.name!r} ({model.bytes} bytes): the memory is held "
-            f"by {held} copies that are executing or loading"
+            f"by {held} copies that are executing or loading, and copies with requests "
+            "queued on them"
         )
     queued = state.waiting[device]
     workers = sum(1 for w in alive.values() if w.device == device)

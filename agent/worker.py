@@ -76,13 +76,14 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
             if result is REPLACED:
                 return {"moved_to": req["moved_to"]}
 
-        def answer() -> None:
+        def answer() -> list:
             with ctx.conn.pipeline(transaction=False) as pipe:
                 pipe.delete(req["input_key"])
                 account(ctx, req, result, pinned, pipe)
-                pipe.execute()
+                return pipe.execute()
 
-        through_outage(answer, f"answering job {req.get('job_id')}")
+        replies = through_outage(answer, f"answering job {req.get('job_id')}")
+        _unpinned(ctx, req, replies[1] if pinned else None)
     _admit_if_waiting(ctx)
     if req.get("callback"):
         notify(req, result)
@@ -178,9 +179,27 @@ def serve_lane(raw: bytes) -> None:
                     return pipe.execute()
 
             replies = through_outage(answer, f"answering a call of {req.get('function')}")
-            waiters = int(replies[2]) if pinned else 0
+            waiters = _unpinned(ctx, req, replies[2] if pinned else None)
     if waiters:
         _admit_if_waiting(ctx, check=False)
+
+
+def _unpinned(ctx: Context, req: dict[str, Any], reply: list | None) -> int:
+    """After the unpin (``reply``: ``[requests waiting for memory, evicted]``, None if there
+    was no pin): a drained copy that the unpin evicted is dropped here, its worker; returns
+    how many requests wait for memory (> 0, or a drop: try to admit them)."""
+    if reply is None:
+        return 0
+    waiters, evicted = int(reply[0]), int(reply[1])
+    if evicted:
+        model = req["model"]
+        freed = ctx.interpreters.drop(model)
+        through_outage(
+            lambda: ctx.copies.released(ctx.device, model, ctx.worker, freed),
+            f"releasing drained {model}",
+        )
+        return waiters or 1
+    return waiters
 
 
 def _replace(ctx: Context, req: dict[str, Any], payload: bytes, kind: str = SYNC

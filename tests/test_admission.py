@@ -299,3 +299,30 @@ def test_a_full_queue_answers_429(ten_models):
         assert ok.status_code == 202
         status = requests.get(f"{agent['url']}{ok.headers['Location']}", timeout=10).json()
         assert status["status"] == "queued" and status.get("waiting_for_memory") is True
+
+
+def test_a_copy_with_requests_queued_is_drained_not_evicted_under_them(conn):
+    """Cap 1000: "a" (600, ready) has a request queued on it; "b" (600) needs its memory. "a"
+    is not evicted under its queued request: it is drained — no new requests (a call for "a"
+    is now a miss that waits, in order) — and the unpin of its last queued request evicts it,
+    which lets "b" in."""
+    placement = _placement(conn)
+    placement.place(ModelFacts("a", 600, 0.1, 0.01), lambda pipe, d: None)  # queued: 1
+    placement.copies.loaded("dev", "a", "w0", 600, 0.1)
+    decision = submit(placement, _req("b", 600, "r-b"), b"", SYNC, "t-b")
+    assert decision.ticket == "t-b"
+    entry = json.loads(conn.hget(key("entries", "dev"), "a|w0"))
+    assert entry["state"] == "draining"
+    assert placement.try_hit("a", b"msg") is None  # a draining copy takes no new request
+    later = submit(placement, _req("a", 600, "r-a2"), b"", SYNC, "t-a2")
+    assert later.ticket == "t-a2"  # behind "b", in order
+    claimed = placement.copies.claim("dev", "a", "w0")  # the queued request runs
+    assert claimed.entry is not None
+    waiting_count, evicted = placement.copies.unpin("dev", "a", "w0", 0.01)
+    assert (int(waiting_count), int(evicted)) == (2, 1)
+    assert not conn.hexists(key("entries", "dev"), "a|w0")
+    assert conn.hexists(key("releasing", "dev"), "a|w0")
+    placement.copies.released("dev", "a", "w0")
+    assert waiting.admit(placement, "dev") == 1  # "b"; then "a" waits for "b"'s memory
+    assert _lane_models(conn) == ["b"]
+    assert json.loads(conn.hget(key("entries", "dev"), "b|w0"))["state"] == "loading"

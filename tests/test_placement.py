@@ -36,6 +36,13 @@ def _used(cache: Placement) -> int:
     return snapshot(cache)["devices"]["dev"]["used_bytes"]
 
 
+def _served(cache: Placement, model: str, worker: str) -> None:
+    """What the worker does around the placed request: claim the copy (no longer queued,
+    pinned), run it, unpin."""
+    cache.copies.claim("dev", model, worker)
+    cache.copies.unpin("dev", model, worker, 0.01)
+
+
 def _no_enqueue(pipe, placement):
     return placement
 
@@ -50,7 +57,7 @@ def test_concurrent_misses_never_exceed_cap(conn):
             placement, _ = own.place(ModelFacts(f"m{i}", 300, 0.1, 0.01), _no_enqueue)
             # the job finishes and the model is ready: it becomes evictable
             own.copies.loaded("dev", f"m{i}", placement.worker, 300, 0.1)
-            own.copies.unpin("dev", f"m{i}", placement.worker, 0.01)
+            _served(own, f"m{i}", placement.worker)
             for victim, worker in placement.evicted:
                 own.copies.released("dev", victim, worker)
         except MemoryBusy as exc:
@@ -75,7 +82,7 @@ def test_pinned_models_are_never_evicted(conn):
     with pytest.raises(MemoryBusy):
         cache.place(ModelFacts("b", 600, 0.1, 0.01), _no_enqueue)
     cache.copies.loaded("dev", "a", "w0", 600, 0.1)
-    cache.copies.unpin("dev", "a", "w0", 0.01)
+    _served(cache, "a", "w0")
     placement, _ = cache.place(ModelFacts("b", 600, 0.1, 0.01), _no_enqueue)
     assert placement.evicted == [("a", "w0")]
 
@@ -122,7 +129,7 @@ def _warm(cache: Placement, name: str, load_s: float, requests: int, now: float)
         placement, _ = cache.place(ModelFacts(name, 400, load_s, 0.01), _no_enqueue, now=now + i)
         if not placement.hit:
             cache.copies.loaded("dev", name, "w0", 400, load_s)
-        cache.copies.unpin("dev", name, "w0", 0.01)
+        _served(cache, name, "w0")
 
 
 @pytest.mark.parametrize(("policy", "victim"), [("lru", "popular"), ("cremebrulee", "rare")])
@@ -155,7 +162,7 @@ def test_lfu_counts_requests_since_load_not_lifetime(conn):
             evicted += placement.evicted
             if not placement.hit:
                 cache.copies.loaded("dev", name, "w0", 400, 0.1)
-            cache.copies.unpin("dev", name, "w0", 0.01)
+            _served(cache, name, "w0")
         return evicted
 
     use("a", 6, 1000.0)
@@ -301,7 +308,7 @@ def test_a_load_larger_than_reserved_makes_room_or_gives_up(conn):
     cache = _setup(conn, workers=1)
     placement, _ = cache.place(ModelFacts("a", 400, 0.1, 0.01), _no_enqueue)
     assert cache.copies.loaded("dev", "a", "w0", 300, 0.2, rss_growth=310)
-    cache.copies.unpin("dev", "a", "w0", 0.01)
+    _served(cache, "a", "w0")
     entry = json.loads(conn.hget(key("entries", "dev"), "a|w0"))
     assert (entry["state"], entry["bytes"]) == ("ready", 300)
     assert conn.hmget(key("stats", "a"), "observed_bytes", "bytes") == [b"310", b"300"]

@@ -5,6 +5,7 @@
 -- The copy is not pinned here: the worker pins it when it starts the work (claim.lua); if the
 -- copy was evicted meanwhile the worker places the request again as a miss. The copy's
 -- queued count goes up (placement evicts copies nobody waits for first).
+-- A draining copy (a miss waits for its memory) takes no new requests: not a holder here.
 -- Anything but a plain hit (no holder, every holder backed up: a second copy may be due)
 -- returns nil and the caller takes the WATCH/MULTI path.
 --
@@ -38,6 +39,7 @@ for j = 1, nw do
   local base = wk + 4 * (j - 1)
   if redis.call('EXISTS', KEYS[base + 1]) == 1 then
     local entry = redis.call('HGET', KEYS[6 + 6 * (d - 1) + 1], model .. '|' .. w)
+    if entry and cjson.decode(entry)['state'] == 'draining' then entry = nil end
     if entry then
       local len = redis.call('LLEN', KEYS[base + 3]) + redis.call('LLEN', KEYS[base + 2])
         + redis.call('LLEN', KEYS[base + 4])

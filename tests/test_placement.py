@@ -119,6 +119,8 @@ def test_keep_alive_evicts_idle_models_only(conn):
         cache.copies.loaded("dev", name, "w0", 100, 0.1)
         if busy:  # its worker runs an invocation on it: pinned
             cache.copies.claim("dev", name, "w0")
+        else:  # served: nothing queued or running on it
+            _served(cache, name, "w0")
     evicted = expire_idle(cache, make_proactive("ttl", ttl_s=60), now=1100.0)
     assert evicted == [("idle", "w0")]  # "busy" is still executing: never expired
     assert conn.llen("rq:queue:brulee.w0") == 1  # the worker is told to drop it

@@ -43,9 +43,7 @@ def expire_idle(
             facts = policy_entries(r, device, entries, pins)
             names = set(proactive.expired([e for e, _ in facts], now))
             # idle: not pinned, and no request queued on it
-            slots = [
-                s for e, s in facts if e.name in names and not e.pinned and not queued.get(s)
-            ]
+            slots = [s for e, s in facts if e.name in names and not e.pinned and not queued.get(s)]
             if not slots:
                 pipe.unwatch()
                 return []

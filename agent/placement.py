@@ -194,6 +194,7 @@ class Placement:
         admitting: Callable[[redis.client.Pipeline], bool] | None = None,
         only_worker: str | None = None,
         recount: str | None = None,
+        hits_only: bool = False,
     ) -> tuple[Decision, Any]:
         """Decide where ``model`` runs and commit it, with ``enqueue(pipe, decision)`` adding
         the work to the same transaction; returns the decision and what ``enqueue`` returned.
@@ -203,9 +204,11 @@ class Placement:
         without it, :class:`MemoryBusy`. ``admitting``: this is the admission queue's head
         being placed (it may not wait again; the check runs inside the transaction, False:
         the ticket is gone, return ``(None, None)``). ``only_worker``: place on that worker.
-        ``recount``: a request placed again (its copy was evicted while it was queued) that
-        was counted as a ``hit`` or ``miss`` then: it is not counted as a new request (the
-        policies' statistics stay true), only moved to its new outcome.
+        ``hits_only``: place it only if its model is cached (a waiting request behind a head
+        that does not fit: it takes no memory). ``recount``: a request placed again (its copy
+        was evicted while it was queued) that was counted as a ``hit`` or ``miss`` then: it is
+        not counted as a new request (the policies' statistics stay true), only moved to its
+        new outcome.
         Also raises NoWorkers, ModelTooLarge, or ``agent.txn.Contended``."""
         now = now or time.time()
         alive: dict[str, Worker] = {}
@@ -228,7 +231,7 @@ class Placement:
             devices = sorted({w.device for w in alive.values()})
             state = self._read_state(model.name, alive, devices)
             decision, policy = self._decide(
-                model, alive, devices, now, state, admitting is not None, only_worker
+                model, alive, devices, now, state, admitting is not None, only_worker, hits_only
             )
             if decision.ticket is not None:
                 if admitting is not None:  # still no room for the head: it keeps waiting
@@ -294,6 +297,7 @@ class Placement:
         state: _State,
         admitting: bool,
         only_worker: str | None,
+        hits_only: bool = False,
     ) -> tuple[Decision, EvictionPolicy | None]:
         backlog = state.backlog
         copies = [
@@ -303,6 +307,8 @@ class Placement:
             if m == model.name and (only_worker is None or w == only_worker)
         ]
         holders = [(d, w) for d, w, st in copies if st != DRAINING]  # draining: no new requests
+        if hits_only and not holders:
+            return Decision(copies[0][0] if copies else devices[0], ticket=""), None
         best_hit = None
         if holders:
             best_hit = min(holders, key=lambda dw: (backlog[dw[1]], dw[1]))

@@ -99,18 +99,6 @@ def cancel(conn: redis.Redis, device: str, ticket: str) -> bool:
     return bool(removed)
 
 
-def _head(conn: redis.Redis, device: str) -> tuple[str, dict[str, Any], bytes] | None:
-    ids = conn.zrange(key("waiting", device), 0, 0)
-    if not ids:
-        return None
-    ticket = ids[0].decode()
-    head, payload = conn.hmget(key("ticket", ticket), "head", "payload")
-    if head is None:  # removed between the two reads, or a leftover: drop it
-        conn.zrem(key("waiting", device), ticket)
-        return ticket, {}, b""
-    return ticket, json.loads(head), payload or b""
-
-
 def expire(conn: redis.Redis, device: str, ticket: str, head: dict[str, Any], now: float) -> None:
     """A ticket whose deadline passed leaves the queue; its caller gets a 503 that says how
     long it waited for memory."""
@@ -142,19 +130,18 @@ def timed_out_message(function: str, head: dict[str, Any], waited: float) -> str
 
 
 def admit(placement: Placement, device: str, now: float | None = None) -> int:
-    """Place the device's waiting requests, head first, until one does not fit; answer those
-    whose deadline passed. Returns how many were placed."""
-    from agent.dispatch import SYNC, enqueue_job, facts_of, push_lane
-
+    """Place the device's waiting requests, head first, until one does not fit; behind a head
+    that does not fit, only requests whose model is now cached go (they take no memory: no
+    overtaking). Answers those whose deadline passed. Returns how many were placed."""
     conn = placement.r
-    placed = 0
-    while True:
-        head = _head(conn, device)
-        if head is None:
-            return placed
-        ticket, doc, payload = head
-        if not doc:
+    placed, blocked = 0, False
+    for raw in conn.zrange(key("waiting", device), 0, -1):
+        ticket = raw.decode()
+        head, payload = conn.hmget(key("ticket", ticket), "head", "payload")
+        if head is None:  # placed or cancelled meanwhile, or a leftover
+            conn.zrem(key("waiting", device), ticket)
             continue
+        doc = json.loads(head)
         t = now or time.time()
         if doc.get("deadline") is not None and admission.expired(
             admission.Ticket(ticket, doc["model"], doc["bytes"], doc["arrived"], doc["deadline"]),
@@ -162,38 +149,44 @@ def admit(placement: Placement, device: str, now: float | None = None) -> int:
         ):
             expire(conn, device, ticket, doc, t)
             continue
-        req = doc["req"]
-
-        def still_waiting(pipe, ticket=ticket) -> bool:
-            return pipe.zscore(key("waiting", device), ticket) is not None
-
-        def enqueue(
-            pipe,
-            decision,
-            ticket=ticket,
-            req=req,
-            kind=doc["kind"],
-            payload=payload,
-            arrived=doc["arrived"],
-        ):
-            pipe.zrem(key("waiting", device), ticket)
-            pipe.delete(key("ticket", ticket))
-            pipe.hincrby(key("admission", device), "admitted", 1)
-            waited = time.time() - float(arrived)
-            observe_wait(pipe, waited)
-            if kind == SYNC:
-                push_lane(pipe, decision, req, payload)
-            else:
-                enqueue_job(pipe, conn, decision, req, ticket)
-
-        decision, _ = placement.place(
-            facts_of(req), enqueue, now=t, admitting=still_waiting, recount=req.get("recount")
-        )
+        decision = _place_ticket(placement, device, ticket, doc, payload or b"", t, blocked)
         if decision is None:
-            continue  # cancelled meanwhile: look at the next head
+            continue  # cancelled meanwhile
         if decision.ticket is not None:
-            return placed  # still no room for the head: nobody behind it may overtake
+            blocked = True  # still no room for it: only hits may follow
+            continue
         placed += 1
+    return placed
+
+
+def _place_ticket(placement, device, ticket, doc, payload, now, hits_only):
+    """One waiting request, placed and taken out of the queue in one transaction."""
+    from agent.dispatch import SYNC, enqueue_job, facts_of, push_lane
+
+    req = doc["req"]
+
+    def still_waiting(pipe) -> bool:
+        return pipe.zscore(key("waiting", device), ticket) is not None
+
+    def enqueue(pipe, decision) -> None:
+        pipe.zrem(key("waiting", device), ticket)
+        pipe.delete(key("ticket", ticket))
+        pipe.hincrby(key("admission", device), "admitted", 1)
+        observe_wait(pipe, time.time() - float(doc["arrived"]))
+        if doc["kind"] == SYNC:
+            push_lane(pipe, decision, req, payload)
+        else:
+            enqueue_job(pipe, placement.r, decision, req, ticket)
+
+    decision, _ = placement.place(
+        facts_of(req),
+        enqueue,
+        now=now,
+        admitting=still_waiting,
+        recount=req.get("recount"),
+        hits_only=hits_only,
+    )
+    return decision
 
 
 def adopt_orphans(placement: Placement, device: str) -> int:

@@ -326,3 +326,19 @@ def test_a_copy_with_requests_queued_is_drained_not_evicted_under_them(conn):
     assert waiting.admit(placement, "dev") == 1  # "b"; then "a" waits for "b"'s memory
     assert _lane_models(conn) == ["b"]
     assert json.loads(conn.hget(key("entries", "dev"), "b|w0"))["state"] == "loading"
+
+
+def test_behind_a_head_that_does_not_fit_only_hits_go(conn):
+    """ "big" waits at the head; "x" waits behind it. Once "x" is cached (brought in by an
+    earlier placement), "x" needs no memory and is placed; "small", also behind "big" and not
+    cached, still waits (no overtaking for memory)."""
+    placement = _placement(conn)
+    _hold(placement, "a", 900)
+    submit(placement, _req("big", 800, "r1"), b"", SYNC, "t-big")
+    submit(placement, _req("x", 50, "r2"), b"", SYNC, "t-x")
+    submit(placement, _req("small", 50, "r3"), b"", SYNC, "t-small")
+    conn.hset(key("entries", "dev"), "x|w0", json.dumps(
+        {"bytes": 50, "state": "ready", "since": 1.0, "inserted_at": 1.0}))  # fmt: skip
+    assert waiting.admit(placement, "dev") == 1
+    assert _lane_models(conn) == ["x"]
+    assert [t.decode() for t in conn.zrange(key("waiting", "dev"), 0, -1)] == ["t-big", "t-small"]

@@ -326,6 +326,7 @@ def run(
     ready_at = [0.0] * nm  # when a cached model's load completes
     pins = [0] * nm  # requests executing m or waiting for its load (not merely queued)
     queued = [0] * nm  # arrival placement: requests placed on m's holder, not yet started
+    draining = [False] * nm  # arrival placement: cached, takes no new requests, goes when idle
     holder = [0] * nm  # arrival placement: the worker that holds m
     # arrival placement: the admission queue, in order: (ticket, model, arrival time)
     waiting: list[tuple[admission.Ticket, int, float]] = []
@@ -361,7 +362,7 @@ def run(
     def refresh_pins(now: float) -> list[Entry]:
         entries = []
         for m, e in cached.items():
-            e.pinned = pins[m] > 0 or ready_at[m] > now
+            e.pinned = pins[m] > 0 or ready_at[m] > now or draining[m]
             entries.append(e)
         return entries
 
@@ -501,9 +502,11 @@ def run(
             e.pinned = e.pinned or queued[index[e.name]] > 0
         victims = pol.victims(entries, incoming, need, total, t)
         if victims is None and any(queued[index[e.name]] for e in entries):
-            victims = pol.victims(refresh_pins(t), incoming, need, total, t)
-        else:
-            refresh_pins(t)
+            # as the agent: models with requests queued are drained, not evicted under them
+            for v in pol.victims(refresh_pins(t), incoming, need, total, t) or []:
+                if queued[index[v.name]]:
+                    draining[index[v.name]] = True
+        refresh_pins(t)
         if victims is None:
             return None
         for v in victims:
@@ -527,7 +530,7 @@ def run(
         the worker that holds it; a miss is placed at once when nobody waits and the policy
         frees its memory, else it joins the admission queue."""
         e = cached.get(m)
-        if e is not None:
+        if e is not None and not draining[m]:
             e.last_used = t
             pol.on_hit(e, t)
             return holder[m]
@@ -537,7 +540,7 @@ def run(
             return None
         if waiting:
             purge(t)
-        if not admission.must_wait(len(waiting)):
+        if not admission.must_wait(len(waiting)) and not draining[m]:
             w = place_miss(t, m, None)
             if w is not None:
                 return w
@@ -575,21 +578,29 @@ def run(
             waiting[:] = [x for x in waiting if not admission.expired(x[0], now)]
 
     def admit(now: float) -> None:
-        """Memory may have freed: place the admission queue's head, then the next, until one
-        cannot be placed (first come, first served: nobody overtakes the head)."""
+        """Memory may have freed: place the admission queue's head, then the next; behind one
+        that cannot be placed, only requests whose model is cached go (they take no memory:
+        nobody overtakes the head for memory). As the agent's ``waiting.admit``."""
         purge(now)
-        while waiting:
-            ticket, m, arrival = waiting[0]
+        blocked = False
+        for item in list(waiting):
+            if item not in waiting:  # gone meanwhile (a deadline passed)
+                continue
+            ticket, m, arrival = item
             e = cached.get(m)
-            if e is not None:  # brought in meanwhile (an earlier waiter): no memory needed
+            if e is not None and not draining[m]:  # cached: no memory needed
                 e.last_used = now
                 pol.on_hit(e, now)
                 w = holder[m]
+            elif blocked or draining[m]:
+                blocked = True
+                continue
             else:
                 w = place_miss(now, m, None)
                 if w is None:
-                    return
-            del waiting[0]
+                    blocked = True
+                    continue
+            waiting.remove(item)
             res.admitted_after_wait += 1
             res.total_admission_wait_s += now - ticket.arrived
             wait_hist.add(now - ticket.arrived)
@@ -651,12 +662,17 @@ def run(
                 continue
             pins[m] -= 1
             outstanding[w] -= 1
+            if draining[m] and not pins[m] and not queued[m]:  # drained: evicted now
+                draining[m] = False
+                evict(m, tf)
+                res.evictions += 1
             if pro is not None and m in cached and not pins[m]:
                 cached[m].pinned = ready_at[m] > tf
                 proactive_tick(tf, [cached[m]])
             if waiting:  # memory freed: the waiters first (they came before w's next request)
                 admit(tf)
-            start(w, tf)
+            if busy_until[w] <= tf:  # (admit may have started it already)
+                start(w, tf)
 
     use_next = pol.needs_oracle
     for _, times, funcs, nexts in workload.chunks(with_next=use_next):

@@ -286,22 +286,20 @@ def served_order(path: str, profiles: dict, cap: int, **kw) -> tuple:
 def test_admission_waits_for_memory_first_come_first_served(tmp_path):
     """(a) One worker. X@0 loads 0–1, runs 1–2. Y@0.1 finds X pinned: waits. X@0.2 is a hit
     (queued, which does not pin). Y@0.3: somebody waits, so it waits too. At 2 X ends: Y@0.1
-    evicts X (its queued request does not pin it) and is queued on the worker; Y@0.3 finds Y
-    cached: queued. The worker reaches X@0.2: X was evicted, Y is loading (pinned): X@0.2
-    waits again; Y loads 2–3, runs 3–4; at 4 X@0.2 evicts Y, loads 4–5, runs 5–6; Y@0.3's Y
-    is gone: it waits; at 6 it loads 6–7, runs 7–8. Arrival order kept, nobody refused."""
+    would need X's memory, but X has a request queued: X is drained (no new requests) rather
+    than evicted under it; the worker runs X@0.2 (2–3), X goes, Y@0.1 is placed at 3 (loads
+    3–4, runs 4–5) and Y@0.3, now a hit, with it (5–6). Nobody refused, two loads only."""
     w = workload(tmp_path, [(0, "X"), (0.1, "Y"), (0.2, "X"), (0.3, "Y")])
     r, done = served_order(w, ONE_AT_A_TIME, 100)
     assert (r.rejected, r.timed_out, r.queue_full, r.served) == (0, 0, 0, 4)
-    assert [(m, a) for m, a, _ in done] == [("X", 0), ("Y", 0.1), ("X", 0.2), ("Y", 0.3)]
-    assert [f for _, _, f in done] == pytest.approx([2, 4, 6, 8])
-    assert (r.cold_starts, r.hits, r.evictions) == (4, 0, 3)
-    # admissions: Y@0.1 at 2 (1.9 s), Y@0.3 at 2 (1.7), X@0.2 at 4 (waited from 2), Y@0.3
-    # at 6 (from 4)
-    assert r.admitted_after_wait == 4
-    assert r.total_admission_wait_s == pytest.approx(1.9 + 1.7 + 2 + 2)
-    assert r.mean_response_s == pytest.approx((2 + 3.9 + 5.8 + 7.7) / 4)
-    assert r.total_load_delay_s == pytest.approx(4.0)  # load delay excludes the waits
+    assert [(m, a) for m, a, _ in done] == [("X", 0), ("X", 0.2), ("Y", 0.1), ("Y", 0.3)]
+    assert [f for _, _, f in done] == pytest.approx([2, 3, 5, 6])
+    assert (r.cold_starts, r.hits, r.evictions) == (2, 2, 1)
+    # admissions: Y@0.1 and Y@0.3 at 3 (2.9 s and 2.7 s)
+    assert r.admitted_after_wait == 2
+    assert r.total_admission_wait_s == pytest.approx(2.9 + 2.7)
+    assert r.mean_response_s == pytest.approx((2 + 2.8 + 4.9 + 5.7) / 4)
+    assert r.total_load_delay_s == pytest.approx(2.0)  # load delay excludes the waits
 
 
 def test_admission_a_large_model_is_not_starved_by_smaller_ones(tmp_path):
@@ -352,17 +350,18 @@ def test_admission_bound_refuses_one_more(tmp_path):
 
 def test_queued_requests_do_not_pin_their_model(tmp_path):
     """(e) One worker, cap 200. A loads 0–1, runs 1–2. B loads 3–4, runs 4–14. A@5 is queued
-    behind B (a hit when it arrives). C@6 needs 100 B: B executes (pinned) but A is only
-    queued, so A is evicted and C placed. At 14 the worker reaches A@5: A is gone, nobody
-    waits, so the worker reloads it itself (a cold start), evicting B (C is loading, pinned):
-    14–16; then C loads 16–17, runs 17–18. (Before, queued requests pinned A: C was refused.)"""
+    behind B (a hit when it arrives). C@6 needs 100: B executes (pinned), and A is only
+    queued — not pinned, but not evicted under its request either: A is drained (it takes no
+    new request) and C waits. At 14 B ends: C evicts B (idle) and is queued; the worker runs
+    A@5, a hit (14–15), then A goes; C loads 15–16, runs 16–17. (Before, queued requests
+    pinned A: C was refused.)"""
     profiles = {"A": ModelCost(1.0, 1.0, 100, 0.0), "B": ModelCost(1.0, 10.0, 100, 0.0),
                 "C": ModelCost(1.0, 1.0, 100, 0.0)}  # fmt: skip
     w = workload(tmp_path, [(0, "A"), (3, "B"), (5, "A"), (6, "C")])
     r, done = served_order(w, profiles, 200)
-    assert (r.rejected, r.admitted_after_wait, r.hits) == (0, 0, 0)
-    assert (r.cold_starts, r.evictions) == (4, 2)
-    assert [(m, f) for m, _, f in done] == [("A", 2), ("B", 14), ("A", 16), ("C", 18)]
+    assert (r.rejected, r.admitted_after_wait, r.hits) == (0, 1, 1)
+    assert (r.cold_starts, r.evictions) == (3, 2)
+    assert [(m, f) for m, _, f in done] == [("A", 2), ("B", 14), ("A", 15), ("C", 17)]
 
 
 def test_models_with_queued_requests_are_evicted_last(tmp_path):

@@ -118,3 +118,31 @@ def overflow_victims(
         return None
     by_id = {id(e): s for e, s in facts}
     return [by_id[id(e)] for e in chosen]
+
+
+def victims_or_drains(
+    policy: EvictionPolicy,
+    facts: list[tuple[Entry, str]],
+    queued: dict[str, str],
+    incoming: Entry,
+    need: int,
+    total_requests: int,
+    now: float,
+) -> tuple[list[Entry] | None, list[str]]:
+    """The policy's victims among copies nobody has requests queued for; if they cannot
+    free ``need``, ``(None, drains)``: the copies with requests queued that the policy
+    would take as well — they are drained (they take no new requests and are evicted once
+    their queue is served) while the request waits, rather than evicted under the
+    requests queued on them."""
+    entries = [e for e, _ in facts]
+    pinned = [e.pinned for e in entries]
+    for e, s in facts:
+        e.pinned = e.pinned or int(queued.get(s, 0)) > 0
+    chosen = policy.victims(entries, incoming, need, total_requests, now)
+    for e, was in zip(entries, pinned):
+        e.pinned = was
+    if chosen is not None or not any(int(queued.get(s, 0)) > 0 for _, s in facts):
+        return chosen, []
+    wider = policy.victims(entries, incoming, need, total_requests, now) or []
+    slot_of = {id(e): s for e, s in facts}
+    return None, [slot_of[id(e)] for e in wider if int(queued.get(slot_of[id(e)], 0)) > 0]

@@ -23,11 +23,15 @@ redirects (as a GET), so an allowed server can redirect it. Allow only hosts you
 from __future__ import annotations
 
 import ipaddress
+import json
+import logging
 import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import Request, urlopen
 
 ENV = "BRULEE_CALLBACK_ALLOW"
 MAX_URL = 2048
@@ -155,3 +159,22 @@ class CallbackPolicy:
                     f"hosts only unless {ENV} (brulee up --callback-allow) allows it"
                 )
         return url
+
+
+TIMEOUT_S = 10  # a receiver slower than this is logged as failed
+log = logging.getLogger("brulee.callbacks")
+
+
+def notify(req: dict[str, Any], result: dict[str, Any]) -> None:
+    """POST an async job's final answer to its callback URL (validated by the gateway); a
+    receiver that fails or cannot be reached is logged, never retried here."""
+    status = "failed" if "error" in result else "finished"
+    body = {"job_id": req.get("job_id"), "status": status, "function": req["function"]}
+    body.update({"error": result["error"]} if status == "failed" else {"result": result["result"]})
+    request = Request(req["callback"], data=json.dumps(body).encode(), method="POST",
+                      headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urlopen(request, timeout=TIMEOUT_S):
+            pass
+    except Exception as exc:  # noqa: BLE001 (a receiver's failure is not the job's)
+        log.warning("callback %s for job %s failed: %s", req["callback"], req.get("job_id"), exc)

@@ -34,6 +34,7 @@ from agent.cachestate import (
     policy_entries,
     policy_for,
     used_bytes,
+    victims_or_drains,
 )
 from agent.hit import ARRIVALS_KEPT, SCALE_OUT_QUEUE
 from agent.keys import decode, key, slot, unslot
@@ -355,8 +356,8 @@ class Placement:
                 last_used=now,
                 pinned=True,
             )
-            chosen, drain = self._victims(
-                policy, facts, state.queued[device], incoming, need, state, now
+            chosen, drain = victims_or_drains(
+                policy, facts, state.queued[device], incoming, need, state.requests, now
             )
             if chosen is None:
                 drains[device] = drain
@@ -375,34 +376,6 @@ class Placement:
             decision.evicted.append(unslot(s))
             policy.on_evict(entry, now)
         return decision, policy
-
-    @staticmethod
-    def _victims(
-        policy: EvictionPolicy,
-        facts: list[tuple[Entry, str]],
-        queued: dict[str, str],
-        incoming: Entry,
-        need: int,
-        state: _State,
-        now: float,
-    ) -> tuple[list[Entry] | None, list[str]]:
-        """The policy's victims among copies nobody has requests queued for; if they cannot
-        free ``need``, ``(None, drains)``: the copies with requests queued that the policy
-        would take as well — they are drained (they take no new requests and are evicted once
-        their queue is served) while the request waits, rather than evicted under the
-        requests queued on them."""
-        entries = [e for e, _ in facts]
-        pinned = [e.pinned for e in entries]
-        for e, s in facts:
-            e.pinned = e.pinned or int(queued.get(s, 0)) > 0
-        chosen = policy.victims(entries, incoming, need, state.requests, now)
-        for e, was in zip(entries, pinned):
-            e.pinned = was
-        if chosen is not None or not any(int(queued.get(s, 0)) > 0 for _, s in facts):
-            return chosen, []
-        wider = policy.victims(entries, incoming, need, state.requests, now) or []
-        slot_of = {id(e): s for e, s in facts}
-        return None, [slot_of[id(e)] for e in wider if int(queued.get(slot_of[id(e)], 0)) > 0]
 
     def _hit(self, holder: tuple[str, str], alive: dict[str, Worker], state: _State) -> Decision:
         device, worker = holder

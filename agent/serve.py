@@ -205,3 +205,30 @@ def account(ctx: Context, req: dict[str, Any], result: dict[str, Any], pinned: b
             misses = key("misses", ctx.device)
             pipe.hincrby(hits, model, 1 if result["cache"] == "hit" else -1)
             pipe.hincrby(misses, model, 1 if result["cache"] == "miss" else -1)
+
+
+def reconcile(ctx: Context) -> None:
+    """Make what this process holds and what the accounting says it holds agree (under the
+    context's lock, so no invocation is half way): interpreters the accounting does not count
+    (neither a copy nor being released) are dropped; copies counted ``ready`` that this process
+    does not hold are given back; a load whose ``ready`` step failed is completed; pins on this
+    worker's copies (nothing executes while the lock is held) are stale and cleared."""
+    held = ctx.copies.held_by(ctx.device, ctx.worker)
+    releasing = {
+        m
+        for m in ctx.interpreters.models
+        if ctx.conn.hexists(key("releasing", ctx.device), f"{m}|{ctx.worker}")
+    }
+    for model in list(ctx.interpreters.models):
+        if model not in held and model not in releasing:
+            log.warning("holding %s, which the accounting does not count: dropping it", model)
+            ctx.interpreters.drop(model)
+        elif model in held and held[model]["state"] == "loading":
+            ctx.copies.loaded(ctx.device, model, ctx.worker, None, 0.0)
+    for model, entry in held.items():
+        if entry["state"] == "ready" and model not in ctx.interpreters.models:
+            log.warning("accounted for %s, which this worker does not hold: giving it back", model)
+            ctx.copies.give_back(ctx.device, model, ctx.worker)
+    stale = ctx.copies.clear_pins(ctx.device, ctx.worker)
+    if stale:  # nothing executes here now: a pin left by an answer Redis never took
+        log.warning("cleared stale pins of %s", ", ".join(stale))

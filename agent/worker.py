@@ -35,7 +35,7 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.serializers import JSONSerializer
 
-from agent import waiting
+from agent import callbacks, waiting
 from agent.dispatch import ASYNC, SYNC, submit
 from agent.interpreters import InterpreterCache
 from agent.keys import key, lanes, worker_queue
@@ -43,13 +43,12 @@ from agent.lane import Spool, reply_message
 from agent.membership import HEARTBEAT_TTL, PlacementError
 from agent.memory import release_memory, rss_bytes
 from agent.placement import Placement
-from agent.serve import REPLACED, Context, account, serve
+from agent.serve import REPLACED, Context, account, reconcile, serve
 from agent.txn import Contended, through_outage
 
 log = logging.getLogger("brulee.worker")
 JOB_FUNCTIONS = ("agent.worker.invoke", "agent.worker.evict", "agent.worker.prewarm")
 RECONCILE_EVERY_S = 5.0
-CALLBACK_TIMEOUT_S = 10
 
 _CONTEXT: Context | None = None
 
@@ -86,25 +85,8 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
         _unpinned(ctx, req, replies[1] if pinned else None)
     _admit_if_waiting(ctx)
     if req.get("callback"):
-        notify(req, result)
+        callbacks.notify(req, result)
     return result
-
-
-def notify(req: dict[str, Any], result: dict[str, Any]) -> None:
-    """POST an async job's final answer to its callback URL (validated by the gateway); a
-    receiver that fails or cannot be reached is logged, never retried here."""
-    from urllib.request import Request, urlopen
-
-    status = "failed" if "error" in result else "finished"
-    body = {"job_id": req.get("job_id"), "status": status, "function": req["function"]}
-    body.update({"error": result["error"]} if status == "failed" else {"result": result["result"]})
-    request = Request(req["callback"], data=json.dumps(body).encode(), method="POST",
-                      headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urlopen(request, timeout=CALLBACK_TIMEOUT_S):
-            pass
-    except Exception as exc:  # noqa: BLE001 (a receiver's failure is not the job's)
-        log.warning("callback %s for job %s failed: %s", req["callback"], req.get("job_id"), exc)
 
 
 def evict(models: list[str]) -> dict[str, int]:
@@ -256,33 +238,6 @@ def _admit_if_waiting(ctx: Context, check: bool = True) -> None:
             waiting.admit(ctx.placement, ctx.device)
     except (redis.RedisError, PlacementError, Contended) as exc:
         log.warning("admission failed: %s", exc)
-
-
-def reconcile(ctx: Context) -> None:
-    """Make what this process holds and what the accounting says it holds agree (under the
-    context's lock, so no invocation is half way): interpreters the accounting does not count
-    (neither a copy nor being released) are dropped; copies counted ``ready`` that this process
-    does not hold are given back; a load whose ``ready`` step failed is completed; pins on this
-    worker's copies (nothing executes while the lock is held) are stale and cleared."""
-    held = ctx.copies.held_by(ctx.device, ctx.worker)
-    releasing = {
-        m
-        for m in ctx.interpreters.models
-        if ctx.conn.hexists(key("releasing", ctx.device), f"{m}|{ctx.worker}")
-    }
-    for model in list(ctx.interpreters.models):
-        if model not in held and model not in releasing:
-            log.warning("holding %s, which the accounting does not count: dropping it", model)
-            ctx.interpreters.drop(model)
-        elif model in held and held[model]["state"] == "loading":
-            ctx.copies.loaded(ctx.device, model, ctx.worker, None, 0.0)
-    for model, entry in held.items():
-        if entry["state"] == "ready" and model not in ctx.interpreters.models:
-            log.warning("accounted for %s, which this worker does not hold: giving it back", model)
-            ctx.copies.give_back(ctx.device, model, ctx.worker)
-    stale = ctx.copies.clear_pins(ctx.device, ctx.worker)
-    if stale:  # nothing executes here now: a pin left by an answer Redis never took
-        log.warning("cleared stale pins of %s", ", ".join(stale))
 
 
 # -- the worker process -------------------------------------------------------------------------

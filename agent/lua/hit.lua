@@ -33,7 +33,7 @@ if (redis.call('GET', KEYS[3]) or '0') ~= members then return {'members'} end
 local model, now, msg = ARGV[4], ARGV[5], ARGV[6]
 local max_queue, ndev, nw = tonumber(ARGV[7]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local wk = 6 + 6 * ndev
-local best, best_len, best_dev, best_entry
+local best, best_name, best_len, best_dev, best_entry
 for j = 1, nw do
   local w, d = ARGV[10 + 2 * j - 1], tonumber(ARGV[10 + 2 * j])
   local base = wk + 4 * (j - 1)
@@ -43,8 +43,8 @@ for j = 1, nw do
     if entry then
       local len = redis.call('LLEN', KEYS[base + 3]) + redis.call('LLEN', KEYS[base + 2])
         + redis.call('LLEN', KEYS[base + 4])
-      if best == nil or len < best_len or (len == best_len and w < best) then
-        best, best_len, best_dev, best_entry = j, len, d, entry
+      if best == nil or len < best_len or (len == best_len and w < best_name) then
+        best, best_name, best_len, best_dev, best_entry = j, w, len, d, entry
       end
     end
   end

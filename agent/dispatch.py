@@ -11,7 +11,6 @@ job ``input_key`` and ``callback``. Placement adds what it decided (:func:`place
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import redis
@@ -40,6 +39,11 @@ def with_facts(req: dict[str, Any], facts: ModelFacts, profiled: bool) -> dict[s
         "profiled": profiled,
     }
     return req
+
+
+def counted_as(req: dict[str, Any]) -> str:
+    """How placement counted a request it put on a lane or queue: ``"hit"`` or ``"miss"``."""
+    return "miss" if req.get("miss") else "hit"
 
 
 def placed(req: dict[str, Any], decision: Decision) -> dict[str, Any]:
@@ -107,7 +111,3 @@ def submit(
     wait = Wait(ident, {"kind": kind, "req": req}, payload, deadline)
     decision, _ = placement.place(facts, enqueue, wait=wait, recount=req.get("recount"))
     return decision
-
-
-def ticket_document(head: bytes) -> dict[str, Any]:
-    return json.loads(head)

@@ -136,6 +136,17 @@ class _State:
     backlog: dict[str, int] = field(default_factory=dict)
 
 
+def move_count(client, device: str, model: str, old: str | None, new: str | None) -> None:
+    """Move one request of ``model`` from the device's ``old`` outcome counter to ``new``
+    (``"hit"``/``"miss"``; None: not counted there), through ``client`` (a pipeline or the
+    connection)."""
+    if old == new:
+        return
+    for outcome, step in ((old, -1), (new, 1)):
+        if outcome is not None:
+            client.hincrby(key("hits" if outcome == "hit" else "misses", device), model, step)
+
+
 class Placement:
     """The decisions (see the module's docstring); ``members`` and ``copies`` are the state
     they act on, ``max_waiting`` the admission queue's bound per device."""
@@ -163,9 +174,7 @@ class Placement:
     def uncount(self, device: str, req: dict[str, Any]) -> None:
         """A request placed again that could not be (it gets an error instead): it no longer
         counts as the hit or miss it was counted as."""
-        outcome = req.get("recount")
-        if outcome:
-            self.r.hincrby(key("hits" if outcome == "hit" else "misses", device), req["model"], -1)
+        move_count(self.r, device, req["model"], req.get("recount"), None)
 
     def policy(self, clock: float = 0.0) -> EvictionPolicy:
         return policy_for(self.policy_name, self.policy_options, clock)
@@ -415,14 +424,7 @@ class Placement:
         else:
             policy.on_insert(entry, now)
         pipe.hset(key("priority", d.device), s, entry.priority)
-        outcome = "hit" if d.hit else "miss"
-        if outcome != recount:
-            pipe.hincrby(
-                key(f"{outcome}es" if outcome == "miss" else "hits", d.device), model.name, 1
-            )
-            if recount is not None:
-                pipe.hincrby(key(f"{recount}es" if recount == "miss" else "hits", d.device),
-                             model.name, -1)  # fmt: skip
+        move_count(pipe, d.device, model.name, recount, "hit" if d.hit else "miss")
         if d.hit:
             return
         Copies.reserve(

@@ -24,12 +24,13 @@ from typing import Any
 
 import redis
 
+from agent.dispatch import counted_as
 from agent.interpreters import InterpreterCache
 from agent.keys import key
 from agent.lane import Spool
 from agent.memory import rss_bytes
 from agent.metrics import observe
-from agent.placement import Placement
+from agent.placement import Placement, move_count
 from agent.txn import through_outage
 from functions.handlers import BadInput, make_handler
 from functions.tensors import from_npy
@@ -199,12 +200,7 @@ def account(ctx: Context, req: dict[str, Any], result: dict[str, Any], pinned: b
         ctx.copies.unpin(ctx.device, model, ctx.worker, exec_s, pipe, ctx.placement.policy_name)
     if "cache" in result:
         observe(pipe, req["function"], result)
-        counted = "miss" if req.get("miss") else "hit"
-        if result["cache"] != counted:
-            hits = key("hits", ctx.device)
-            misses = key("misses", ctx.device)
-            pipe.hincrby(hits, model, 1 if result["cache"] == "hit" else -1)
-            pipe.hincrby(misses, model, 1 if result["cache"] == "miss" else -1)
+        move_count(pipe, ctx.device, model, counted_as(req), result["cache"])
 
 
 def reconcile(ctx: Context) -> None:

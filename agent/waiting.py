@@ -115,10 +115,7 @@ def expire(conn: redis.Redis, device: str, ticket: str, head: dict[str, Any], no
                 int(conn.zcard(key("waiting", device))), float(req["facts"]["exec_s"]), 1
             ),
         }
-        with conn.pipeline(transaction=False) as pipe:
-            pipe.rpush(req["reply"], reply_message(reply))
-            pipe.expire(req["reply"], REPLY_TTL_S)
-            pipe.execute()
+        _answer(conn, req, reply)
 
 
 def timed_out_message(function: str, head: dict[str, Any], waited: float) -> str:
@@ -193,14 +190,14 @@ def adopt_orphans(placement: Placement, device: str) -> int:
     """Place again the calls a dead worker had queued (``orphans:{d}``; they never started),
     as misses through the same placement and admission; a call whose deadline passed, or
     that cannot be placed, is answered with why. Returns how many were placed."""
-    from agent.dispatch import SYNC, submit
+    from agent.dispatch import SYNC, counted_as, submit
     from agent.txn import Contended
 
     conn, placed = placement.r, 0
     while (raw := conn.lpop(key("orphans", device))) is not None:
         head, _, payload = raw.partition(b"\n")
         req = json.loads(head)
-        req["recount"] = "miss" if req.get("miss") else "hit"
+        req["recount"] = counted_as(req)
         deadline = float(req.get("deadline") or "inf")
         if time.time() >= deadline:
             _answer(conn, req, {"error": "its worker died before running it and its deadline "

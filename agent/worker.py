@@ -36,7 +36,7 @@ from rq.exceptions import DequeueTimeout, StopRequested
 from rq.serializers import JSONSerializer
 
 from agent import callbacks, waiting
-from agent.dispatch import ASYNC, SYNC, submit
+from agent.dispatch import ASYNC, SYNC, counted_as, submit
 from agent.interpreters import InterpreterCache
 from agent.keys import key, lanes, worker_queue
 from agent.lane import Spool, reply_message
@@ -190,7 +190,7 @@ def _replace(ctx: Context, req: dict[str, Any], payload: bytes, kind: str = SYNC
     admission as at the gateway. A lane request goes onto the front of its new worker's lane
     (which answers its caller); an async one becomes a new job (``req["moved_to"]``)."""
     deadline = req.get("deadline")
-    req["recount"] = "miss" if req.get("miss") else "hit"
+    req["recount"] = counted_as(req)
     ident = uuid.uuid4().hex
     if kind == ASYNC:
         req["moved_to"] = ident

@@ -17,8 +17,15 @@ the simulator (``loadgen.simulator``, which keeps it in a list):
   timeout, shortened by the ``X-Deadline-Ms`` request header. Then it leaves the queue and is
   answered 503 with a ``Retry-After`` estimate and how long it waited for memory. An
   asynchronous job waits in the same queue without a deadline.
-- **Bound.** At most ``max_waiting`` requests wait per device (``--max-waiting``, default
-  :data:`DEFAULT_MAX_WAITING`); one more is refused at once: 429 with ``Retry-After``.
+- **Bound: loads, not requests.** At most ``max_waiting`` *models* wait for memory per device
+  (``--max-waiting``, default :data:`DEFAULT_MAX_WAITING`): each is one load the device owes.
+  A request whose model already has a request waiting joins it ("rides"): it needs no memory
+  of its own (once the first is placed the model is loading, and the rest are hits), so it
+  adds nothing to anybody's wait for memory. Riders are bounded by their deadline, and all
+  waiting requests together by ``REQUESTS_PER_LOAD * max_waiting`` (what a Pi keeps parked in
+  Redis and in the gateway's threads without effort). Past either bound a request is refused
+  at once: 429 with ``Retry-After``. (Counting requests instead refused a burst of 64
+  requests for one absent model although it would cost a single load.)
 
 Everything here is pure (no Redis, no clock): the agent and the simulator call the same
 functions with their own time.
@@ -27,9 +34,11 @@ functions with their own time.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-DEFAULT_MAX_WAITING = 64  # per device; a Pi holds this many parked requests without effort
+DEFAULT_MAX_WAITING = 64  # models waiting for memory per device
+REQUESTS_PER_LOAD = 4  # waiting requests in all: at most this many per model the bound allows
 MIN_RETRY_AFTER_S = 1  # Retry-After is whole seconds (RFC 9110), never 0
 
 
@@ -51,9 +60,17 @@ def must_wait(waiting: int) -> bool:
     return waiting > 0
 
 
-def is_full(waiting: int, max_waiting: int) -> bool:
-    """Whether one more waiting request would exceed the bound (then: 429)."""
-    return waiting >= max_waiting
+def max_requests(max_waiting: int) -> int:
+    """The ceiling on requests waiting per device, riders included."""
+    return REQUESTS_PER_LOAD * max_waiting
+
+
+def is_full(waiting: Mapping[str, int], model: str, max_waiting: int) -> bool:
+    """Whether a request for ``model`` joining the queue would exceed the bound (then: 429).
+    ``waiting``: how many requests wait for each model on the device now."""
+    if sum(waiting.values()) >= max_requests(max_waiting):
+        return True
+    return not waiting.get(model) and sum(1 for n in waiting.values() if n > 0) >= max_waiting
 
 
 def deadline(now: float, timeout_s: float, header_ms: str | None = None) -> float:

@@ -93,7 +93,8 @@ def _callback_allow(_ctx, _param, value: str | None) -> str | None:
 @click.option("--functions", "functions_file", default=None, help="stack.yml (default: all models)")
 @state_dir_option
 @max_waiting_option(
-    "Requests that may wait for memory per device; one more is answered 429.",
+    "Models that may wait for memory per device (requests for a model already waiting ride "
+    "along, up to 8 per model allowed); past that, 429.",
     minimum=1,
 )
 @click.option(

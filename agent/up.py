@@ -136,13 +136,14 @@ def worker_argv(
 
 def gateway_threads(processes: int, max_waiting: int | None = None) -> int:
     """Threads per gateway process: a synchronous request waiting for memory holds one, so
-    there must be room for a full admission queue (``max_waiting``) plus 8 per process for
-    everything else — hits, ``/healthz``, ``/system/cache`` — or waiting requests would
-    starve them."""
-    from agent.admission import DEFAULT_MAX_WAITING
+    there must be room for a full admission queue (``max_waiting`` models, each with its
+    riders: :func:`agent.admission.max_requests`) plus 8 per process for everything else —
+    hits, ``/healthz``, ``/system/cache`` — or waiting requests would starve them. (Threads
+    start only when needed.)"""
+    from agent.admission import DEFAULT_MAX_WAITING, max_requests
 
     waiting = max_waiting or int(os.environ.get("BRULEE_MAX_WAITING") or DEFAULT_MAX_WAITING)
-    return 8 + -(-waiting // max(processes, 1))
+    return 8 + -(-max_requests(waiting) // max(processes, 1))
 
 
 def gateway_argv(host: str, port: int, processes: int) -> list[str]:

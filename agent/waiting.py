@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -43,7 +44,10 @@ def add(pipe, device: str, wait: Wait, model: ModelFacts, now: float) -> None:
         "arrived": now,
         "deadline": None if wait.deadline == float("inf") else wait.deadline,
     }
-    pipe.hset(key("ticket", wait.id), mapping={"head": json.dumps(head), "payload": wait.payload})
+    pipe.hset(
+        key("ticket", wait.id),
+        mapping={"head": json.dumps(head), "payload": wait.payload, "model": model.name},
+    )
     pipe.zadd(key("waiting", device), {wait.id: now})
 
 
@@ -75,12 +79,13 @@ def join(
         )
     queued = state.waiting[device]
     workers = sum(1 for w in alive.values() if w.device == device)
-    if admission.is_full(queued, placement.max_waiting):
+    models = models_waiting(placement.r, device)
+    if admission.is_full(models, model.name, placement.max_waiting):
         pipe.unwatch()
         placement.r.hincrby(key("admission", device), "refused", 1)
         raise QueueFull(
-            f"{queued} requests already wait for memory on device {device!r} (the bound, "
-            "--max-waiting); retry later",
+            f"{queued} requests for {len(models)} models already wait for memory on device "
+            f"{device!r} (the bound, --max-waiting {placement.max_waiting} models); retry later",
             admission.retry_after(queued, model.exec_s + model.load_s, workers),
         )
     pipe.multi()
@@ -88,6 +93,15 @@ def join(
     add(pipe, device, wait, model, now)
     decision.ticket, decision.position, decision.arrived = wait.id, queued, now
     return decision
+
+
+def models_waiting(conn: redis.Redis, device: str) -> Counter[str]:
+    """How many requests wait for each model on ``device`` (the bound counts models)."""
+    ids = conn.zrange(key("waiting", device), 0, -1)
+    with conn.pipeline(transaction=False) as pipe:
+        for i in ids:
+            pipe.hget(key("ticket", i.decode()), "model")
+        return Counter(m.decode() for m in pipe.execute() if m is not None)
 
 
 def cancel(conn: redis.Redis, device: str, ticket: str) -> bool:

@@ -183,7 +183,8 @@ def fmt(v: object) -> object:
     "sync timeout; inf: no deadline, as for async jobs)",
 )
 @max_waiting_option(
-    "arrival placement: misses that may wait for memory at once; one more is refused",
+    "arrival placement: models whose misses may wait for memory at once (as the agent's); "
+    "past that a miss is refused",
     minimum=0,
 )
 @click.option(

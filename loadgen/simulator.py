@@ -37,8 +37,10 @@ admission queue, first come first served (only the head may take memory; a new m
 tail whenever anybody waits, even if it would fit). The head is tried, then the next, at every
 event that can free memory or unblock the head: an execution finishing, a prewarm load
 completing, a proactive unload, a waiting request's deadline. A request still waiting at its
-deadline (arrival + ``deadline_s``) leaves (``timed_out``, the agent's 503); one more miss when
-``max_waiting`` wait is refused (``queue_full``, the agent's 429). Only a model larger than the
+deadline (arrival + ``deadline_s``) leaves (``timed_out``, the agent's 503); a miss for a new
+model when ``max_waiting`` models wait (or when ``REQUESTS_PER_LOAD * max_waiting`` requests
+wait) is refused (``queue_full``, the agent's 429); a miss for a model already waiting rides
+along. Only a model larger than the
 cap is ``rejected``. A request queued on a worker whose model was evicted meanwhile is
 re-placed when its worker reaches it: if its model is cached again (on another worker) it moves
 to that worker's queue; otherwise it is a miss again and goes through the same admission — the
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -330,6 +333,7 @@ def run(
     holder = [0] * nm  # arrival placement: the worker that holds m
     # arrival placement: the admission queue, in order: (ticket, model, arrival time)
     waiting: list[tuple[admission.Ticket, int, float]] = []
+    waiting_for: Counter[str] = Counter()  # requests waiting per model (the bound counts models)
     wait_hist = LogHistogram()
     tickets = 0
     used = 0
@@ -551,7 +555,7 @@ def run(
         """A miss that cannot be placed now waits at the admission queue's tail (or is
         refused: full; or leaves at once: its deadline has passed)."""
         nonlocal seq, tickets
-        if admission.is_full(len(waiting), max_waiting):
+        if admission.is_full(waiting_for, names[m], max_waiting):
             res.queue_full += 1
             pending[m] -= 1
             return
@@ -564,6 +568,7 @@ def run(
             pending[m] -= 1
             return
         waiting.append((ticket, m, arrival))
+        waiting_for[names[m]] += 1
         if ticket.deadline < math.inf:  # wake up at the deadline: it leaves, the next is tried
             seq += 1
             heapq.heappush(events, (ticket.deadline, seq, -1, m))
@@ -575,6 +580,7 @@ def run(
                 if admission.expired(tk, now):
                     res.timed_out += 1
                     pending[m] -= 1
+                    waiting_for[names[m]] -= 1
             waiting[:] = [x for x in waiting if not admission.expired(x[0], now)]
 
     def admit(now: float) -> None:
@@ -601,6 +607,7 @@ def run(
                     blocked = True
                     continue
             waiting.remove(item)
+            waiting_for[names[m]] -= 1
             res.admitted_after_wait += 1
             res.total_admission_wait_s += now - ticket.arrived
             wait_hist.add(now - ticket.arrived)

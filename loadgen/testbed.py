@@ -248,7 +248,7 @@ def plot_policies(rows: list[dict], path: Path) -> None:
 @click.option("--policies", default="cremebrulee", show_default=True, help="comma-separated")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
 @max_waiting_option(
-    "the agent's admission queue bound (misses waiting for memory), simulated alike",
+    "the agent's admission queue bound (models waiting for memory), simulated alike",
     minimum=0,
 )
 @click.option("--seed", default=0, show_default=True)

@@ -15,7 +15,7 @@ import pytest
 import redis
 import requests
 
-from agent import waiting
+from agent import admission, waiting
 from agent.dispatch import SYNC, submit, with_facts
 from agent.keys import key
 from agent.placement import ModelFacts, Placement, QueueFull
@@ -107,6 +107,42 @@ def test_the_queue_is_bounded(conn):
         submit(placement, _req("y", 500, "r2"), b"", SYNC, "t2")
     assert refused.value.status == 429 and refused.value.retry_after >= 1
     assert conn.zcard(key("waiting", "dev")) == 1
+
+
+def test_the_bound_counts_models_not_requests(conn):
+    """Requests for a model that already waits ride along (one load serves them all): with
+    room for one waiting model, a burst for "x" waits whole, "y" is refused; all requests
+    together stay within REQUESTS_PER_LOAD per model allowed; once placed, the riders are
+    hits on the copy the first one loads."""
+    placement = _placement(conn, max_waiting=1)
+    _hold(placement, "a", 950)
+    rides = admission.REQUESTS_PER_LOAD
+    tickets = [submit(placement, _req("x", 500, f"r{i}"), b"", SYNC, f"t{i}") for i in range(rides)]
+    assert [d.ticket for d in tickets] == [f"t{i}" for i in range(rides)]
+    with pytest.raises(QueueFull, match="1 models"):
+        submit(placement, _req("y", 500, "ry"), b"", SYNC, "ty")
+    with pytest.raises(QueueFull):  # the ceiling on requests, riders included
+        submit(placement, _req("x", 500, "rx"), b"", SYNC, "tx")
+    assert waiting.models_waiting(conn, "dev") == {"x": rides}
+    placement.copies.unpin("dev", "a", "w0", 0.01)
+    assert waiting.admit(placement, "dev") == rides
+    assert _lane_models(conn) == ["x"] * rides
+    assert conn.hget(key("misses", "dev"), "x") == b"1"  # one load; the riders are hits
+    assert conn.hget(key("hits", "dev"), "x") == str(rides - 1).encode()
+
+
+@pytest.mark.parametrize(
+    ("waiting_now", "model", "full"),
+    [
+        ({}, "x", False),
+        ({"x": 3}, "x", False),  # rides with "x"
+        ({"x": 3}, "y", True),  # a second model: past the bound of one
+        ({"x": 0}, "y", False),  # nobody waits for "x" any more
+        ({"x": admission.REQUESTS_PER_LOAD}, "x", True),  # the ceiling on requests
+    ],
+)
+def test_the_bound_rule(waiting_now, model, full):
+    assert admission.is_full(waiting_now, model, max_waiting=1) is full
 
 
 def test_a_ticket_past_its_deadline_is_answered_not_placed(conn):

@@ -337,15 +337,18 @@ def test_admission_deadline_times_out_and_unblocks_the_next(tmp_path):
 
 
 def test_admission_bound_refuses_one_more(tmp_path):
-    """(d) max_waiting=1: X runs 0–2; Y@0.5 waits; Y@0.6 finds the queue full (429); at 2 Y@0.5
-    is placed. A model larger than the cap is still rejected outright."""
-    profiles = {**ONE_AT_A_TIME, "BIG": ModelCost(1.0, 1.0, 500, 0.0)}
-    w = workload(tmp_path, [(0, "X"), (0.5, "Y"), (0.6, "Y"), (0.7, "BIG")])
+    """(d) max_waiting=1 (one model may wait): X runs 0–2; Y@0.5 waits; Y@0.55 rides along
+    (the same load serves it); Z@0.6 finds the queue full (429); at 2 Y@0.5 is placed (a
+    load), Y@0.55 behind it (a hit). A model larger than the cap is still rejected outright."""
+    profiles = {**ONE_AT_A_TIME, "Z": ModelCost(1.0, 1.0, 100, 0.0),
+                "BIG": ModelCost(1.0, 1.0, 500, 0.0)}  # fmt: skip
+    w = workload(tmp_path, [(0, "X"), (0.5, "Y"), (0.55, "Y"), (0.6, "Z"), (0.7, "BIG")])
     r, done = served_order(w, profiles, 100, max_waiting=1)
-    assert (r.queue_full, r.rejected, r.admitted_after_wait, r.served) == (1, 1, 1, 2)
-    assert [(m, a) for m, a, _ in done] == [("X", 0), ("Y", 0.5)]
+    assert (r.queue_full, r.rejected, r.admitted_after_wait, r.served) == (1, 1, 2, 3)
+    assert [(m, a) for m, a, _ in done] == [("X", 0), ("Y", 0.5), ("Y", 0.55)]
+    assert (r.cold_starts, r.hits) == (2, 1)
     r0 = simulate(w, profiles, "lru", 100, placement="arrival", max_waiting=0)
-    assert (r0.queue_full, r0.served) == (2, 1)
+    assert (r0.queue_full, r0.served) == (3, 1)
 
 
 def test_queued_requests_do_not_pin_their_model(tmp_path):
@@ -412,8 +415,9 @@ def test_cli_arrival_placement_admission_options(tmp_path):
     assert res.exit_code == 0, res.output
     assert "queue_full" in res.output and "timed_out" in res.output
     (row,) = csv.DictReader(open(out / "results.csv"))
-    # A runs 0-1.5; B@0.1 waits; C@0.2 and B@0.3 find the one waiting place taken
-    assert (row["queue_full"], row["admitted_after_wait"], row["timed_out"]) == ("2", "1", "0")
+    # A runs 0-1.5; B@0.1 waits; C@0.2 finds the one waiting model's place taken; B@0.3
+    # rides along with B@0.1
+    assert (row["queue_full"], row["admitted_after_wait"], row["timed_out"]) == ("1", "2", "0")
     res = CliRunner().invoke(main, [*common, "--deadline", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
     (row,) = csv.DictReader(open(out / "results.csv"))

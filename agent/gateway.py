@@ -45,6 +45,12 @@ def read_token(state_dir: str | os.PathLike | None) -> str | None:
     return None
 
 
+# Every gunicorn thread may hold a connection (a synchronous call blocks on its reply for up
+# to its deadline), and there are hundreds when the admission queue is full: redis-py 8's
+# default pool of 100 answered "Too many connections" (503) to the rest.
+REDIS_CONNECTIONS = 4096
+
+
 def create_app(
     redis_url: str | None = None,
     models_dir: str | os.PathLike | None = None,
@@ -73,7 +79,10 @@ def create_app(
     callbacks = CallbackPolicy.parse(callback_allow if callback_allow is not None else env(ENV))
 
     conn = redis.Redis.from_url(
-        redis_url, socket_connect_timeout=2, socket_timeout=sync_timeout + 5
+        redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=sync_timeout + 5,
+        max_connections=REDIS_CONNECTIONS,
     )
     placement = Placement(conn, policy, max_waiting=max_waiting)
     registry = Registry(conn, models, functions_file)

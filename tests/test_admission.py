@@ -280,6 +280,35 @@ def test_a_request_waits_for_memory_then_runs(ten_models):
         assert 'brulee_admission_total{device="dev",outcome="admitted"} 1.0' in metrics
 
 
+def test_a_burst_for_one_absent_model_waits_whole_and_is_served(ten_models):
+    """150 concurrent calls for one model while its memory is held: they ride on one waiting
+    load (no 429 although 150 > 64), each holds a gateway thread and its Redis connection
+    while it waits (more than redis-py's default pool of 100), and all are answered 200 once
+    memory frees — one load, the rest hits."""
+    models_dir, size = ten_models
+    burst = 150
+    with running_agent(models_dir, 2 * size, workers=1, token=TOKEN) as agent:
+        placement, worker = _reserve(agent, 2 * size)
+
+        def call(_: int) -> requests.Response:
+            return requests.post(
+                f"{agent['url']}/function/d0", json={"inputs": digits_input()}, timeout=90
+            )
+
+        with ThreadPoolExecutor(burst) as pool:
+            answers = pool.map(call, range(burst))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if placement.r.zcard(key("waiting", "dev")) >= burst:
+                    break
+                time.sleep(0.1)
+            assert placement.r.zcard(key("waiting", "dev")) == burst
+            placement.copies.give_back("dev", "holder", worker)  # memory frees
+            answers = list(answers)
+        assert [r.status_code for r in answers] == [200] * burst, {r.text for r in answers}
+        assert sorted(r.headers["X-Cache"] for r in answers) == ["hit"] * (burst - 1) + ["miss"]
+
+
 def test_the_deadline_header_bounds_the_wait(ten_models):
     models_dir, size = ten_models
     with running_agent(models_dir, 2 * size, workers=1, token=TOKEN) as agent:

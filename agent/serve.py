@@ -55,6 +55,8 @@ class Context:
     # held while an invocation or an eviction runs: the heartbeat thread takes it before it
     # drops interpreters the accounting forgot
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # set when this worker may have freed memory: its admission thread tries the waiters
+    admit_now: threading.Event = field(default_factory=threading.Event)
 
     @property
     def copies(self):

@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from agent.placement import Decision, ModelFacts, Placement, Wait, _State
 
 from agent import admission
-from agent.keys import decode, key
+from agent.keys import decode, key, unslot
 from agent.lane import reply_message
-from agent.lifecycle import LOADING
+from agent.lifecycle import DRAINING, LOADING
 from agent.membership import PlacementError
 
 REPLY_TTL_S = 120  # an answer nobody collected (its caller gave up) expires
@@ -143,12 +143,21 @@ def timed_out_message(function: str, head: dict[str, Any], waited: float) -> str
 def admit(placement: Placement, device: str, now: float | None = None) -> int:
     """Place the device's waiting requests, head first, until one does not fit; behind a head
     that does not fit, only requests whose model is now cached go (they take no memory: no
-    overtaking). Answers those whose deadline passed. Returns how many were placed."""
+    overtaking). Answers those whose deadline passed. Returns how many were placed.
+
+    One pass reads every ticket in one round trip; behind a blocked head, a ticket whose model
+    has no copy taking requests is skipped without a transaction (it needs memory), so a long
+    queue of riders costs a transaction only for those actually placed."""
     conn = placement.r
-    placed, blocked = 0, False
-    for raw in conn.zrange(key("waiting", device), 0, -1):
-        ticket = raw.decode()
-        head, payload = conn.hmget(key("ticket", ticket), "head", "payload")
+    ids = [raw.decode() for raw in conn.zrange(key("waiting", device), 0, -1)]
+    if not ids:
+        return 0
+    with conn.pipeline(transaction=False) as pipe:
+        for ticket in ids:
+            pipe.hget(key("ticket", ticket), "head")
+        heads = pipe.execute()
+    placed, blocked, held = 0, False, set()
+    for ticket, head in zip(ids, heads):
         if head is None:  # placed or cancelled meanwhile, or a leftover
             conn.zrem(key("waiting", device), ticket)
             continue
@@ -160,14 +169,27 @@ def admit(placement: Placement, device: str, now: float | None = None) -> int:
         ):
             expire(conn, device, ticket, doc, t)
             continue
-        decision = _place_ticket(placement, device, ticket, doc, payload or b"", t, blocked)
+        if blocked and doc["model"] not in held:
+            continue  # it needs memory: it may not pass the head
+        payload = conn.hget(key("ticket", ticket), "payload") or b""
+        decision = _place_ticket(placement, device, ticket, doc, payload, t, blocked)
         if decision is None:
             continue  # cancelled meanwhile
         if decision.ticket is not None:
-            blocked = True  # still no room for it: only hits may follow
+            if not blocked:  # still no room for it: from here on only hits may go
+                blocked, held = True, taking_requests(conn, device)
             continue
         placed += 1
     return placed
+
+
+def taking_requests(conn: redis.Redis, device: str) -> set[str]:
+    """The models with a copy on ``device`` that takes requests (loading or ready)."""
+    return {
+        unslot(field_)[0]
+        for field_, doc in conn.hgetall(key("entries", device)).items()
+        if json.loads(doc)["state"] != DRAINING
+    }
 
 
 def _place_ticket(placement, device, ticket, doc, payload, now, hits_only):

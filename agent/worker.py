@@ -10,12 +10,12 @@ RQ jobs a worker runs — only these; any other function name in its queue fails
 (:data:`JOB_FUNCTIONS`): :func:`invoke` (an async invocation), :func:`evict` (drop copies that
 placement evicted), :func:`prewarm` (a proactive load).
 
-The heartbeat thread, every second: refreshes the worker's liveness, tries to admit requests
-waiting for memory on its device (:func:`agent.waiting.admit`: the safety net behind the
-admission attempt after every invocation, and what answers tickets whose deadline passed), and
-reconciles what this process holds with what the accounting says it holds (:func:`reconcile`):
-a worker that was paused past its heartbeat and forgotten drops every interpreter before it
-registers again, so it never holds memory the accounting does not count.
+The heartbeat thread, every second: refreshes the worker's liveness and reconciles what this
+process holds with what the accounting says it holds (:func:`reconcile`): a worker that was
+paused past its heartbeat and forgotten drops every interpreter before it registers again, so
+it never holds memory the accounting does not count. The admission thread places requests
+waiting for memory on its device (:func:`agent.waiting.admit`) whenever an invocation or an
+eviction of this worker ends, and every second (what answers tickets whose deadline passed).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
 
         replies = through_outage(answer, f"answering job {req.get('job_id')}")
         _unpinned(ctx, req, replies[1] if pinned else None)
-    _admit_if_waiting(ctx)
+    ctx.admit_now.set()
     if req.get("callback"):
         callbacks.notify(req, result)
     return result
@@ -100,7 +100,7 @@ def evict(models: list[str]) -> dict[str, int]:
                 lambda m=model: ctx.copies.released(ctx.device, m, ctx.worker, freed[m]),
                 f"releasing {model}",
             )
-    _admit_if_waiting(ctx)
+    ctx.admit_now.set()
     return freed
 
 
@@ -163,7 +163,7 @@ def serve_lane(raw: bytes) -> None:
             replies = through_outage(answer, f"answering a call of {req.get('function')}")
             waiters = _unpinned(ctx, req, replies[2] if pinned else None)
     if waiters:
-        _admit_if_waiting(ctx, check=False)
+        ctx.admit_now.set()
 
 
 def _unpinned(ctx: Context, req: dict[str, Any], reply: list | None) -> int:
@@ -221,17 +221,14 @@ def _lane_input(ctx: Context, req: dict[str, Any], inline: bytes) -> bytes | Non
     return data
 
 
-def _admit_if_waiting(ctx: Context, check: bool = True) -> None:
+def _admit_if_waiting(ctx: Context) -> None:
     """Memory may have freed: place the requests waiting for it (if any), and the calls a
     dead worker of this device left queued (if any)."""
     try:
-        if check:
-            with ctx.conn.pipeline(transaction=False) as pipe:
-                pipe.zcard(key("waiting", ctx.device))
-                pipe.llen(key("orphans", ctx.device))
-                queued, orphans = pipe.execute()
-        else:
-            queued, orphans = 1, ctx.conn.llen(key("orphans", ctx.device))
+        with ctx.conn.pipeline(transaction=False) as pipe:
+            pipe.zcard(key("waiting", ctx.device))
+            pipe.llen(key("orphans", ctx.device))
+            queued, orphans = pipe.execute()
         if orphans:
             waiting.adopt_orphans(ctx.placement, ctx.device)
         if queued:
@@ -346,6 +343,7 @@ class BruleeWorker(SimpleWorker):
         self._baseline_rss = rss_bytes()  # before any model: the worker's fixed cost
         self._register()
         threading.Thread(target=self._beat, name="brulee-heartbeat", daemon=True).start()
+        threading.Thread(target=self._admit, name="brulee-admission", daemon=True).start()
 
     def register_death(self, *args: Any, **kwargs: Any) -> None:
         self._stop_heartbeat.set()
@@ -368,13 +366,23 @@ class BruleeWorker(SimpleWorker):
             spool=self.ctx.spool.announce(),
         )
 
+    def _admit(self) -> None:
+        """The admission thread: when this worker freed memory (an invocation or eviction
+        ended: ``ctx.admit_now``) and every second regardless, place what waits for memory
+        on its device. Apart from the heartbeat, so that a long pass — hundreds of waiting
+        requests on a loaded device — never makes the worker look dead; apart from the
+        invocations, which it never delays."""
+        while not self._stop_heartbeat.is_set():
+            self.ctx.admit_now.wait(HEARTBEAT_TTL / 5)
+            self.ctx.admit_now.clear()
+            _admit_if_waiting(self.ctx)
+
     def _beat(self) -> None:
         last_reconcile = time.monotonic()
         while not self._stop_heartbeat.wait(HEARTBEAT_TTL / 5):
             try:
                 if not self.ctx.placement.members.heartbeat(self.name, rss_bytes()):
                     self._rejoin()
-                _admit_if_waiting(self.ctx)
                 if time.monotonic() - last_reconcile > RECONCILE_EVERY_S and self.ctx.lock.acquire(
                     blocking=False
                 ):  # busy: next time

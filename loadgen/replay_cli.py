@@ -33,6 +33,14 @@ from loadgen.workload_file import WorkloadError
     help="--profiles: loads with the model file in the page cache (as the agent reports them) "
     "or read from disk",
 )
+@click.option(
+    "--sim-costs",
+    type=click.Choice(["profile", "measured"]),
+    default="profile",
+    show_default=True,
+    help="--profiles: simulate with the profile's load and exec times, or with those measured "
+    "in this run (sizes from the profile)",
+)
 @click.option("--token", envvar="BRULEE_TOKEN", help="the agent's management token")
 @click.option("--web", is_flag=True, help="open Locust's web UI instead of running headless")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="report directory")
@@ -49,6 +57,7 @@ def replay_command(
     sim_cap_bytes: int | None,
     sim_workers: int | None,
     sim_page_cache: str,
+    sim_costs: str,
     token: str | None,
     web: bool,
     out: str,
@@ -76,6 +85,7 @@ def replay_command(
                 "cap_bytes": sim_cap_bytes,
                 "workers": sim_workers,
                 "page_cache": sim_page_cache,
+                "costs": sim_costs,
             },
         )
     except (ReplayError, WorkloadError) as exc:

@@ -1,10 +1,17 @@
 """Simulate the replayed workload with the agent's own settings, to compare with the testbed.
 
 Settings come from the agent's ``/system/cache`` answer (policy, workers, cap), overridable from
-the command line. Profiles: a profile file when given (the device's models-dir profile), else
-the costs measured in this very run (per model: mean ``X-Load-Seconds`` of its cold starts, mean
-``X-Exec-Seconds``, loaded bytes from ``/system/functions``) — then the comparison tests the
-simulator's model of queueing and eviction, not its cost inputs.
+the command line. Costs (``settings["costs"]``):
+
+- ``profile``: a profile file's (the device's models-dir profile), as measured on an idle
+  device — the simulator then predicts the run from the profile alone;
+- ``measured``: the costs measured in this very run (per model: mean ``X-Load-Seconds`` of its
+  cold starts, mean ``X-Exec-Seconds``), the profile's where the run measured none, and the
+  loaded bytes of the profile (else from ``/system/functions``) — then the comparison tests
+  the simulator's model of queueing, admission and eviction, not its cost inputs. This is
+  what the testbed uses: on a device whose workers share their cores with the gateway and
+  the load generator, executions run ~2x slower than profiled, and how long a model stays
+  busy decides how often two models that cannot share the cap are swapped.
 """
 
 from __future__ import annotations
@@ -62,8 +69,10 @@ def model_of(functions: list[dict]) -> dict[str, str]:
     return {f["name"]: str(f.get("model") or f["name"]) for f in functions}
 
 
-def measured_profiles(records: Path, functions: list[dict]) -> dict[str, ModelCost]:
-    """Per-model costs measured by the replay (cold-start load, warm exec, loaded bytes)."""
+def measured_costs(
+    records: Path, functions: list[dict]
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per model, the load times of its cold starts and its exec times, from the replay."""
     models = model_of(functions)
     loads: dict[str, list[float]] = defaultdict(list)
     execs: dict[str, list[float]] = defaultdict(list)
@@ -76,6 +85,31 @@ def measured_profiles(records: Path, functions: list[dict]) -> dict[str, ModelCo
                 execs[model].append(float(row["exec_s"]))
             except ValueError:
                 continue
+    return loads, execs
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def with_measured(
+    profiles: dict[str, ModelCost], records: Path, functions: list[dict]
+) -> dict[str, ModelCost]:
+    """The profile's costs with load and exec replaced by this run's where it measured them."""
+    loads, execs = measured_costs(records, functions)
+    return {
+        m: c._replace(
+            load_s=_mean(loads[m]) if loads.get(m) else c.load_s,
+            exec_s=_mean(execs[m]) if execs.get(m) else c.exec_s,
+        )
+        for m, c in profiles.items()
+    }
+
+
+def measured_profiles(records: Path, functions: list[dict]) -> dict[str, ModelCost]:
+    """Per-model costs measured by the replay (cold-start load, warm exec, loaded bytes)."""
+    models = model_of(functions)
+    loads, execs = measured_costs(records, functions)
     sizes = {}
     for f in functions:
         size = f.get("loaded_bytes") or f.get("memory") or f.get("bytes")
@@ -83,11 +117,9 @@ def measured_profiles(records: Path, functions: list[dict]) -> dict[str, ModelCo
             sizes[models[f["name"]]] = int(size)
     out = {}
     for model in set(models.values()):
-        ex = execs.get(model) or [0.001]
-        ld = loads.get(model) or [0.0]
         out[model] = ModelCost(
-            load_s=sum(ld) / len(ld),
-            exec_s=sum(ex) / len(ex),
+            load_s=_mean(loads.get(model) or [0.0]),
+            exec_s=_mean(execs.get(model) or [0.001]),
             bytes=sizes.get(model),
             unload_s=0.0,
         )
@@ -121,6 +153,9 @@ def simulate_replay(
         page_cache = str(settings.get("page_cache") or "warm")
         profiles = load_profiles(profiles_path, page_cache=page_cache)
         source = f"{profiles_path} ({page_cache} page cache)"
+        if settings.get("costs") == "measured":
+            profiles = with_measured(profiles, out / "records.csv", functions)
+            source = f"load and exec measured in this run, sizes from {profiles_path}"
     else:
         profiles = measured_profiles(out / "records.csv", functions)
         source = "measured in this run"

@@ -251,6 +251,14 @@ def plot_policies(rows: list[dict], path: Path) -> None:
     "the agent's admission queue bound (models waiting for memory), simulated alike",
     minimum=0,
 )
+@click.option(
+    "--sim-costs",
+    type=click.Choice(["measured", "profile"]),
+    default="measured",
+    show_default=True,
+    help="the simulator's load and exec times: measured in each run (it then tests the model of "
+    "queueing and eviction), or the profile's (a prediction from an idle device's costs)",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", default="out/testbed", show_default=True, type=click.Path(file_okay=False))
 def testbed_command(
@@ -262,6 +270,7 @@ def testbed_command(
     policies: str,
     workers: int,
     max_waiting: int,
+    sim_costs: str,
     seed: int,
     out: str,
 ) -> None:
@@ -330,7 +339,11 @@ def testbed_command(
                     token=token,
                     # the simulator predicts the same admission: the agent's sync timeout (its
                     # waiting misses' deadline; `brulee up` keeps the default) and bound
-                    sim_overrides={"deadline_s": DEFAULT_DEADLINE_S, "max_waiting": max_waiting},
+                    sim_overrides={
+                        "deadline_s": DEFAULT_DEADLINE_S,
+                        "max_waiting": max_waiting,
+                        "costs": sim_costs,
+                    },
                 )
         except ReplayError as exc:
             raise click.ClickException(str(exc)) from None

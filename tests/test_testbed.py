@@ -67,6 +67,9 @@ def test_testbed_against_the_real_agent(profiled_models: Path, tmp_path: Path):
     assert sim["requests"] == n
     assert sim["settings"]["policy"] == "lru" and sim["settings"]["workers"] == 1
     assert (sim["settings"]["deadline_s"], sim["settings"]["max_waiting"]) == (60.0, 64)
+    # by default it runs on the load and exec times this run measured (sizes: the profile's)
+    assert sim["settings"]["costs"] == "measured" and sim["profiles"].startswith("load and exec")
+    assert sim["mean_exec_s"] == pytest.approx(summary["mean_exec_s"], rel=0.05)
     assert set(summary["comparison"]) >= {"hit_ratio_pp", "cold_starts_pct"}
     assert "measured" in result.output and "simulated" in result.output
     rows = json.loads((out / "testbed.json").read_text())["policies"]

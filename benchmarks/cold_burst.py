@@ -118,7 +118,7 @@ def main(models: Path, cap: str, workers: int, clients: int, calls: int, policy:
     statuses = Counter(code for code, _, _ in answers)
     errors = Counter(text for code, _, text in answers if code != 200)
     latencies = sorted(s for _, s, _ in answers)
-    q = statistics.quantiles(latencies, n=100)
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
     print(
         f"{clients} clients x {calls} calls over {len(names)} functions ({models}), "
         f"{workers} workers, cap {cap_bytes / 2**20:.0f} MiB, {policy}; {wall:.1f} s"

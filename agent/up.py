@@ -201,7 +201,7 @@ def run_up(
     models_dir: Path,
     functions_file: str | None,
     state_dir: Path,
-    gateway_processes: int = 1,
+    gateway_processes: int = 2,
     host: str = "127.0.0.1",
     keep_alive: str | None = None,
     echo=print,

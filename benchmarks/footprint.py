@@ -6,16 +6,17 @@ server measured in the same run.
 For each process of the tree, its proportional set size (PSS, ``/proc/PID/smaps_rollup``: a
 page shared by n processes counts 1/n in each, so the column sums to the tree's real memory):
 
-1. idle ``brulee up`` with 1, 2 and 4 workers (one gateway process), and 2 workers with two
-   gateway processes; the step from 2 to 4 workers is the cost of each further worker;
-2. the 2-worker agent again after a loop of invocations over every model (sync, every fifth
-   async) for ``--replay-seconds``, once its keep-alive policy (``ttl``) unloaded the models:
-   what the agent keeps per request shows as growth over its idle footprint;
+1. idle ``brulee up`` with 1, 2 and 4 workers, and 2 workers with one gateway process; the
+   step from 2 to 4 workers is the cost of each further worker;
+2. the 2-worker agent again after each half of a loop of invocations over every model (sync,
+   every fifth async) lasting ``--replay-seconds``, once its keep-alive policy (``ttl``)
+   unloaded the models: what the agent keeps per request shows as growth from one half to
+   the next (Redis keeps each async result for an hour, by design);
 3. the simplest server (``benchmarks/simple_server.py``: gunicorn + Flask, interpreters in a
    dict) idle, and after the same loop (it keeps every model it loaded);
-4. hits per second on the smallest model (the gateway's own work, no model to speak of) with
-   one and two gateway processes, alternating rounds of ``--seconds``: what a second gateway
-   process buys.
+4. hits per second with one and two gateway processes, alternating rounds of ``--seconds``,
+   on the smallest model (the gateway's own work, no model to speak of) and the largest:
+   what a second gateway process buys.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def tree(root: int, root_role: str) -> list[tuple[str, int, int]]:
             elif name.startswith("brulee gateway") and role == "supervisor":
                 sub = "gateway master"
             else:
-                sub = "gateway worker" if role.startswith("gateway") else f"{role} worker"
+                sub = "gateway worker" if role.startswith("gateway") else "gunicorn worker"
             todo.append((child, sub, depth + 1))
     return out
 
@@ -113,7 +114,7 @@ def wait_http(url: str, ok, timeout: float = 120.0, proc=None) -> None:
 class Agent:
     """``brulee up`` on a scratch state directory."""
 
-    def __init__(self, models: Path, workers: int, gateways: int = 1, *options: str) -> None:
+    def __init__(self, models: Path, workers: int, gateways: int = 2, *options: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="brulee-footprint-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -242,12 +243,12 @@ def row(label: str, rows: list[tuple[str, int, int]], note: str = "") -> list:
 def main(models: Path, replay_seconds: float, seconds: float, rounds: int, clients: int) -> None:
     models = models.resolve()
     table, baselines = [], []
-    for workers, gateways in ((1, 1), (2, 1), (4, 1), (2, 2)):
+    for workers, gateways in ((1, 2), (2, 2), (4, 2), (2, 1)):
         agent = Agent(models, workers, gateways)
         try:
             settle()
             label = f"brulee up --workers {workers}" + (
-                f" --gateway-processes {gateways}" if gateways > 1 else ""
+                f" --gateway-processes {gateways}" if gateways != 2 else ""
             )
             table.append(row(label, tree(agent.proc.pid, "supervisor")))
             rss, pss_ = agent.baseline()
@@ -255,19 +256,21 @@ def main(models: Path, replay_seconds: float, seconds: float, rounds: int, clien
         finally:
             agent.stop()
 
-    agent = Agent(models, 2, 1, "--keep-alive", "ttl:5")
+    agent = Agent(models, 2, 2, "--keep-alive", "ttl:5")
     try:
         settle()
         table.append(row("2 workers, keep-alive ttl:5, before the loop",
                          tree(agent.proc.pid, "supervisor")))  # fmt: skip
-        calls = loop(agent.url, agent.payloads(), replay_seconds, clients, async_every=5)
-        deadline = time.monotonic() + 60
-        while agent.models_held() and time.monotonic() < deadline:
-            time.sleep(1)
-        settle()
-        note = f"{calls} calls; models held after: {agent.models_held()}"
-        table.append(row("… after the loop, models unloaded", tree(agent.proc.pid, "supervisor"),
-                         note))  # fmt: skip
+        payloads, calls = agent.payloads(), 0
+        for half in ("first", "second"):
+            calls += loop(agent.url, payloads, replay_seconds / 2, clients, async_every=5)
+            deadline = time.monotonic() + 60
+            while agent.models_held() and time.monotonic() < deadline:
+                time.sleep(1)
+            settle()
+            note = f"{calls} calls; models held after: {agent.models_held()}"
+            table.append(row(f"… after the {half} half of the loop, models unloaded",
+                             tree(agent.proc.pid, "supervisor"), note))  # fmt: skip
     finally:
         agent.stop()
 
@@ -287,26 +290,28 @@ def main(models: Path, replay_seconds: float, seconds: float, rounds: int, clien
     print("\nThe workers' baseline /system/cache reports (MiB per worker)")
     print(tabulate(baselines, ["", "baseline RSS", "baseline PSS"], tablefmt="github"))
 
-    smallest = min(
-        json.loads((models / "catalog.json").read_text())["models"], key=lambda m: m["file_bytes"]
-    )["name"]
-    rates: dict[int, list[float]] = {1: [], 2: []}
+    catalog = json.loads((models / "catalog.json").read_text())["models"]
+    by_size = sorted(catalog, key=lambda m: m["file_bytes"])
     agents = {g: Agent(models, 2, g) for g in (1, 2)}
+    rows = []
     try:
-        payload = {smallest: agents[1].payloads()[smallest]}
-        for agent in agents.values():
-            loop(agent.url, payload, 2.0, clients)  # warm: the model loaded, connections made
-        for _ in range(rounds):
-            for g, agent in agents.items():
-                rates[g].append(loop(agent.url, payload, seconds, clients) / seconds)
+        payloads = agents[1].payloads()
+        for name in (by_size[0]["name"], by_size[-1]["name"]):
+            payload = {name: payloads[name]}
+            rates: dict[int, list[float]] = {1: [], 2: []}
+            for agent in agents.values():
+                loop(agent.url, payload, 2.0, clients)  # warm: model loaded, connections made
+            for _ in range(rounds):
+                for g, agent in agents.items():
+                    rates[g].append(loop(agent.url, payload, seconds, clients) / seconds)
+            one, two = statistics.median(rates[1]), statistics.median(rates[2])
+            rows.append([name, f"{one:.0f}", f"{two:.0f}", f"{one / two:.2f}"])
     finally:
         for agent in agents.values():
             agent.stop()
-    one, two = statistics.median(rates[1]), statistics.median(rates[2])
-    print(f"\nHits per second on {smallest}, 2 workers, {clients} clients (median of {rounds})")
-    print(tabulate([["1 gateway process", f"{one:.0f}", "1.00"],
-                    ["2 gateway processes", f"{two:.0f}", f"{two / one:.2f}"]],
-                   ["", "hits/s", "ratio"], tablefmt="github"))  # fmt: skip
+    print(f"\nHits per second, 2 workers, {clients} clients (median of {rounds} rounds)")
+    print(tabulate(rows, ["model", "1 gateway process", "2 gateway processes", "ratio 1/2"],
+                   tablefmt="github"))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def test_agent_processes_share_the_runtime_and_load_nothing_heavy(
         wait_for_up(up, workers=2)
         family = [up.proc.pid, *descendants(up.proc.pid)]
         pythons = [p for p in family if "python" in Path(f"/proc/{p}/exe").resolve().name]
-        assert len(pythons) == 5  # supervisor, 2 workers, the gateway's master and worker
+        assert len(pythons) == 6  # supervisor, 2 workers, the gateway's master and 2 workers
         for pid in pythons:
             libraries = shared_objects(pid)
             heavy = [lib for lib in libraries if any(f"/{p}/" in lib for p in HEAVY_PACKAGES)]

@@ -59,8 +59,8 @@ def _callback_allow(_ctx, _param, value: str | None) -> str | None:
     default=2,
     show_default=True,
     help="gunicorn processes of the gateway (each with threads). One saves ~4 MiB idle and "
-    "~15 MiB under traffic, and serves as many hits of real models, but 0.66-0.8x the hits "
-    "per second of a trivial model (benchmarks/footprint.py).",
+    "~10 MiB once it has served, and as many hits of real models per second, but 0.66-0.98x "
+    "those of a trivial model on this 2-core machine (benchmarks/footprint.py).",
 )
 @click.option(
     "--memory-cap",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,15 @@ def test_agent_processes_share_the_runtime_and_load_nothing_heavy(
     up = start_up(test_models, tmp_path / "state", "--workers", "2", "--memory-cap", "64M")
     try:
         wait_for_up(up, workers=2)
-        family = [up.proc.pid, *descendants(up.proc.pid)]
-        pythons = [p for p in family if "python" in Path(f"/proc/{p}/exe").resolve().name]
+        deadline = time.monotonic() + 20
+        while True:  # the gateway's second worker may still be starting
+            family = [up.proc.pid, *descendants(up.proc.pid)]
+            pythons = [p for p in family if "python" in Path(f"/proc/{p}/exe").resolve().name]
+            if len(pythons) == 6 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert len(pythons) == 6  # supervisor, 2 workers, the gateway's master and 2 workers
+        time.sleep(1)  # each settled after its start
         for pid in pythons:
             libraries = shared_objects(pid)
             heavy = [lib for lib in libraries if any(f"/{p}/" in lib for p in HEAVY_PACKAGES)]

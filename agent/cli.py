@@ -1,37 +1,51 @@
-"""The ``brulee`` command: one entry point, a group per part of the system."""
+"""The ``brulee`` command: one entry point, a group per part of the system.
+
+Each command's module is imported only when that command runs (``brulee up`` does not load
+the simulator, Locust or the model builder: every process it starts shares its imports)."""
 
 from __future__ import annotations
+
+from importlib import import_module
 
 import click
 
 from agent import __version__
-from agent.agent_cli import invoke_command, up_command, worker_command
-from agent.policies.cli import policies_command
-from loadgen.replay_cli import replay_command
-from loadgen.sim_cli import simulate_command
-from loadgen.testbed import testbed_command
-from loadgen.trace_cli import trace_group
-from models.cli import models_group
+
+# command name -> "module:attribute", in the order ``brulee --help`` lists them
+COMMANDS = {
+    "models": "models.cli:models_group",
+    "policies": "agent.policies.cli:policies_command",
+    "trace": "loadgen.trace_cli:trace_group",
+    "simulate": "loadgen.sim_cli:simulate_command",
+    "up": "agent.agent_cli:up_command",
+    "worker": "agent.agent_cli:worker_command",
+    "invoke": "agent.agent_cli:invoke_command",
+    "replay": "loadgen.replay_cli:replay_command",
+    "testbed": "loadgen.testbed:testbed_command",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose commands are imported from :data:`COMMANDS` on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, _, attr = COMMANDS[name].partition(":")
+        return getattr(import_module(module), attr)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="brulee")
 def main() -> None:
     """brulee: serve many deep-learning models on one edge device, with memory as a model cache."""
 
-
-for command in (
-    models_group,
-    policies_command,
-    trace_group,
-    simulate_command,
-    up_command,
-    worker_command,
-    invoke_command,
-    replay_command,
-    testbed_command,
-):
-    main.add_command(command)
 
 if __name__ == "__main__":
     main()

@@ -49,10 +49,18 @@ class Membership:
         return parse_cap(device, self.r.hget(key("device", device), "cap"))
 
     def register(
-        self, worker: str, device: str, pid: int, host: str, rss: int = 0, spool: str = ""
+        self,
+        worker: str,
+        device: str,
+        pid: int,
+        host: str,
+        rss: int = 0,
+        spool: str = "",
+        pss: int = 0,
     ) -> None:
         """``rss``: the worker's resident memory before it holds any model (its baseline);
-        ``spool``: its marker in the input spool ('' if it has none, see ``agent.lane``)."""
+        ``spool``: its marker in the input spool ('' if it has none, see ``agent.lane``);
+        ``pss``: its proportional memory then (pages shared with n processes count 1/n)."""
         with self.r.pipeline() as pipe:
             pipe.hset(
                 key("worker", worker),
@@ -62,6 +70,7 @@ class Membership:
                     "pid": pid,
                     "host": host,
                     "baseline_rss": rss,
+                    "baseline_pss": pss,
                     "rss": rss,
                     "spool": spool,
                 },

@@ -1,4 +1,4 @@
-"""Resident memory of this process, and handing freed memory back to the system."""
+"""Resident and proportional memory of a process, and handing freed memory back to the system."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ def rss_bytes(pid: int | str = "self") -> int:
     """Resident set size of a process (this one by default), from ``/proc``."""
     with open(f"/proc/{pid}/statm") as fh:
         return int(fh.read().split()[1]) * _PAGE
+
+
+def pss_bytes(pid: int | str = "self") -> int:
+    """Proportional set size of a process: its private pages, and each page it shares with n
+    processes (the agent's, forked from one parent) as 1/n. Reads the page tables: ~1 ms."""
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("Pss:"))
 
 
 def release_memory(collect: bool = False) -> None:

@@ -241,6 +241,7 @@ def _schemas(models: list[str] | None) -> dict[str, Any]:
                             "releasing": {"type": "integer"},
                             "rss_bytes": {"type": "integer"},
                             "baseline_rss_bytes": {"type": "integer"},
+                            "baseline_pss_bytes": {"type": "integer"},
                             "hits": {"type": "object"},
                             "misses": {"type": "object"},
                             "evictions": {"type": "object"},

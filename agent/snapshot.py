@@ -17,8 +17,8 @@ from agent.placement import Placement, ask_backlogs, backlogs_from, parse_entrie
 def _worker_rss(placement: Placement, worker: str) -> dict[str, Any]:
     """A worker's resident memory: read from ``/proc`` now when it runs on this host (so the
     workers of one snapshot are sampled together), else its last heartbeat's."""
-    rss, base, pid, host = placement.r.hmget(
-        key("worker", worker), "rss", "baseline_rss", "pid", "host"
+    rss, base, base_pss, pid, host = placement.r.hmget(
+        key("worker", worker), "rss", "baseline_rss", "baseline_pss", "pid", "host"
     )
     value = int(rss or 0)
     if pid and host and host.decode() == socket.gethostname():
@@ -31,6 +31,7 @@ def _worker_rss(placement: Placement, worker: str) -> dict[str, Any]:
         "host": (host or b"").decode(),
         "rss_bytes": value,
         "baseline_rss_bytes": int(base or 0),
+        "baseline_pss_bytes": int(base_pss or 0),
     }
 
 
@@ -83,6 +84,9 @@ def snapshot(placement: Placement, **settings: Any) -> dict[str, Any]:
             # before any model (resident stays <= cap + baseline when eviction works)
             "rss_bytes": sum(w["rss_bytes"] for w in workers.values()),
             "baseline_rss_bytes": sum(w["baseline_rss_bytes"] for w in workers.values()),
+            # the same in proportional memory: what the workers cost, the pages they share
+            # with the rest of the agent counted once (RSS counts them in every worker)
+            "baseline_pss_bytes": sum(w["baseline_pss_bytes"] for w in workers.values()),
             **counters,
             "admission": {
                 "waiting": waiting.listing(r, device, now),

@@ -14,7 +14,6 @@ import os
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -24,6 +23,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from agent import forked
 from agent.redis_server import RedisServer
 from agent.supervisor import (
     RestartPolicy,
@@ -146,12 +146,13 @@ def gateway_threads(processes: int, max_waiting: int | None = None) -> int:
     return 8 + -(-max_requests(waiting) // max(processes, 1))
 
 
-def gateway_argv(host: str, port: int, processes: int) -> list[str]:
-    """gunicorn serving the gateway; everything else comes from ``BRULEE_*`` in its env."""
+def gateway_options(host: str, port: int, processes: int) -> list[str]:
+    """gunicorn's options serving the gateway, the app loaded once in its master
+    (``--preload``: the workers share it); the rest comes from ``BRULEE_*`` in its env."""
     return [
-        sys.executable, "-m", "gunicorn", "-w", str(processes), "-k", "gthread",
-        "--threads", str(gateway_threads(processes)), "-b", f"{host}:{port}",
-        "--graceful-timeout", "10", "agent.gateway:create_app()",
+        "-w", str(processes), "-k", "gthread", "--threads", str(gateway_threads(processes)),
+        "-b", f"{host}:{port}", "--graceful-timeout", "10", "--preload", "--no-control-socket",
+        "agent.gateway:create_app()",
     ]  # fmt: skip
 
 
@@ -248,21 +249,31 @@ def run_up(
             redis_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
         )
         host_name = socket.gethostname()
+        forked.preload()
 
-        def spawn_worker(slot: Slot) -> subprocess.Popen:
-            slot.name = f"{host_name}-{slot.label}-{secrets.token_hex(3)}"
-            return subprocess.Popen(
-                worker_argv(None, models_dir, cap, policy, name=slot.name), env=env
-            )
+        def spawn_worker(slot: Slot) -> forked.Forked:
+            slot.name = name = f"{host_name}-{slot.label}-{secrets.token_hex(3)}"
+
+            def work() -> None:
+                from agent.worker import run_worker
+
+                lock.close()  # the child's copy: the lock stays the supervisor's alone
+                run_worker(redis_url, host_name, models_dir, policy, cap, name=name)
+
+            return forked.Forked(work, f"brulee worker {name}", env)
+
+        def spawn_gateway(_slot: Slot) -> forked.Forked:
+            def serve() -> None:
+                lock.close()
+                forked.run_gateway(gateway_options(host, port, gateway_processes))
+
+            return forked.Forked(serve, "brulee gateway", env)
 
         for i in range(1, workers + 1):
             slots.append(
                 Slot(f"w{i}", "worker", spawn_worker, lambda s: forget_worker(conn, s.name))
             )
-        argv = gateway_argv(host, port, gateway_processes)
-        slots.append(
-            Slot("gateway", "gateway", lambda _slot: subprocess.Popen(argv, env=env), vital=True)
-        )
+        slots.append(Slot("gateway", "gateway", spawn_gateway, vital=True))
         supervisor.start_all()
         if proactive is not None:
             threading.Thread(

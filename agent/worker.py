@@ -41,7 +41,7 @@ from agent.interpreters import InterpreterCache
 from agent.keys import key, lanes, worker_queue
 from agent.lane import Spool, reply_message
 from agent.membership import HEARTBEAT_TTL, PlacementError
-from agent.memory import release_memory, rss_bytes
+from agent.memory import pss_bytes, release_memory, rss_bytes
 from agent.placement import Placement
 from agent.serve import REPLACED, Context, account, reconcile, serve
 from agent.txn import Contended, through_outage
@@ -341,6 +341,7 @@ class BruleeWorker(SimpleWorker):
         super().register_birth(*args, **kwargs)
         release_memory(collect=True)
         self._baseline_rss = rss_bytes()  # before any model: the worker's fixed cost
+        self._baseline_pss = pss_bytes()  # the part of it not shared with the agent's others
         self._register()
         threading.Thread(target=self._beat, name="brulee-heartbeat", daemon=True).start()
         threading.Thread(target=self._admit, name="brulee-admission", daemon=True).start()
@@ -364,6 +365,7 @@ class BruleeWorker(SimpleWorker):
             socket.gethostname(),
             self._baseline_rss,
             spool=self.ctx.spool.announce(),
+            pss=self._baseline_pss,
         )
 
     def _admit(self) -> None:

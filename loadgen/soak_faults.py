@@ -138,12 +138,15 @@ def descendants(root: int) -> list[tuple[int, str, list[str]]]:
 
 
 def tree_pids(root: int | None) -> Pids:
-    """Workers (``agent_cli worker``) and ``redis-server`` among ``root``'s descendants."""
+    """Workers (``brulee worker NAME``, forked by ``brulee up``, or ``agent_cli worker``) and
+    ``redis-server`` among ``root``'s descendants."""
     workers, redis_pid = {}, None
     for pid, name, argv in descendants(root) if root else []:
         if name == "redis-server":  # it rewrites its command line
             redis_pid = pid
-        elif "agent.agent_cli" in argv and "worker" in argv:
+        elif " ".join(argv).startswith("brulee worker ") or (
+            "agent.agent_cli" in argv and "worker" in argv
+        ):
             workers[f"pid-{pid}"] = pid
     return Pids(workers, redis_pid, "process tree")
 

@@ -9,7 +9,9 @@ from agent.cli import main
 
 
 def _commands(group: click.Group, path=()):
-    for name, cmd in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # `brulee` imports its commands when asked
+        cmd = group.get_command(ctx, name)
         yield (*path, name)
         if isinstance(cmd, click.Group):
             yield from _commands(cmd, (*path, name))

@@ -163,6 +163,17 @@ def test_fixed_ttl():
     assert policy.prewarm(1000.0, 10**9, [e("z", requests=5)]) == []
 
 
+@pytest.mark.parametrize("name", ["ttl", "histogram"])
+def test_deadlines_kept_do_not_grow_with_requests(name):
+    # the agent's keep-alive loop never asks for the next event: what the policy keeps must
+    # still be bounded by the models, not by the requests
+    policy = make_proactive(name)
+    for i in range(20_000):
+        policy.on_invocation(f"m{i % 5}", float(i))
+    assert len(policy._timeline._heap) <= 2 * 5 + 64 + 2
+    assert policy.next_event_time(0.0) > 20_000 - 5  # the live deadlines are still there
+
+
 def test_none_does_nothing():
     policy = make_proactive("none")
     policy.on_invocation("a", 0.0)

@@ -101,7 +101,9 @@ class Timeline:
     """Per-model deadlines with an O(log n) "what is next?", for ``next_event_time``.
 
     A model's deadlines are replaced on each invocation; superseded heap items are dropped
-    lazily when they reach the top, so an update costs O(log n) and nothing is scanned."""
+    lazily when they reach the top, so an update costs O(log n) and nothing is scanned. When
+    they outnumber the live ones (nobody asks what is next: the agent's keep-alive loop), the
+    heap is rebuilt from the live deadlines, so it never grows with the number of requests."""
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, str]] = []
@@ -112,6 +114,9 @@ class Timeline:
         for t in times:
             if math.isfinite(t):
                 heapq.heappush(self._heap, (t, name))
+        if len(self._heap) > 2 * len(self._current) + 64:
+            self._heap = [(t, n) for n, ts in self._current.items() for t in ts if math.isfinite(t)]
+            heapq.heapify(self._heap)
 
     def next_after(self, now: float) -> float:
         heap = self._heap

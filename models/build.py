@@ -289,7 +289,7 @@ def build_one(spec: BuildSpec, out: Path, allow_partial: bool = False) -> dict[s
     and leaves operators outside it (beyond those its architecture declares in
     ``off_xnnpack``) is NotDelegated, and not written, unless ``allow_partial``.
     """
-    from models.delegation import check, must_be_full
+    from models.delegation import allowed_outside, check
 
     data = convert(spec)
     path = out / f"{spec.name}.tflite"
@@ -298,8 +298,9 @@ def build_one(spec: BuildSpec, out: Path, allow_partial: bool = False) -> dict[s
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         delegation = check(tmp)
-        allowed = delegation.beyond(spec.arch.off_xnnpack) == {}
-        if not (allowed or allow_partial or not must_be_full(spec.dtype)):
+        allowed = allowed_outside(spec.dtype)
+        checked = allowed is not None and not allow_partial
+        if checked and delegation.beyond(allowed + spec.arch.off_xnnpack):
             raise NotDelegated(f"{spec.name}: {delegation.problem()}")
         signature = describe(Path(tmp))
         os.chmod(tmp, 0o644)  # mkstemp makes it private; devices serve models as another user

@@ -27,16 +27,18 @@ from agent.runtime import RUNTIME, LoadedModel, load_model
 QUANTISED_XNNPACK = RUNTIME == "ai-edge-litert"
 
 
-def must_be_full(dtype: str) -> bool:
-    """Whether a model of this storage dtype must run whole on XNNPACK in this runtime.
+def allowed_outside(dtype: str) -> tuple[str, ...] | None:
+    """Operators that may stay off XNNPACK in a model of this storage dtype in this runtime;
+    None when the model is not expected on XNNPACK at all (nothing is checked).
 
-    Float models always. Full-integer int8 where the runtime has XNNPACK's int8 kernels.
-    Dynamic-range int8 never: XNNPACK has no kernels for a convolution with int8 weights and
-    float activations, so those stay on TFLite's hybrid kernels in either runtime.
+    Float models: none. Full-integer int8, where the runtime has XNNPACK's int8 kernels: the
+    final SOFTMAX (XNNPACK has no int8 softmax); elsewhere it runs on TFLite's int8 kernels.
+    Dynamic-range int8: XNNPACK has no kernel for a convolution with int8 weights and float
+    activations (tflite-runtime's does not delegate them; ai-edge-litert's only some).
     """
     if dtype == "int8-full":
-        return QUANTISED_XNNPACK
-    return dtype != "int8"
+        return ("SOFTMAX",) if QUANTISED_XNNPACK else None
+    return None if dtype == "int8" else ()
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from agent.runtime import load_model
 from models import build as build_module
 from models.build import DTYPES, build, plan
 from models.catalog import RECORD_FIELDS, load_catalog, sha256_file
-from models.delegation import must_be_full
 from models.digits import held_out_accuracy
 from models.zoo import ARCHITECTURES, SETS, Architecture, resolve
 
@@ -146,6 +145,17 @@ def test_every_test_model_is_fully_delegated(test_catalog):
         assert delegation["exec_s"] > 0 and delegation["builtin_exec_s"] > 0, name
 
 
+def test_a_fixed_batch_is_its_own_model(tmp_path):
+    assert _build(["tiny-cnn"], tmp_path, batch=3) == {"tiny-cnn-b3": True}
+    rec = load_catalog(tmp_path)["tiny-cnn-b3"]
+    assert rec["batch"] == 3 and rec["input_shape"] == [3, 32, 32, 3]
+    assert rec["delegation"]["outside"] == {}
+    model = load_model(tmp_path / rec["file"])
+    assert model.predict(model.input.random(np.random.default_rng(0))).shape == (3, 10)
+    result = CliRunner().invoke(main, ["models", "build", "--arch", "tiny-cnn", "--batch", "0"])
+    assert result.exit_code == 2 and "--batch" in result.output
+
+
 def _small(name: str) -> Architecture:
     """An edge architecture at 32x32 pixels and 10 classes (narrow where it has a width)."""
     arch = ARCHITECTURES[name]
@@ -197,15 +207,3 @@ def test_a_model_left_off_xnnpack_fails_the_build_naming_its_ops(tmp_path, monke
     assert "mobilenet-micro: 0/38 ops on XNNPACK" in result.output
     rec = load_catalog(tmp_path)["mobilenet-micro"]
     assert rec["delegation"]["outside"]["SHAPE"] == 1 and rec["delegation"]["partitions"] == 0
-
-
-def test_a_full_integer_model_is_delegated_where_the_runtime_has_int8_kernels(dtype_models):
-    catalog = load_catalog(dtype_models)
-    full = catalog["digits-cnn-int8-full"]["delegation"]
-    if must_be_full("int8-full"):
-        assert full["outside"] == {}
-    else:  # tflite-runtime 2.14: its XNNPACK has no int8 kernels, the build records it
-        assert sum(full["outside"].values()) == full["ops"]
-    # dynamic-range int8 keeps its convolution on TFLite's hybrid kernel in either runtime
-    assert "CONV_2D" in catalog["digits-cnn-int8"]["delegation"]["outside"]
-    assert catalog["digits-cnn-fp16"]["delegation"]["outside"] == {}

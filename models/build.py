@@ -192,13 +192,14 @@ def representative_inputs(spec: BuildSpec, count: int = CALIBRATION_SAMPLES) -> 
     ]
 
 
-def convert(spec: BuildSpec) -> bytes:
+def convert(spec: BuildSpec, open_batch: bool = False) -> bytes:
     """Construct the Keras model for ``spec`` and return its TFLite flatbuffer.
 
     The model is converted through a function of a fixed input shape (``spec.batch`` rows): a
     Keras model's own signature leaves the batch dimension open, and the shape arithmetic that
     leaves in graphs with a ``Reshape`` (SHAPE, STRIDED_SLICE, PACK at run time) keeps XNNPACK
-    off the whole model.
+    off the whole model. ``open_batch`` converts from that signature instead, as builder
+    version 1 did (the baseline of ``benchmarks/zoo_delegation.py`` and the tests).
     """
     tf = _tf()
     tf.keras.backend.clear_session()  # resets layer-name counters, which end up in the file
@@ -207,8 +208,10 @@ def convert(spec: BuildSpec) -> bytes:
     model = _keras_model(tf, spec)
     signature = tf.TensorSpec((spec.batch, *spec.arch.input_shape), tf.float32, name="input")
     run = tf.function(lambda x: model(x, training=False), input_signature=[signature])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [run.get_concrete_function()], model
+    converter = (
+        tf.lite.TFLiteConverter.from_keras_model(model)
+        if open_batch
+        else tf.lite.TFLiteConverter.from_concrete_functions([run.get_concrete_function()], model)
     )
     if spec.dtype == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -186,7 +186,6 @@ def format_table(
             r["exec_s"] * 1e3,
             r["avg_load_latency"] / r["exec_s"],
             r["released_bytes"] / MB,
-            _percent(r.get("digits_accuracy")),
         )
         for r in records
     ]
@@ -201,8 +200,10 @@ def format_table(
         "exec ms",
         "load/exec",
         "freed MB",
-        "digits acc %",
     ]
+    if any("digits_accuracy" in r for r in records):  # held-out accuracy through TFLite
+        headers.append("digits acc %")
+        rows = [(*row, _percent(r.get("digits_accuracy"))) for row, r in zip(rows, records)]
     if compare is not None:
         other = {name.lower(): rec for name, rec in compare.items()}
         headers.append("seed load/exec")

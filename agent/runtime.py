@@ -57,12 +57,37 @@ def runtime_version() -> str:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """How a quantised tensor stores real values: ``real = scale * (stored - zero_point)``."""
+
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        info = np.iinfo(self.dtype)
+        q = np.round(np.asarray(x, dtype=np.float32) / self.scale) + self.zero_point
+        return np.clip(q, info.min, info.max).astype(self.dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return (q.astype(np.float32) - self.zero_point) * np.float32(self.scale)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"dtype": self.dtype.name, "scale": self.scale, "zero_point": self.zero_point}
+
+
+@dataclass(frozen=True)
 class TensorSpec:
-    """Shape and dtype of a model input or output (batch dimension included)."""
+    """Shape and dtype of a model input or output (batch dimension included).
+
+    For a quantised tensor (a full-integer model's int8 input or output) ``dtype`` is float32,
+    the values callers exchange, and ``quantization`` how the interpreter stores them.
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype
+    quantization: Quantization | None = None
 
     def random(self, rng: np.random.Generator) -> np.ndarray:
         """A random tensor that fits this spec (for smoke tests, profiling and ``--random``)."""
@@ -75,22 +100,37 @@ class TensorSpec:
 
 
 def _spec(detail: dict) -> TensorSpec:
-    return TensorSpec(
-        detail["name"], tuple(int(d) for d in detail["shape"]), np.dtype(detail["dtype"])
-    )
+    shape = tuple(int(d) for d in detail["shape"])
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail.get("quantization") or (0.0, 0)
+    if dtype.kind in "iu" and scale:
+        quantization = Quantization(dtype, float(scale), int(zero_point))
+        return TensorSpec(detail["name"], shape, np.dtype(np.float32), quantization)
+    return TensorSpec(detail["name"], shape, dtype)
 
 
 class LoadedModel:
     """A ready-to-serve interpreter for one ``.tflite`` file with a single input and output.
 
     ``load_model`` builds the interpreter and allocates its tensors; ``predict`` runs one batch.
-    Interpreters are not thread-safe: one LoadedModel serves one thread at a time.
+    Interpreters are not thread-safe: one LoadedModel serves one thread at a time. A quantised
+    input or output (full-integer models) is quantised and dequantised here, so callers always
+    exchange real values. ``delegate=False`` runs TFLite's built-in kernels, no XNNPACK.
     """
 
-    def __init__(self, path: str | os.PathLike, num_threads: int = 1) -> None:
+    def __init__(
+        self, path: str | os.PathLike, num_threads: int = 1, delegate: bool = True
+    ) -> None:
         self.path = Path(path)
+        resolver = _module.OpResolverType
         # model_path lets the runtime mmap the file instead of copying it into the heap.
-        self._interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
+        self._interpreter = Interpreter(
+            model_path=str(self.path),
+            num_threads=num_threads,
+            experimental_op_resolver_type=(
+                resolver.AUTO if delegate else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            ),
+        )
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
@@ -108,15 +148,29 @@ class LoadedModel:
             raise ValueError(
                 f"input dtype {batch.dtype} does not match the model's {self.input.dtype}"
             )
+        if self.input.quantization is not None:
+            batch = self.input.quantization.quantize(batch)
         self._interpreter.set_tensor(self._input["index"], batch)
         self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output["index"]).copy()
+        output = self._interpreter.get_tensor(self._output["index"])
+        if self.output.quantization is not None:
+            return self.output.quantization.dequantize(output)
+        return output.copy()
+
+    def input_signature(self) -> tuple[int, ...]:
+        """The input's shape as the file declares it: -1 marks a dimension left dynamic."""
+        return tuple(int(d) for d in self._input["shape_signature"])
+
+    def ops(self) -> list[dict[str, Any]]:
+        """The interpreter's nodes (``index``, ``op_name``, ``inputs``, ``outputs``): the
+        model's operators, then one ``DELEGATE`` node per partition a delegate took over."""
+        return self._interpreter._get_ops_details()
 
     def close(self) -> None:
         """Drop the interpreter so its arena and the file mapping can be released."""
         self._interpreter = None  # type: ignore[assignment]
 
 
-def load_model(path: str | os.PathLike, num_threads: int = 1) -> LoadedModel:
+def load_model(path: str | os.PathLike, num_threads: int = 1, delegate: bool = True) -> LoadedModel:
     """Load ``path`` into a ready interpreter (tensors allocated)."""
-    return LoadedModel(path, num_threads=num_threads)
+    return LoadedModel(path, num_threads=num_threads, delegate=delegate)

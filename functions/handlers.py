@@ -26,7 +26,15 @@ import numpy as np
 from functions.errors import BadInput
 from functions.tensors import from_npy, json_type, parse_json
 
-__all__ = ["BadInput", "Handler", "HANDLERS", "handler_for", "make_handler", "MAX_BODY_BYTES"]
+__all__ = [
+    "BadInput",
+    "Handler",
+    "HANDLERS",
+    "handler_for",
+    "make_handler",
+    "normalise",
+    "MAX_BODY_BYTES",
+]
 
 MAX_BODY_BYTES = 8 << 20  # request bodies above this answer 413
 MAX_IMAGE_PIXELS = 40_000_000  # decoded images above this answer 413 (decompression bombs)
@@ -233,18 +241,9 @@ class ImageHandler(Handler):
         return self._normalise(pixels)[None, ...]
 
     def _normalise(self, x: np.ndarray) -> np.ndarray:
-        """0..255 pixels to model input, as Keras ``preprocess_input`` does for each mode."""
-        if self.input_dtype.kind in "iu":  # quantised input: the model takes raw pixels
+        if self.input_dtype.kind in "iu":  # integer input: the model takes raw pixels
             return np.clip(x, 0, 255).astype(self.input_dtype)
-        if self.preprocess == "tf":
-            x = x / 127.5 - 1.0
-        elif self.preprocess == "torch":
-            x = (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
-        elif self.preprocess == "caffe":
-            x = x[..., ::-1] - _CAFFE_MEAN_BGR
-        elif self.preprocess == "digits":
-            x = x / 255.0  # bright ink on dark ground, 0..1 like models.digits
-        return x.astype(self.input_dtype)
+        return normalise(x, self.preprocess).astype(self.input_dtype)
 
     def encode(self, output: np.ndarray) -> dict[str, Any]:
         scores = np.asarray(output, dtype=np.float64).reshape(-1)
@@ -257,6 +256,19 @@ class ImageHandler(Handler):
                 item["label"] = self.labels[int(i)]
             outputs.append(item)
         return {"outputs": outputs}
+
+
+def normalise(x: np.ndarray, preprocess: str) -> np.ndarray:
+    """0..255 pixels to model input, as Keras ``preprocess_input`` does for each mode."""
+    if preprocess == "tf":
+        x = x / 127.5 - 1.0
+    elif preprocess == "torch":
+        x = (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
+    elif preprocess == "caffe":
+        x = x[..., ::-1] - _CAFFE_MEAN_BGR
+    elif preprocess == "digits":
+        x = x / 255.0  # bright ink on dark ground, 0..1 like models.digits
+    return x.astype(np.float32)
 
 
 HANDLERS: dict[str, type[Handler]] = {

@@ -23,10 +23,16 @@ from typing import Any
 from models.catalog import load_catalog, sha256_file, write_catalog
 from models.zoo import Architecture
 
-DTYPES = ("float32", "float16", "int8")
+# int8: dynamic-range quantisation (int8 weights, float activations, float input and output).
+# int8-full: full-integer quantisation (int8 weights and activations, int8 input and output,
+# calibrated on a representative dataset), run by XNNPACK's quantised kernels.
+DTYPES = ("float32", "float16", "int8", "int8-full")
 WEIGHTS = ("random", "imagenet")
-_DTYPE_SUFFIX = {"float32": "", "float16": "-fp16", "int8": "-int8"}
-BUILDER_VERSION = 1  # bump when a change to this file changes the bytes it writes
+_DTYPE_SUFFIX = {"float32": "", "float16": "-fp16", "int8": "-int8", "int8-full": "-int8-full"}
+# 2: static input shapes (a fixed batch), so no shape arithmetic is left for run time and the
+# whole graph goes to XNNPACK; full-integer int8.
+BUILDER_VERSION = 2  # bump when a change to this file changes the bytes it writes
+CALIBRATION_SAMPLES = 100  # representative inputs for full-integer quantisation
 
 
 @dataclass(frozen=True)
@@ -38,11 +44,13 @@ class BuildSpec:
     dtype: str = "float32"
     seed: int = 0
     weights: str = "random"
+    batch: int = 1
 
     @property
     def name(self) -> str:
         suffix = f"-v{self.variant}" if self.variant else ""
-        return f"{self.arch.name}{suffix}{_DTYPE_SUFFIX[self.dtype]}"
+        batch = f"-b{self.batch}" if self.batch != 1 else ""
+        return f"{self.arch.name}{suffix}{batch}{_DTYPE_SUFFIX[self.dtype]}"
 
     @property
     def weight_seed(self) -> int:
@@ -58,6 +66,7 @@ class BuildSpec:
             "seed": self.seed,
             "dtype": self.dtype,
             "weights": self.weights,
+            "batch": self.batch,
             "builder_version": BUILDER_VERSION,
         }
 
@@ -68,6 +77,7 @@ def plan(
     dtypes: Iterable[str] = ("float32",),
     seed: int = 0,
     weights: str = "random",
+    batch: int = 1,
 ) -> list[BuildSpec]:
     """Every (architecture, variant, dtype) to build, validated."""
     dtypes = list(dtypes)
@@ -78,12 +88,14 @@ def plan(
         raise ValueError(f"unknown weights {weights!r}; valid: {', '.join(WEIGHTS)}")
     if variants < 1:
         raise ValueError("--variants must be at least 1")
+    if batch < 1:
+        raise ValueError("--batch must be at least 1")
     if weights == "imagenet" and variants > 1:
         raise ValueError(
             "--variants > 1 needs random weights: pretrained variants would be identical"
         )
     return [
-        BuildSpec(a, v, d, seed, "random" if a.trained else weights)
+        BuildSpec(a, v, d, seed, "random" if a.trained else weights, batch)
         for a in archs
         for v in range(variants)
         for d in dtypes
@@ -157,20 +169,63 @@ def _keras_model(tf, spec: BuildSpec):
     )
 
 
-def convert(spec: BuildSpec) -> bytes:
-    """Construct the Keras model for ``spec`` and return its TFLite flatbuffer."""
+def representative_inputs(spec: BuildSpec, count: int = CALIBRATION_SAMPLES) -> list:
+    """Inputs that full-integer quantisation calibrates activation ranges on: digits from the
+    training split for the digits model; otherwise seeded random pixels normalised the way the
+    architecture's image handler normalises a photo (so the ranges match what it will see)."""
+    import numpy as np
+
+    from functions.handlers import normalise
+
+    arch = spec.arch
+    if arch.preprocess == "digits":
+        from models.digits import load_split
+
+        x_train = load_split()[0]
+        samples = [x_train[i : i + spec.batch] for i in range(0, count * spec.batch, spec.batch)]
+        return [s for s in samples if len(s) == spec.batch]
+    rng = np.random.default_rng(spec.weight_seed)
+    shape = (spec.batch, *arch.input_shape)
+    return [
+        normalise(rng.integers(0, 256, shape).astype(np.float32), arch.preprocess)
+        for _ in range(count)
+    ]
+
+
+def convert(spec: BuildSpec, open_batch: bool = False) -> bytes:
+    """Construct the Keras model for ``spec`` and return its TFLite flatbuffer.
+
+    The model is converted through a function of a fixed input shape (``spec.batch`` rows): a
+    Keras model's own signature leaves the batch dimension open, and the shape arithmetic that
+    leaves in graphs with a ``Reshape`` (SHAPE, STRIDED_SLICE, PACK at run time) keeps XNNPACK
+    off the whole model. ``open_batch`` converts from that signature instead, as builder
+    version 1 did (the baseline of ``benchmarks/zoo_delegation.py`` and the tests).
+    """
     tf = _tf()
     tf.keras.backend.clear_session()  # resets layer-name counters, which end up in the file
     tf.keras.utils.set_random_seed(spec.weight_seed)
     tf.config.experimental.enable_op_determinism()
     model = _keras_model(tf, spec)
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    signature = tf.TensorSpec((spec.batch, *spec.arch.input_shape), tf.float32, name="input")
+    run = tf.function(lambda x: model(x, training=False), input_signature=[signature])
+    converter = (
+        tf.lite.TFLiteConverter.from_keras_model(model)
+        if open_batch
+        else tf.lite.TFLiteConverter.from_concrete_functions([run.get_concrete_function()], model)
+    )
     if spec.dtype == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif spec.dtype == "int8":
         # Dynamic-range quantisation: int8 weights, float input and output.
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif spec.dtype == "int8-full":
+        samples = representative_inputs(spec)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([s] for s in samples)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
     with _quiet_stderr():
         return converter.convert()
 
@@ -195,17 +250,24 @@ def _quiet_stderr():
 
 
 def describe(path: Path) -> dict[str, Any]:
-    """Input and output signature of a built file, read with TensorFlow's own interpreter."""
-    tf = _tf()
-    interpreter = tf.lite.Interpreter(model_path=str(path))
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    return {
-        "input_shape": [int(d) for d in inp["shape"]],
-        "input_dtype": inp["dtype"].__name__,
-        "output_shape": [int(d) for d in out["shape"]],
-        "output_dtype": out["dtype"].__name__,
-    }
+    """Input and output signature of a built file as the serving runtime presents it: a
+    quantised tensor's dtype is the float32 its callers exchange, and ``*_quantization`` says
+    how the file stores it (None when it is not quantised)."""
+    from agent.runtime import load_model
+
+    model = load_model(path)
+    try:
+        return {
+            f"{side}_{field}": value
+            for side, spec in (("input", model.input), ("output", model.output))
+            for field, value in (
+                ("shape", list(spec.shape)),
+                ("dtype", spec.dtype.name),
+                ("quantization", spec.quantization and spec.quantization.to_record()),
+            )
+        }
+    finally:
+        model.close()
 
 
 def _up_to_date(record: dict[str, Any] | None, spec: BuildSpec, out: Path) -> bool:
@@ -219,39 +281,67 @@ def _up_to_date(record: dict[str, Any] | None, spec: BuildSpec, out: Path) -> bo
     )
 
 
-def build_one(spec: BuildSpec, out: Path) -> dict[str, Any]:
-    """Build ``spec`` into ``out`` (atomically) and return its catalog record."""
+class NotDelegated(RuntimeError):
+    """Models that XNNPACK does not run whole; the message names each model and its ops."""
+
+
+def build_one(spec: BuildSpec, out: Path, allow_partial: bool = False) -> dict[str, Any]:
+    """Build ``spec`` into ``out`` (atomically) and return its catalog record.
+
+    The file is checked before it takes its place: a model that should run whole on XNNPACK
+    and leaves operators outside it (beyond those its architecture declares in
+    ``off_xnnpack``) is NotDelegated, and not written, unless ``allow_partial``.
+    """
+    from models.delegation import allowed_outside, check
+
     data = convert(spec)
     path = out / f"{spec.name}.tflite"
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{spec.name}.", suffix=".tflite")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; devices serve models as another user
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        delegation = check(tmp)
+        allowed = allowed_outside(spec.dtype)
+        checked = allowed is not None and not allow_partial
+        if checked and delegation.beyond(allowed + spec.arch.off_xnnpack):
+            raise NotDelegated(f"{spec.name}: {delegation.problem()}")
+        signature = describe(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; devices serve models as another user
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     return {
         "name": spec.name,
         "file": path.name,
         "task": spec.arch.task,
         "preprocess": spec.arch.preprocess,
         **spec.key(),
-        **describe(path),
+        **signature,
         "file_bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
+        "delegation": delegation.to_record(),
     }
 
 
 def build(
-    specs: list[BuildSpec], out: str | os.PathLike, progress: bool = True
+    specs: list[BuildSpec],
+    out: str | os.PathLike,
+    progress: bool = True,
+    allow_partial: bool = False,
 ) -> Iterator[tuple[str, bool]]:
     """Build what is missing or stale; yields ``(name, built)``, ``built`` False if skipped.
 
     The catalog is rewritten after each model, so an interrupted build keeps what it finished.
+    Models that are not delegated as they should be are left out and, once the others are
+    built, raised together as NotDelegated.
     """
     from tqdm import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = load_catalog(out)
+    failures = []
     # disable=None: tqdm draws only on a terminal.
     bar = tqdm(specs, unit="model", disable=None if progress else True, desc="building")
     for spec in bar:
@@ -259,6 +349,12 @@ def build(
         if _up_to_date(records.get(spec.name), spec, out):
             yield spec.name, False
             continue
-        records[spec.name] = build_one(spec, out)
+        try:
+            records[spec.name] = build_one(spec, out, allow_partial)
+        except NotDelegated as exc:
+            failures.append(str(exc))
+            continue
         write_catalog(out, records)
         yield spec.name, True
+    if failures:
+        raise NotDelegated("\n".join(failures))

@@ -31,8 +31,11 @@ RECORD_FIELDS = (
     "input_dtype",
     "output_shape",
     "output_dtype",
+    "input_quantization",
+    "output_quantization",
     "file_bytes",
     "sha256",
+    "delegation",
 )
 
 

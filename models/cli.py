@@ -14,6 +14,13 @@ def _split(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
+def _count(flag: str, help: str, default: int = 1):
+    """An option taking a whole number >= 1."""
+    return click.option(
+        flag, type=click.IntRange(min=1), default=default, show_default=True, help=help
+    )
+
+
 @click.group("models")
 def models_group() -> None:
     """Build the TFLite model zoo and measure what each model costs."""
@@ -34,20 +41,21 @@ def models_group() -> None:
     show_default=True,
     help="Directory for the .tflite files and catalog.json.",
 )
-@click.option(
-    "--variants",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Distinct models per architecture (different weight seeds).",
-)
+@_count("--variants", "Distinct models per architecture (different weight seeds).")
 @click.option(
     "--dtype",
     "dtypes",
     multiple=True,
     default=("float32",),
     show_default=True,
-    help="Storage dtype(s): float32, float16 or int8 (post-training quantised).",
+    help="Storage dtype(s): float32, float16, int8 (dynamic range: int8 weights, float "
+    "compute) or int8-full (int8 weights and activations, calibrated; int8 input and output).",
+)
+@_count("--batch", "Rows per call, fixed in the file (static shapes let XNNPACK run it whole).")
+@click.option(
+    "--allow-partial",
+    is_flag=True,
+    help="Keep models that XNNPACK does not run whole (they are refused otherwise).",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Base seed for random weights."
@@ -60,29 +68,55 @@ def models_group() -> None:
     help="random: seeded, offline. imagenet: Keras downloads pretrained weights (needs internet).",
 )
 @click.option("--list", "list_only", is_flag=True, help="Print what would be built, build nothing.")
-def build_cmd(set_name, archs, out, variants, dtypes, seed, weights, list_only) -> None:
+def build_cmd(
+    set_name, archs, out, variants, dtypes, batch, allow_partial, seed, weights, list_only
+) -> None:
     """Build real Keras architectures and convert them to .tflite, with a catalog.
 
-    Idempotent: models already built with the same settings are not rebuilt.
+    Idempotent: models already built with the same settings are not rebuilt. Each new file is
+    opened as a worker would: a model that XNNPACK does not run whole fails the build, naming
+    the operators left outside (the catalog records ops and exec time with and without it).
     """
     from models.build import plan
 
     try:
         chosen = resolve(set_name, _split(archs)) if (set_name or archs) else resolve("edge")
-        specs = plan(chosen, variants=variants, dtypes=_split(dtypes), seed=seed, weights=weights)
+        specs = plan(
+            chosen,
+            variants=variants,
+            dtypes=_split(dtypes),
+            seed=seed,
+            weights=weights,
+            batch=batch,
+        )
     except (UnknownName, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
     if list_only:
         for spec in specs:
             click.echo(f"{spec.name}\t{spec.arch.name}\t{spec.dtype}\tvariant {spec.variant}")
         return
-    from models.build import build
+    from models.build import NotDelegated, build
+    from models.catalog import load_catalog
+    from models.delegation import summary
 
-    built = skipped = 0
-    for _name, did_build in build(specs, out):
-        built += did_build
-        skipped += not did_build
-    click.echo(f"{built} built, {skipped} already up to date, catalog in {out / 'catalog.json'}")
+    built, skipped, failures = [], 0, None
+    try:
+        for name, did_build in build(specs, out, allow_partial=allow_partial):
+            built += [name] if did_build else []
+            skipped += not did_build
+    except NotDelegated as exc:
+        failures = str(exc).splitlines()
+    records = load_catalog(out)
+    for name in built:
+        click.echo(f"{name}: {summary(records[name]['delegation'])}")
+    click.echo(
+        f"{len(built)} built, {skipped} already up to date, catalog in {out / 'catalog.json'}"
+    )
+    if failures:
+        for line in failures:
+            click.echo(f"FAILED {line}", err=True)
+        click.echo("(--allow-partial keeps such models)", err=True)
+        sys.exit(1)
 
 
 @models_group.command("profile")
@@ -100,20 +134,8 @@ def build_cmd(set_name, archs, out, variants, dtypes, seed, weights, list_only) 
     default=None,
     help="Profile JSON to write [default: MODELS/profiles.json].",
 )
-@click.option(
-    "--runs",
-    type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help="Warm executions per model (the median is reported).",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Interpreter threads (a worker per core uses 1).",
-)
+@_count("--runs", "Warm executions per model (the median is reported).", default=10)
+@_count("--threads", "Interpreter threads (a worker per core uses 1).")
 @click.option(
     "--timeout", type=float, default=600.0, show_default=True, help="Seconds allowed per model."
 )

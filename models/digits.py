@@ -20,3 +20,11 @@ def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         x, y, test_size=HELD_OUT, random_state=SPLIT_SEED, stratify=y
     )
     return x_train, y_train, x_test, y_test
+
+
+def held_out_accuracy(model) -> float:
+    """Share of the held-out digits that ``model`` (an ``agent.runtime.LoadedModel`` taking one
+    digit per call) classifies right, through the TFLite interpreter."""
+    _, _, x_test, y_test = load_split()
+    predicted = [int(np.argmax(model.predict(x[None]))) for x in x_test]
+    return float(np.mean(np.array(predicted) == y_test))

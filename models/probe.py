@@ -36,7 +36,7 @@ def drop_page_cache(path: str) -> bool:
         os.close(fd)
 
 
-def probe(path: str, runs: int, threads: int, seed: int = 0) -> dict:
+def probe(path: str, runs: int, threads: int, seed: int = 0, digits: bool = False) -> dict:
     rng = np.random.default_rng(seed)
     release_memory(collect=True)
     start = rss_bytes()
@@ -79,6 +79,14 @@ def probe(path: str, runs: int, threads: int, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     model.predict(batch)
     warm_first_invoke = time.perf_counter() - t0
+    extra = {}
+    if digits:  # measured last: it does not touch the numbers above
+        from models.digits import held_out_accuracy
+
+        try:
+            extra["digits_accuracy"] = held_out_accuracy(model)
+        except ModuleNotFoundError:  # a device without scikit-learn has no digits to test on
+            pass
     model.close()
 
     return {
@@ -97,6 +105,7 @@ def probe(path: str, runs: int, threads: int, seed: int = 0) -> dict:
         "input_shape": list(model.input.shape),
         "input_dtype": model.input.dtype.name,
         "output_shape": list(model.output.shape),
+        **extra,
     }
 
 
@@ -105,9 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--digits", action="store_true", help="also measure held-out digits accuracy"
+    )
     args = parser.parse_args(argv)
     try:
-        result = probe(args.path, args.runs, args.threads)
+        result = probe(args.path, args.runs, args.threads, digits=args.digits)
     except (ValueError, RuntimeError, OSError) as exc:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         return 1

@@ -59,7 +59,9 @@ def with_seed_fields(rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _model_files(models_dir: Path, names: tuple[str, ...]) -> list[tuple[str, Path]]:
+def _model_files(
+    models_dir: Path, names: tuple[str, ...]
+) -> tuple[list[tuple[str, Path]], dict[str, dict[str, Any]]]:
     catalog = load_catalog(models_dir)
     files = {name: models_dir / rec["file"] for name, rec in catalog.items()}
     for path in sorted(models_dir.glob("*.tflite")):  # files dropped in without a catalog entry
@@ -72,11 +74,14 @@ def _model_files(models_dir: Path, names: tuple[str, ...]) -> list[tuple[str, Pa
         raise ValueError(
             f"no model named {', '.join(unknown)} in {models_dir}; have: {', '.join(files)}"
         )
-    return [(n, files[n]) for n in (names or files)]
+    return [(n, files[n]) for n in (names or files)], catalog
 
 
-def profile_one(path: Path, runs: int, threads: int, timeout: float) -> dict[str, Any]:
-    """Run ``models.probe`` on ``path`` in a fresh interpreter; RuntimeError carries the reason."""
+def profile_one(
+    path: Path, runs: int, threads: int, timeout: float, digits: bool = False
+) -> dict[str, Any]:
+    """Run ``models.probe`` on ``path`` in a fresh interpreter; RuntimeError carries the reason.
+    ``digits``: the model is a digits classifier, whose held-out accuracy is measured too."""
     if not path.exists():
         raise RuntimeError(f"file {path} does not exist")
     cmd = [
@@ -88,6 +93,7 @@ def profile_one(path: Path, runs: int, threads: int, timeout: float) -> dict[str
         str(runs),
         "--threads",
         str(threads),
+        *(["--digits"] if digits else []),
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -122,12 +128,13 @@ def profile_dir(
 
     models_dir = Path(models_dir)
     records, failures = [], []
-    todo = _model_files(models_dir, tuple(names))
+    todo, catalog = _model_files(models_dir, tuple(names))
     bar = tqdm(todo, unit="model", desc="profiling", disable=None if progress else True)
     for name, path in bar:
         bar.set_postfix_str(name)
         try:
-            measured = profile_one(path, runs, threads, timeout)
+            digits = catalog.get(name, {}).get("task") == "digits"
+            measured = profile_one(path, runs, threads, timeout, digits)
         except RuntimeError as exc:
             failures.append((name, f"{path.name}: {exc}"))
             continue
@@ -194,11 +201,18 @@ def format_table(
         "load/exec",
         "freed MB",
     ]
+    if any("digits_accuracy" in r for r in records):  # held-out accuracy through TFLite
+        headers.append("digits acc %")
+        rows = [(*row, _percent(r.get("digits_accuracy"))) for row, r in zip(rows, records)]
     if compare is not None:
         other = {name.lower(): rec for name, rec in compare.items()}
         headers.append("seed load/exec")
         rows = [(*row, _ratio(other.get(row[0].lower()))) for row in rows]
     return tabulate(rows, headers=headers, floatfmt=".2f", tablefmt="github")
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{share * 100:.1f}"
 
 
 def _ratio(rec: dict[str, Any] | None) -> str:

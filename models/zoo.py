@@ -31,6 +31,9 @@ class Architecture:
     kwargs: dict[str, Any] = field(default_factory=dict)
     preprocess: str = "tf"
     task: str = "image-classification"
+    # Operators XNNPACK cannot take in this architecture, allowed to run outside its delegate
+    # (the builder refuses a model with any other operator left outside).
+    off_xnnpack: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -43,7 +46,13 @@ class Architecture:
 
 
 def _app(
-    name: str, keras: str, size: int, preprocess: str, classes: int = 1000, **kwargs: Any
+    name: str,
+    keras: str,
+    size: int,
+    preprocess: str,
+    classes: int = 1000,
+    off_xnnpack: tuple[str, ...] = (),
+    **kwargs: Any,
 ) -> Architecture:
     return Architecture(
         name=name,
@@ -52,7 +61,13 @@ def _app(
         classes=classes,
         preprocess=preprocess,
         kwargs=kwargs,
+        off_xnnpack=off_xnnpack,
     )
+
+
+# ResNet V2 subsamples its shortcuts with a 1x1 max pool of stride 2, a window XNNPACK does
+# not take: three MAX_POOL_2D stay on TFLite's kernel, between four XNNPACK partitions.
+_V2_POOL = ("MAX_POOL_2D",)
 
 
 # The 26 Keras applications of the seed's models.m5.json, at their native input sizes.
@@ -75,11 +90,11 @@ FULL = [
     _app("nasnetlarge", "NASNetLarge", 331, "tf"),
     _app("nasnetmobile", "NASNetMobile", 224, "tf"),
     _app("resnet101", "ResNet101", 224, "caffe"),
-    _app("resnet101v2", "ResNet101V2", 224, "tf"),
+    _app("resnet101v2", "ResNet101V2", 224, "tf", off_xnnpack=_V2_POOL),
     _app("resnet152", "ResNet152", 224, "caffe"),
-    _app("resnet152v2", "ResNet152V2", 224, "tf"),
+    _app("resnet152v2", "ResNet152V2", 224, "tf", off_xnnpack=_V2_POOL),
     _app("resnet50", "ResNet50", 224, "caffe"),
-    _app("resnet50v2", "ResNet50V2", 224, "tf"),
+    _app("resnet50v2", "ResNet50V2", 224, "tf", off_xnnpack=_V2_POOL),
     _app("vgg16", "VGG16", 224, "caffe"),
     _app("vgg19", "VGG19", 224, "caffe"),
     _app("xception", "Xception", 299, "tf"),

@@ -32,3 +32,16 @@ def test_catalog(test_models: Path) -> dict:
     from models.catalog import load_catalog
 
     return load_catalog(test_models)
+
+
+@pytest.fixture(scope="session")
+def dtype_models(test_models: Path) -> Path:
+    """The digits model in every storage dtype the builder makes (float32, float16, dynamic-range
+    int8, full-integer int8), in a directory beside the test set (built once, reused)."""
+    from models.build import DTYPES, build, plan
+    from models.zoo import resolve
+
+    out = test_models.parent / f"{test_models.name}-dtypes"
+    for _ in build(plan(resolve(names=["digits-cnn"]), dtypes=DTYPES), out, progress=False):
+        pass
+    return out

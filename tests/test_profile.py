@@ -114,3 +114,18 @@ def test_unknown_model_name_and_empty_directory(tmp_path, test_models):
     assert result.exit_code == 2 and "no .tflite models in" in result.output
     result = runner.invoke(main, ["models", "profile", "--models", str(test_models), "nosuchmodel"])
     assert result.exit_code == 2 and "no model named nosuchmodel" in result.output
+
+
+def test_digits_accuracy_through_tflite_for_every_dtype(dtype_models, tmp_path):
+    out = tmp_path / "p.json"
+    args = ["models", "profile", "--models", str(dtype_models), "--out", str(out), "--runs", "2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "digits acc %" in result.output.splitlines()[0]
+    accuracy = {r["name"]: r["digits_accuracy"] for r in json.loads(out.read_text())["models"]}
+    suffixes = ("", "-fp16", "-int8", "-int8-full")
+    assert set(accuracy) == {f"digits-cnn{s}" for s in suffixes}
+    assert all(a >= 0.9 for a in accuracy.values()), accuracy
+    table = CliRunner().invoke(main, ["models", "table", str(out)])
+    row = next(line for line in table.output.splitlines() if "digits-cnn-int8-full" in line)
+    assert f"{accuracy['digits-cnn-int8-full'] * 100:.1f}" in row

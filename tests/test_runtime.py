@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from agent import runtime
+from models.delegation import QUANTISED_XNNPACK, allowed_outside, check
 
 pytestmark = pytest.mark.runtime
 
@@ -56,3 +57,28 @@ def test_not_a_model_is_refused(tmp_path):
     bogus.write_bytes(b"this is not a flatbuffer" * 10)
     with pytest.raises(ValueError):
         runtime.load_model(bogus)
+
+
+def test_every_test_model_runs_whole_on_xnnpack(test_models, test_catalog):
+    for name, rec in test_catalog.items():
+        delegation = check(test_models / rec["file"], runs=1)
+        assert delegation.full and delegation.partitions == 1, (name, delegation.problem())
+
+
+def test_quantised_models_in_this_runtime(dtype_models):
+    full = check(dtype_models / "digits-cnn-int8-full.tflite", runs=1)
+    if QUANTISED_XNNPACK:  # ai-edge-litert: XNNPACK's int8 kernels run all but the softmax
+        assert full.outside == {"SOFTMAX": 1} and full.partitions == 1, full.problem()
+        assert allowed_outside("int8-full") == ("SOFTMAX",)
+    else:  # tflite-runtime 2.14: no int8 kernels in its XNNPACK, TFLite's own run it all
+        assert full.partitions == 0 and sum(full.outside.values()) == full.ops
+        assert allowed_outside("int8-full") is None  # the builder does not insist
+    assert check(dtype_models / "digits-cnn-fp16.tflite", runs=1).full
+    hybrid = check(dtype_models / "digits-cnn-int8.tflite", runs=1)
+    if runtime.RUNTIME == "tflite-runtime":  # no hybrid (int8 weight, float data) convolution
+        assert "CONV_2D" in hybrid.outside
+    # int8 in the file, real values at the runtime's boundary
+    model = runtime.load_model(dtype_models / "digits-cnn-int8-full.tflite")
+    assert model.input.quantization.dtype == np.int8 and model.input.dtype == np.float32
+    out = model.predict(model.input.random(np.random.default_rng(0)))
+    assert out.dtype == np.float32 and abs(float(out.sum()) - 1.0) < 0.05

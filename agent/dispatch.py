@@ -68,8 +68,9 @@ def push_lane(
 
 
 def enqueue_job(
-    pipe, conn: redis.Redis, decision: Decision, req: dict[str, Any], job_id: str
-) -> str:
+    pipe, conn: redis.Redis, decision: Decision, req: dict[str, Any], job_id: str,
+    front: bool = False,
+) -> str:  # fmt: skip
     """An asynchronous invocation as an RQ job (id ``job_id``) on the chosen worker, in
     ``pipe``. Its callback URL (``req["callback"]``) is posted by the worker once the answer
     is final (:func:`agent.worker.notify`), not by RQ: a job placed again on another worker
@@ -83,6 +84,7 @@ def enqueue_job(
         failure_ttl=JOB_TTL_S,
         timeout=int(req.get("timeout_s", 600)),
         meta={"function": req["function"], "worker": decision.worker},
+        at_front=front,
     )
     return job_id
 
@@ -106,7 +108,7 @@ def submit(
         if kind == SYNC:
             push_lane(pipe, decision, req, payload, front)
         else:
-            enqueue_job(pipe, placement.r, decision, req, ident)
+            enqueue_job(pipe, placement.r, decision, req, ident, front)
 
     wait = Wait(ident, {"kind": kind, "req": req}, payload, deadline)
     decision, _ = placement.place(facts, enqueue, wait=wait, recount=req.get("recount"))

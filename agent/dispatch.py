@@ -72,9 +72,10 @@ def enqueue_job(
     front: bool = False,
 ) -> str:  # fmt: skip
     """An asynchronous invocation as an RQ job (id ``job_id``) on the chosen worker, in
-    ``pipe``. Its callback URL (``req["callback"]``) is posted by the worker once the answer
-    is final (:func:`agent.worker.notify`), not by RQ: a job placed again on another worker
-    (its copy was evicted while it was queued) ends in a later job."""
+    ``pipe`` (``front``: at the front of its queue). Its callback URL (``req["callback"]``)
+    is posted once the answer is final (:func:`agent.callbacks.schedule`), not by RQ: a job
+    placed again on another worker (its copy was evicted while it was queued, or its worker
+    died) ends in a later job."""
     Queue(decision.queue, connection=conn, serializer=JSONSerializer).enqueue_call(
         "agent.worker.invoke",
         args=(placed(req, decision),),

@@ -333,10 +333,11 @@ class Invocations:
                 doc.update({h: result.get(f) for h, f in HEADERS.items()})
         elif doc["status"] in ("queued", "started"):
             worker = job.meta.get("worker", "")
-            if not self.r.exists(key("alive", worker)):
+            if worker and not self.r.exists(key("alive", worker)):
                 # its worker is gone: what it held is placed again (a running job is retried
                 # if it has attempts left); the job waits for that
-                self.placement.members.forget_worker(worker)
+                if self.r.sismember(key("workers"), worker):
+                    self.placement.members.forget_worker(worker)
                 doc["status"] = "queued"
         elif doc["status"] in ("failed", "stopped", "canceled"):
             doc["error"] = (job.exc_info or "job failed").strip().splitlines()[-1]

@@ -23,7 +23,6 @@ from tests.agent_fixtures import (
     start_up,
     wait_for,
     wait_for_up,
-    wait_for_workers,
 )
 
 pytestmark = pytest.mark.timeout(240)
@@ -195,8 +194,8 @@ def test_callback_retried_until_the_receiver_accepts(test_models: Path):
         mp.setenv("BRULEE_CALLBACK_ALLOW", "127.0.0.1")
         with running_agent(test_models, CAP, workers=1, token=TOKEN) as agent:
             with callback_receiver(fail_first=2) as (port, received):
-                [job_id] = submit(agent["url"], 1,
-                                  **{"X-Callback-Url": f"http://127.0.0.1:{port}/hook"})  # fmt: skip
+                hook = {"X-Callback-Url": f"http://127.0.0.1:{port}/hook"}
+                [job_id] = submit(agent["url"], 1, **hook)
                 assert wait_for(received, 30), "the callback was never delivered"
                 time.sleep(1.5)  # no delivery after the one that succeeded
                 assert len(received) == 1

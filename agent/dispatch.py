@@ -68,24 +68,21 @@ def push_lane(
 
 
 def enqueue_job(
-    pipe, conn: redis.Redis, decision: Decision, req: dict[str, Any], job_id: str,
-    front: bool = False,
-) -> str:  # fmt: skip
+    pipe, conn: redis.Redis, decision: Decision, req: dict[str, Any], job_id: str
+) -> str:
     """An asynchronous invocation as an RQ job (id ``job_id``) on the chosen worker, in
-    ``pipe`` (``front``: at the front of its queue). Its callback URL (``req["callback"]``)
-    is posted once the answer is final (:func:`agent.callbacks.schedule`), not by RQ: a job
-    placed again on another worker (its copy was evicted while it was queued, or its worker
-    died) ends in a later job."""
+    ``pipe``. Its callback URL (``req["callback"]``) is posted once the answer is final
+    (:func:`agent.callbacks.schedule`), not by RQ: a job placed again on another worker (its
+    copy was evicted while it was queued, or its worker died) ends in a later job."""
     Queue(decision.queue, connection=conn, serializer=JSONSerializer).enqueue_call(
         "agent.worker.invoke",
-        args=(placed(req, decision),),
+        args=(placed({"job_id": job_id, **req}, decision),),  # the client's id, if any
         pipeline=pipe,
         job_id=job_id,
         result_ttl=JOB_TTL_S,
         failure_ttl=JOB_TTL_S,
         timeout=int(req.get("timeout_s", 600)),
         meta={"function": req["function"], "worker": decision.worker},
-        at_front=front,
     )
     return job_id
 
@@ -109,7 +106,7 @@ def submit(
         if kind == SYNC:
             push_lane(pipe, decision, req, payload, front)
         else:
-            enqueue_job(pipe, placement.r, decision, req, ident, front)
+            enqueue_job(pipe, placement.r, decision, req, ident)
 
     wait = Wait(ident, {"kind": kind, "req": req}, payload, deadline)
     decision, _ = placement.place(facts, enqueue, wait=wait, recount=req.get("recount"))

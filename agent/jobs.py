@@ -126,6 +126,7 @@ def started(conn: redis.Redis, req: dict[str, Any], worker: str) -> None:
     with conn.pipeline() as pipe:
         pipe.hincrby(record(req["job_id"]), "attempts", 1)
         pipe.hset(record(req["job_id"]), "running_on", worker)
+        pipe.expire(record(req["job_id"]), RECORD_TTL_S)
         count(pipe, req["function"], waiting=-1, running=1)
         pipe.execute()
 
@@ -196,7 +197,7 @@ def adopt(placement: Placement, device: str, rq_id: str) -> bool:
             return False
     req["recount"] = counted_as(req)
     try:
-        submit(placement, req, b"", ASYNC, rq_id, front=True)
+        submit(placement, req, b"", ASYNC, rq_id)
     except (PlacementError, Contended) as exc:
         placement.uncount(device, req)
         fail(conn, req, f"its worker stopped before running it and it could not be placed "

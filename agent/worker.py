@@ -328,7 +328,6 @@ class BruleeWorker(SimpleWorker):
         self._stop_heartbeat = threading.Event()
         self.lanes = lanes(self.name)
         self.queue_class = type("BruleeLaneQueue", (LaneQueue,), {"lane_worker": self})
-        self._serving_lane = False
 
     def perform_job(self, job, queue, execution) -> bool:
         """Run only brulee's own job functions; anything else fails with the reason. The job
@@ -351,11 +350,7 @@ class BruleeWorker(SimpleWorker):
 
     def serve_lane(self, raw: bytes) -> None:
         """One synchronous invocation; a stop requested meanwhile waits for its answer."""
-        self._serving_lane = True
-        try:
-            serve_lane(raw)
-        finally:
-            self._serving_lane = False
+        serve_lane(raw)
         if self._stop_requested:
             raise StopRequested()
 

@@ -17,6 +17,7 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from agent.jobs import held
 from agent.keys import lane, load_lane, route
 from agent.lane import lane_message
 from agent.membership import ROUTE_TTL_S
@@ -84,6 +85,7 @@ def enqueue_job(
         timeout=int(req.get("timeout_s", 600)),
         meta={"function": req["function"], "worker": decision.worker},
     )
+    pipe.rpush(held(decision.worker), job_id)  # placed again if the worker dies
     return job_id
 
 

@@ -301,6 +301,7 @@ class Invocations:
         error and its callback's deliveries. A job placed again (its copy was evicted while
         it was queued) is followed to the job that answers it; the id stays the client's."""
         extra = jobs.describe(self.r, job_id)
+        answer = extra.pop("answer", None)
         if "failed" in extra:  # ended without a worker's answer
             return {"id": job_id, "status": "failed", "error": extra.pop("failed"), **extra}
         doc = self._job(job_id)
@@ -309,6 +310,8 @@ class Invocations:
             if moved is None:
                 break
             doc = {**self._job(moved), "id": job_id}
+        if answer is not None and doc["status"] not in ("finished", "failed"):
+            doc = _answered({"id": job_id}, answer)  # RQ could not record the end
         return {**doc, **extra}
 
     def _job(self, job_id: str) -> dict[str, Any]:
@@ -326,11 +329,8 @@ class Invocations:
             result = job.return_value()
             if "moved_to" in result:
                 doc["moved_to"] = result["moved_to"]
-            elif "error" in result:
-                doc.update(status="failed", error=result["error"])
             else:
-                doc["result"] = result["result"]
-                doc.update({h: result.get(f) for h, f in HEADERS.items()})
+                _answered(doc, result)
         elif doc["status"] in ("queued", "started"):
             worker = job.meta.get("worker", "")
             if worker and not self.r.exists(key("alive", worker)):
@@ -342,3 +342,14 @@ class Invocations:
         elif doc["status"] in ("failed", "stopped", "canceled"):
             doc["error"] = (job.exc_info or "job failed").strip().splitlines()[-1]
         return doc
+
+
+def _answered(doc: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with a worker's answer: ``failed`` with its error, or ``finished`` with the
+    result and the cache fields."""
+    if "error" in result:
+        doc.update(status="failed", error=result["error"])
+    else:
+        doc.update(status="finished", result=result["result"])
+        doc.update({h: result.get(f) for h, f in HEADERS.items()})
+    return doc

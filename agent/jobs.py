@@ -2,11 +2,14 @@
 
 A ``202 Accepted`` means: the job runs **at least once**, unless its function fails it.
 
-- It is bound to a worker only when that worker takes it off its queue (``taken:{w}``). Jobs
-  queued for a worker that dies or is stopped go to the device's orphans, like a dead
-  worker's synchronous calls (:meth:`agent.membership.Membership.forget_worker`), and are
-  placed again (:func:`adopt`, called by :func:`agent.waiting.adopt_orphans`), on whichever
-  worker runs next — after a restart, the next start's.
+- It is held for a worker (``held:{w}``, written in the transaction that queues it there,
+  cleared when the worker is done with it) and runs there only if that worker lives: the
+  jobs held for a worker that dies or is stopped — queued or running — go to the device's
+  orphans, like a dead worker's synchronous calls
+  (:meth:`agent.membership.Membership.forget_worker`), and are placed again (:func:`adopt`,
+  called by :func:`agent.waiting.adopt_orphans`), on whichever worker runs next — after a
+  restart, the next start's. A job id a worker popped but never received (Redis went down
+  in between) is put back on its queue (:func:`requeue_lost`).
 - A job whose worker died while running it is run again, up to ``max_attempts`` attempts in
   all (default :data:`DEFAULT_MAX_ATTEMPTS`; the function's ``max_attempts`` in the stack
   file, or the request's ``X-Max-Attempts``); only after the last does it end ``failed``,
@@ -47,9 +50,20 @@ def record(job_id: str) -> str:
     return key("job", job_id)
 
 
-def taken(worker: str) -> str:
-    """The list of jobs ``worker`` took off its queue and has not finished (RQ ids)."""
-    return key("taken", worker)
+def held(worker: str) -> str:
+    """The list of jobs placed on ``worker`` that it has not finished (RQ ids)."""
+    return key("held", worker)
+
+
+def requeue_lost(conn: redis.Redis, worker: str, queue_key: str) -> int:
+    """Put back on ``worker``'s queue the jobs it holds that are neither queued nor running
+    (it runs none now: it is waiting for work) — a pop whose answer Redis never delivered;
+    returns how many."""
+    queued = set(conn.lrange(queue_key, 0, -1))
+    lost = [i for i in dict.fromkeys(conn.lrange(held(worker), 0, -1)) if i not in queued]
+    if lost:
+        conn.rpush(queue_key, *lost)
+    return len(lost)
 
 
 def parse_max_attempts(raw: Any, what: str = "X-Max-Attempts") -> int | None:
@@ -139,7 +153,8 @@ def ended(pipe, req: dict[str, Any], result: dict[str, Any] | None) -> None:
     if result is None:
         pipe.hincrby(rec, "attempts", -1)
         count(pipe, req["function"], running=-1, waiting=1)
-    else:
+    else:  # kept with the record too: if RQ cannot record the end, the answer stays
+        pipe.hset(rec, "answer", json.dumps(result))
         count(pipe, req["function"], running=-1, **{_outcome(result): 1})
 
 
@@ -182,7 +197,11 @@ def adopt(placement: Placement, device: str, rq_id: str) -> bool:
     if str(getattr(job.get_status(), "value", "")) not in ("queued", "started"):
         return False  # it ended meanwhile (its worker answered before it was forgotten)
     rec = record(req["job_id"])
-    worker, attempts, most = conn.hmget(rec, "running_on", "attempts", "max_attempts")
+    worker, attempts, most, answer = conn.hmget(
+        rec, "running_on", "attempts", "max_attempts", "answer"
+    )
+    if answer is not None:
+        return False  # answered: only RQ's record of its end was lost
     if worker is not None:
         n, most = int(attempts or 1), int(most or DEFAULT_MAX_ATTEMPTS)
         why = f"worker {worker.decode()} died while running it"
@@ -208,7 +227,7 @@ def adopt(placement: Placement, device: str, rq_id: str) -> bool:
 
 def describe(conn: redis.Redis, job_id: str) -> dict[str, Any]:
     """A job's attempts, their errors and its callback deliveries, for ``GET /jobs/{id}``
-    (``failed``: the final reason when no worker answered it)."""
+    (``failed``: the final reason when no worker answered it; ``answer``: the worker's)."""
     from agent.callbacks import deliveries
 
     raw = {k.decode(): v.decode() for k, v in conn.hgetall(record(job_id)).items()}
@@ -226,6 +245,8 @@ def describe(conn: redis.Redis, job_id: str) -> dict[str, Any]:
     }
     if "failed" in raw:
         doc["failed"] = raw["failed"]
+    if "answer" in raw:
+        doc["answer"] = json.loads(raw["answer"])
     if "callback" in raw:
         doc["callback"] = deliveries(raw)
     return doc

@@ -128,7 +128,7 @@ class Membership:
         goes; returns the models it held. What it had not finished moves to the device's
         orphans, to be placed again (:func:`agent.waiting.adopt_orphans`): the synchronous
         calls queued on its lanes (they never started; the one it was running is answered by
-        its gateway, "worker … died"), and its async jobs, queued or taken
+        its gateway, "worker … died"), and the async jobs held for it, queued or running
         (:func:`agent.jobs.adopt`: one that was running is retried if it has attempts left).
         Its queues are emptied again after its registration is gone, for work placed there
         while it was being forgotten."""
@@ -137,8 +137,10 @@ class Membership:
         with self.r.pipeline() as pipe:
             released = self.copies.forget_worker(pipe, device, worker) if device else []
             pipe.srem(key("workers"), worker)
-            # RQ's registry of the jobs it had started: they are orphans now
-            pipe.delete(key("worker", worker), key("alive", worker), rq_wip(worker))
+            # its RQ queue and RQ's registry of the jobs it started: its jobs are orphans now
+            # (held), and evictions and prewarms for it are moot
+            pipe.delete(key("worker", worker), key("alive", worker), rq_wip(worker),
+                        rq_queue(worker_queue(worker)))  # fmt: skip
             pipe.incr(key("members", "version"))
             pipe.execute()
         self._orphan(worker, device)
@@ -149,10 +151,8 @@ class Membership:
             return
         for name in lanes(worker):
             self._orphan_lane(name, device)
-        orphans = key("orphans", device)
-        for source in (rq_queue(worker_queue(worker)), key("taken", worker)):
-            while self.r.lmove(source, orphans) is not None:
-                pass
+        while self.r.lmove(key("held", worker), key("orphans", device)) is not None:
+            pass
 
     def _orphan_lane(self, name: str, device: str) -> None:
         for _ in range(10):  # the lane changes only while its worker's heartbeat still shows

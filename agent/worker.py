@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import uuid
+from functools import partial
 from typing import Any, ClassVar
 
 import redis
@@ -275,19 +276,30 @@ class LaneQueue(Queue):
         while True:
             if worker._stop_requested:  # checked between pops, never by interrupting one
                 raise StopRequested()
-            if timeout is None:  # RQ's burst mode: do not block
-                popped = next(
-                    ((k, v) for k in (*keys, *worker.lanes) if (v := connection.lpop(k))), None
-                )
-                if popped is None:
-                    return None
-            else:
-                left = timeout - (time.monotonic() - since)
-                popped = connection.blpop([*keys, *worker.lanes], max(min(left, POP_SLICE_S), 0.01))
-                if popped is None:
-                    if left <= POP_SLICE_S:
-                        raise DequeueTimeout(timeout, keys)
-                    continue
+            if worker.pop_failed:
+                requeued = jobs.requeue_lost(connection, worker.name, keys[0])
+                if requeued:
+                    log.warning("put back %d job(s) popped during a Redis outage", requeued)
+                worker.pop_failed = False
+            try:
+                if timeout is None:  # RQ's burst mode: do not block
+                    popped = next(
+                        ((k, v) for k in (*keys, *worker.lanes) if (v := connection.lpop(k))),
+                        None,
+                    )
+                    if popped is None:
+                        return None
+                else:
+                    left = timeout - (time.monotonic() - since)
+                    wait = max(min(left, POP_SLICE_S), 0.01)
+                    popped = connection.blpop([*keys, *worker.lanes], wait)
+                    if popped is None:
+                        if left <= POP_SLICE_S:
+                            raise DequeueTimeout(timeout, keys)
+                        continue
+            except (redis.ConnectionError, redis.TimeoutError):
+                worker.pop_failed = True  # Redis may have popped a job nobody received
+                raise
             popped_key = popped[0].decode() if isinstance(popped[0], bytes) else popped[0]
             if popped_key in worker.lanes:
                 worker.serve_lane(popped[1])
@@ -295,19 +307,13 @@ class LaneQueue(Queue):
                     raise DequeueTimeout(timeout, keys)
                 continue
             job_id = popped[1].decode() if isinstance(popped[1], bytes) else popped[1]
-            # bound to this worker from now on: if it dies, the job is placed again
-            connection.rpush(jobs.taken(worker.name), job_id)
-            found = cls._fetch_dequeued_job(
-                connection,
-                popped_key,
-                job_id,
-                job_class=job_class,
-                serializer=serializer,
-                death_penalty_class=death_penalty_class,
-            )
+            fetch = partial(cls._fetch_dequeued_job, connection, popped_key, job_id,
+                            job_class=job_class, serializer=serializer,
+                            death_penalty_class=death_penalty_class)  # fmt: skip
+            found = through_outage(fetch, f"fetching job {job_id}")
             if found is not None:
                 return found
-            connection.lrem(jobs.taken(worker.name), 0, job_id)
+            connection.lrem(jobs.held(worker.name), 0, job_id)  # expired: nothing to run
 
 
 class UnknownJob(Exception):
@@ -328,25 +334,25 @@ class BruleeWorker(SimpleWorker):
         self._stop_heartbeat = threading.Event()
         self.lanes = lanes(self.name)
         self.queue_class = type("BruleeLaneQueue", (LaneQueue,), {"lane_worker": self})
+        self.pop_failed = False  # a blocking pop failed: a job may be popped and unreceived
 
     def perform_job(self, job, queue, execution) -> bool:
-        """Run only brulee's own job functions; anything else fails with the reason. The job
-        leaves this worker's taken list when it is done, whatever happened."""
-        try:
-            if job.func_name not in JOB_FUNCTIONS:
-                try:
-                    raise UnknownJob(
-                        f"job {job.id} asks for {job.func_name!r}; a brulee worker runs "
-                        f"only {', '.join(JOB_FUNCTIONS)}"
-                    )
-                except UnknownJob:
-                    self._finalize_failure(job, queue, execution, sys.exc_info())
-                return False
-            return super().perform_job(job, queue, execution)
-        finally:
-            through_outage(
-                lambda: self.connection.lrem(jobs.taken(self.name), 0, job.id), "ending a job"
-            )
+        """Run only brulee's own job functions; anything else fails with the reason. A job
+        RQ has recorded the end of is no longer held for this worker (if recording it failed,
+        the job stays held: placed again when this worker is forgotten)."""
+        if job.func_name not in JOB_FUNCTIONS:
+            try:
+                raise UnknownJob(
+                    f"job {job.id} asks for {job.func_name!r}; a brulee worker runs "
+                    f"only {', '.join(JOB_FUNCTIONS)}"
+                )
+            except UnknownJob:
+                self._finalize_failure(job, queue, execution, sys.exc_info())
+            return False
+        done = super().perform_job(job, queue, execution)
+        through_outage(partial(self.connection.lrem, jobs.held(self.name), 0, job.id),
+                       f"ending job {job.id}")  # fmt: skip
+        return done
 
     def serve_lane(self, raw: bytes) -> None:
         """One synchronous invocation; a stop requested meanwhile waits for its answer."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from agent.admission import max_waiting_option
+from agent.redis_server import DEFAULT_DURABILITY, DURABILITY
 from agent.supervisor import RestartPolicy
 from agent.up import AlreadyRunning, parse_cap, run_up
 
@@ -123,6 +124,16 @@ def _callback_allow(_ctx, _param, value: str | None) -> str | None:
     "they are loopback, private, link-local, ... (default: public hosts only) "
     "[env: BRULEE_CALLBACK_ALLOW]",
 )
+@click.option(
+    "--durability",
+    envvar="BRULEE_DURABILITY",
+    type=click.Choice(sorted(DURABILITY)),
+    default=DEFAULT_DURABILITY,
+    show_default=True,
+    help="strict: an accepted async job is on disk before its 202 (the embedded Redis forces "
+    "every write to disk); fast: forced once a second, so a power loss or OS crash may lose "
+    "the last second or two of accepted jobs (see docs/agent.md).",
+)
 def up_command(
     port,
     host,
@@ -140,6 +151,7 @@ def up_command(
     max_waiting,
     sync_timeout,
     callback_allow,
+    durability,
 ) -> None:
     """Start Redis, the gateway and the workers, restart any that dies (with backoff); stop all
     of them on SIGTERM/SIGINT."""
@@ -164,6 +176,7 @@ def up_command(
                 keep_alive=keep_alive,
                 echo=click.echo,
                 restart=RestartPolicy(limit=max_restarts, window=restart_window),
+                durability=durability,
             )
         )
     except (AlreadyRunning, ValueError) as exc:

@@ -27,11 +27,15 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.error import HTTPError
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
+
+from agent.keys import key
 
 ENV = "BRULEE_CALLBACK_ALLOW"
 MAX_URL = 2048
@@ -161,20 +165,87 @@ class CallbackPolicy:
         return url
 
 
-TIMEOUT_S = 10  # a receiver slower than this is logged as failed
+TIMEOUT_S = 10  # a receiver slower than this counts as failed
+ATTEMPTS_ENV = "BRULEE_CALLBACK_ATTEMPTS"
+DEFAULT_ATTEMPTS = 5  # deliveries of one callback, at most
+BACKOFF_S, BACKOFF_MAX_S = 1.0, 60.0  # 1, 2, 4, 8 … s between attempts
+LEASE_S = TIMEOUT_S + 20  # a delivery whose sender died is tried again after this
 log = logging.getLogger("brulee.callbacks")
 
 
-def notify(req: dict[str, Any], result: dict[str, Any]) -> None:
-    """POST an async job's final answer to its callback URL (validated by the gateway); a
-    receiver that fails or cannot be reached is logged, never retried here."""
+def max_attempts() -> int:
+    return max(int(os.environ.get(ATTEMPTS_ENV) or DEFAULT_ATTEMPTS), 1)
+
+
+def schedule(pipe, req: dict[str, Any], result: dict[str, Any]) -> None:
+    """Queue the POST of an async job's final answer to its callback URL (validated by the
+    gateway), in ``pipe``: delivered by any worker's delivery thread (:func:`deliver_due`),
+    retried with backoff while the receiver fails or cannot be reached."""
+    if not req.get("callback"):
+        return
     status = "failed" if "error" in result else "finished"
     body = {"job_id": req.get("job_id"), "status": status, "function": req["function"]}
     body.update({"error": result["error"]} if status == "failed" else {"result": result["result"]})
-    request = Request(req["callback"], data=json.dumps(body).encode(), method="POST",
-                      headers={"Content-Type": "application/json"})  # fmt: skip
+    rec = key("job", req["job_id"])
+    pipe.hset(rec, mapping={"callback": req["callback"], "callback_body": json.dumps(body)})
+    pipe.zadd(key("callbacks"), {req["job_id"]: time.time()})
+
+
+def deliver_due(conn, scripts, limit: int = 10) -> int:
+    """Deliver the callbacks that are due (each leased to this process while it tries, so
+    senders never overlap); returns how many were tried."""
+    due = scripts.lease(keys=[key("callbacks")], args=[time.time(), LEASE_S, limit])
+    for raw in due:
+        job_id = raw.decode()
+        rec = key("job", job_id)
+        url, body, tried = conn.hmget(rec, "callback", "callback_body", "callback_attempts")
+        if url is None or body is None:
+            conn.zrem(key("callbacks"), job_id)  # its record expired
+            continue
+        n = int(tried or 0) + 1
+        outcome = post(url.decode(), body)
+        done = outcome["ok"] or n >= max_attempts()
+        with conn.pipeline() as pipe:
+            pipe.hset(rec, mapping={"callback_attempts": n, f"callback:{n}": json.dumps(outcome)})
+            if outcome["ok"]:
+                pipe.hset(rec, "callback_delivered", 1)
+            if done:
+                pipe.zrem(key("callbacks"), job_id)
+            else:
+                pipe.zadd(key("callbacks"), {job_id: time.time() + backoff(n)})
+            pipe.execute()
+        if not outcome["ok"]:
+            log.warning("callback for job %s, attempt %d: %s", job_id, n, outcome["error"])
+    return len(due)
+
+
+def backoff(attempt: int) -> float:
+    return min(BACKOFF_S * 2 ** (attempt - 1), BACKOFF_MAX_S)
+
+
+def post(url: str, body: bytes) -> dict[str, Any]:
+    """One delivery: ``{"at", "ok", "status"}`` or ``{"at", "ok": False, "error"}``."""
+    at = round(time.time(), 3)
+    request = Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
     try:
-        with urlopen(request, timeout=TIMEOUT_S):
-            pass
-    except Exception as exc:  # noqa: BLE001 (a receiver's failure is not the job's)
-        log.warning("callback %s for job %s failed: %s", req["callback"], req.get("job_id"), exc)
+        with urlopen(request, timeout=TIMEOUT_S) as resp:
+            return {"at": at, "ok": True, "status": resp.status}
+    except HTTPError as exc:
+        return {"at": at, "ok": False, "status": exc.code, "error": f"HTTP {exc.code}"}
+    except Exception as exc:  # noqa: BLE001 (unreachable, refused, timed out: tried again)
+        return {"at": at, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def deliveries(record: dict[str, str]) -> dict[str, Any]:
+    """A job's callback as ``GET /jobs/{id}`` shows it: URL, delivered, each attempt."""
+    n = int(record.get("callback_attempts", 0))
+    attempts = [json.loads(record[f"callback:{i}"]) for i in range(1, n + 1)
+                if f"callback:{i}" in record]  # fmt: skip
+    return {
+        "url": record["callback"],
+        "delivered": record.get("callback_delivered") == "1",
+        "pending": "callback_body" in record
+        and record.get("callback_delivered") != "1"
+        and n < max_attempts(),
+        "attempts": attempts,
+    }

@@ -17,6 +17,7 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from agent.jobs import held
 from agent.keys import lane, load_lane, route
 from agent.lane import lane_message
 from agent.membership import ROUTE_TTL_S
@@ -71,12 +72,12 @@ def enqueue_job(
     pipe, conn: redis.Redis, decision: Decision, req: dict[str, Any], job_id: str
 ) -> str:
     """An asynchronous invocation as an RQ job (id ``job_id``) on the chosen worker, in
-    ``pipe``. Its callback URL (``req["callback"]``) is posted by the worker once the answer
-    is final (:func:`agent.worker.notify`), not by RQ: a job placed again on another worker
-    (its copy was evicted while it was queued) ends in a later job."""
+    ``pipe``. Its callback URL (``req["callback"]``) is posted once the answer is final
+    (:func:`agent.callbacks.schedule`), not by RQ: a job placed again on another worker (its
+    copy was evicted while it was queued, or its worker died) ends in a later job."""
     Queue(decision.queue, connection=conn, serializer=JSONSerializer).enqueue_call(
         "agent.worker.invoke",
-        args=(placed(req, decision),),
+        args=(placed({"job_id": job_id, **req}, decision),),  # the client's id, if any
         pipeline=pipe,
         job_id=job_id,
         result_ttl=JOB_TTL_S,
@@ -84,6 +85,7 @@ def enqueue_job(
         timeout=int(req.get("timeout_s", 600)),
         meta={"function": req["function"], "worker": decision.worker},
     )
+    pipe.rpush(held(decision.worker), job_id)  # placed again if the worker dies
     return job_id
 
 

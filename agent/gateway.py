@@ -19,6 +19,7 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry, generate_latest
 from werkzeug.exceptions import HTTPException
 
+from agent import jobs
 from agent.callbacks import ENV, CallbackPolicy, CallbackRefused
 from agent.errors import ApiError
 from agent.invocations import HEADERS, Invocations
@@ -201,7 +202,14 @@ def create_app(
                 callback = callbacks.check(callback)
             except CallbackRefused as exc:
                 raise ApiError(400, str(exc)) from exc
-        job_id = invocations.submit(name, request.get_data(), request.content_type or "", callback)
+        try:
+            attempts = jobs.parse_max_attempts(request.headers.get("X-Max-Attempts"))
+            idempotency = jobs.parse_key(request.headers.get("Idempotency-Key"))
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from exc
+        job_id = invocations.submit(
+            name, request.get_data(), request.content_type or "", callback, attempts, idempotency
+        )
         resp = jsonify(id=job_id, status="queued", location=f"/jobs/{job_id}")
         resp.status_code = 202
         resp.headers["Location"] = f"/jobs/{job_id}"

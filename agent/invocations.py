@@ -25,7 +25,7 @@ import redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from agent import admission, waiting
+from agent import admission, jobs, waiting
 from agent.dispatch import ASYNC, SYNC, submit, with_facts
 from agent.errors import ApiError
 from agent.keys import key, route
@@ -36,7 +36,7 @@ from agent.registry import Profiles, Registry, model_facts
 from agent.txn import Contended
 from functions.tensors import to_npy
 
-INPUT_TTL_S = 300
+INPUT_TTL_S = jobs.RECORD_TTL_S  # an accepted job's input lives as long as the job
 SPOOL_CHECK_S = 2.0  # how long a gateway process trusts that its workers share its spool
 FACTS_TTL_S = 1.0  # how long a gateway process reuses a model's facts
 MAX_MOVES = 32  # how many times GET /jobs follows a job placed again
@@ -254,10 +254,24 @@ class Invocations:
 
     # -- asynchronous --------------------------------------------------------------------------
 
-    def submit(self, name: str, body: bytes, content_type: str, callback: str | None) -> str:
-        """An asynchronous invocation; returns its job id."""
+    def submit(
+        self,
+        name: str,
+        body: bytes,
+        content_type: str,
+        callback: str | None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """An asynchronous invocation; returns its job id (with ``idempotency_key``: the id of
+        the first submission that used the key for this function, which runs only once).
+        Under ``--durability strict`` the job is on disk when this returns."""
         doc, batch = self.decode(name, body, content_type)
         job_id = uuid.uuid4().hex
+        if idempotency_key is not None:
+            first = jobs.claim_key(self.r, name, idempotency_key, job_id)
+            if first is not None:
+                return first
         input_key = key("input", job_id)
         self.r.set(input_key, to_npy(batch), ex=INPUT_TTL_S)
         req = self.request(
@@ -266,27 +280,39 @@ class Invocations:
             job_id=job_id,
             input_key=input_key,
             timeout_s=self.sync_timeout,
+            max_attempts=max_attempts or doc.get("max_attempts") or jobs.DEFAULT_MAX_ATTEMPTS,
             **({"callback": callback} if callback else {}),
         )
+        jobs.accept(self.r, req)
         try:
             submit(self.placement, req, b"", ASYNC, job_id)
         except (PlacementError, Contended) as exc:
             self.r.delete(input_key)
+            jobs.refused(self.r, req)
+            if idempotency_key is not None:
+                jobs.release_key(self.r, name, idempotency_key, job_id)
             raise placement_error(exc, self.facts(doc)[0]) from exc
         return job_id
 
     def job(self, job_id: str) -> dict[str, Any]:
-        """An async job's state: ``queued`` (also while it waits for memory), ``started``,
-        ``finished`` with the result and the cache fields, or ``failed`` with the reason. A
-        job placed again (its copy was evicted while it was queued) is followed to the job
-        that answers it; the id stays the client's."""
+        """An async job's state: ``queued`` (also while it waits for memory, or to be placed
+        again after its worker stopped), ``started``, ``finished`` with the result and the
+        cache fields, or ``failed`` with the reason; its attempts, each failed attempt's
+        error and its callback's deliveries. A job placed again (its copy was evicted while
+        it was queued) is followed to the job that answers it; the id stays the client's."""
+        extra = jobs.describe(self.r, job_id)
+        answer = extra.pop("answer", None)
+        if "failed" in extra:  # ended without a worker's answer
+            return {"id": job_id, "status": "failed", "error": extra.pop("failed"), **extra}
         doc = self._job(job_id)
         for _ in range(MAX_MOVES):
             moved = doc.pop("moved_to", None)
             if moved is None:
                 break
             doc = {**self._job(moved), "id": job_id}
-        return doc
+        if answer is not None and doc["status"] not in ("finished", "failed"):
+            doc = _answered({"id": job_id}, answer)  # RQ could not record the end
+        return {**doc, **extra}
 
     def _job(self, job_id: str) -> dict[str, Any]:
         try:
@@ -297,20 +323,33 @@ class Invocations:
             raise ApiError(404, f"no job {job_id!r}") from exc
         status = job.get_status()
         doc: dict[str, Any] = {"id": job.id, "status": str(getattr(status, "value", status))}
-        if doc["status"] == "finished":
+        if self.r.exists(key("ticket", job_id)):  # placed again, waiting for memory
+            doc.update(status="queued", waiting_for_memory=True)
+        elif doc["status"] == "finished":
             result = job.return_value()
             if "moved_to" in result:
                 doc["moved_to"] = result["moved_to"]
-            elif "error" in result:
-                doc.update(status="failed", error=result["error"])
             else:
-                doc["result"] = result["result"]
-                doc.update({h: result.get(f) for h, f in HEADERS.items()})
-        elif doc["status"] in ("queued", "started") and not self.r.exists(
-            key("alive", job.meta.get("worker", ""))
-        ):
-            worker = job.meta.get("worker")
-            doc.update(status="failed", error=f"worker {worker} died before finishing the job")
+                _answered(doc, result)
+        elif doc["status"] in ("queued", "started"):
+            worker = job.meta.get("worker", "")
+            if worker and not self.r.exists(key("alive", worker)):
+                # its worker is gone: what it held is placed again (a running job is retried
+                # if it has attempts left); the job waits for that
+                if self.r.sismember(key("workers"), worker):
+                    self.placement.members.forget_worker(worker)
+                doc["status"] = "queued"
         elif doc["status"] in ("failed", "stopped", "canceled"):
             doc["error"] = (job.exc_info or "job failed").strip().splitlines()[-1]
         return doc
+
+
+def _answered(doc: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with a worker's answer: ``failed`` with its error, or ``finished`` with the
+    result and the cache fields."""
+    if "error" in result:
+        doc.update(status="failed", error=result["error"])
+    else:
+        doc.update(status="finished", result=result["result"])
+        doc.update({h: result.get(f) for h, f in HEADERS.items()})
+    return doc

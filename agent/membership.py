@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import redis
 
-from agent.keys import decode, key, lanes, route, worker_queue
+from agent.keys import decode, key, lanes, route, rq_queue, worker_queue
 from agent.lifecycle import Copies
 
 HEARTBEAT_TTL = 5.0  # seconds without a heartbeat before a worker counts as dead
@@ -133,22 +133,35 @@ class Membership:
             return [(m or b"").decode() for m in pipe.execute()]
 
     def forget_worker(self, worker: str) -> list[str]:
-        """Drop a dead worker: its copies leave the accounting, its registration goes; returns
-        the models it held. The synchronous calls queued on its lane never started: they move
-        to the device's orphans, to be placed again (:func:`agent.waiting.adopt_orphans`);
-        the one it was running is answered by its gateway ("worker … died"). Async jobs left
-        in its RQ queue stay there (``GET /jobs`` says the worker died)."""
+        """Drop a dead (or stopped) worker: its copies leave the accounting, its registration
+        goes; returns the models it held. What it had not finished moves to the device's
+        orphans, to be placed again (:func:`agent.waiting.adopt_orphans`): the synchronous
+        calls queued on its lanes (they never started; the one it was running is answered by
+        its gateway, "worker … died"), and the async jobs held for it, queued or running
+        (:func:`agent.jobs.adopt`: one that was running is retried if it has attempts left).
+        Its queues are emptied again after its registration is gone, for work placed there
+        while it was being forgotten."""
         device = (self.r.hget(key("worker", worker), "device") or b"").decode()
-        if device:
-            for name in lanes(worker):
-                self._orphan_lane(name, device)
+        self._orphan(worker, device)
         with self.r.pipeline() as pipe:
             released = self.copies.forget_worker(pipe, device, worker) if device else []
             pipe.srem(key("workers"), worker)
-            pipe.delete(key("worker", worker), key("alive", worker), *lanes(worker))
+            # its RQ queue and RQ's registry of the jobs it started: its jobs are orphans now
+            # (held), and evictions and prewarms for it are moot
+            pipe.delete(key("worker", worker), key("alive", worker), rq_wip(worker),
+                        rq_queue(worker_queue(worker)))  # fmt: skip
             pipe.incr(key("members", "version"))
             pipe.execute()
+        self._orphan(worker, device)
         return released
+
+    def _orphan(self, worker: str, device: str) -> None:
+        if not device:
+            return
+        for name in lanes(worker):
+            self._orphan_lane(name, device)
+        while self.r.lmove(key("held", worker), key("orphans", device)) is not None:
+            pass
 
     def _orphan_lane(self, name: str, device: str) -> None:
         for _ in range(10):  # the lane changes only while its worker's heartbeat still shows
@@ -159,6 +172,11 @@ class Membership:
             )
             if moved >= 0:
                 return
+
+
+def rq_wip(worker: str) -> str:
+    """RQ's registry of the jobs a worker's queue has started (RQ's key)."""
+    return f"rq:wip:{worker_queue(worker)}"
 
 
 def parse_cap(device: str, raw: bytes | None) -> int:

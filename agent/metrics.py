@@ -8,7 +8,7 @@ from typing import Any
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from agent import waiting
+from agent import jobs, waiting
 from agent.keys import key
 from agent.placement import Placement
 from agent.snapshot import snapshot
@@ -89,3 +89,18 @@ class RedisCollector:
         yield ev
         yield queued
         yield adm
+        now = GaugeMetricFamily(
+            "brulee_async_jobs", "Async jobs waiting or running now", labels=["function", "state"]
+        )
+        ended = CounterMetricFamily(
+            "brulee_async_job_outcomes",
+            "Async jobs retried (their worker died running them), finished, failed",
+            labels=["function", "outcome"],
+        )
+        for function, n in snap["jobs"].items():
+            for state in jobs.GAUGES:
+                now.add_metric([function, state], max(n[state], 0))
+            for outcome in jobs.COUNTERS:
+                ended.add_metric([function, outcome], n[outcome])
+        yield now
+        yield ended

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from agent.jobs import DEFAULT_MAX_ATTEMPTS, KEY_MAX, MAX_ATTEMPTS_LIMIT
 from functions.handlers import HANDLERS
 from functions.stack import MEMORY_PATTERN, NAME_MAX
 
@@ -59,6 +60,14 @@ def _json(schema: dict[str, Any], description: str = "ok", **extra: Any) -> dict
         "content": {"application/json": {"schema": schema}},
         **extra,
     }
+
+
+def _object(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+def _array(items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": items}
 
 
 def _errors(*statuses: str) -> dict[str, Any]:
@@ -132,6 +141,39 @@ def _schemas(models: list[str] | None) -> dict[str, Any]:
                 "X-Exec-Seconds": {"type": "number", "nullable": True},
                 "X-Queue-Seconds": {"type": "number", "nullable": True},
                 "X-Worker": {"type": "string", "nullable": True},
+                "waiting_for_memory": {"type": "boolean"},
+                "attempts": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "attempts started (a worker died running each but the last)",
+                },
+                "max_attempts": {"type": "integer", "minimum": 1},
+                "attempt_errors": {
+                    "description": "why each attempt that did not finish ended",
+                    **_array(
+                        _object(
+                            ["attempt", "error"],
+                            attempt={"type": "integer", "minimum": 1},
+                            error={"type": "string"},
+                            at={"type": "number"},
+                        )
+                    ),
+                },
+                "callback": _object(
+                    ["url", "delivered", "pending", "attempts"],
+                    url={"type": "string"},
+                    delivered={"type": "boolean"},
+                    pending={"type": "boolean"},
+                    attempts=_array(
+                        _object(
+                            ["at", "ok"],
+                            at={"type": "number"},
+                            ok={"type": "boolean"},
+                            status={"type": "integer"},
+                            error={"type": "string"},
+                        )
+                    ),
+                ),
             },
         },
         "DeployRequest": {
@@ -162,6 +204,14 @@ def _schemas(models: list[str] | None) -> dict[str, Any]:
                         {"type": "string", "pattern": f"^{MEMORY_PATTERN}$"},
                     ],
                 },
+                "max_attempts": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_ATTEMPTS_LIMIT,
+                    "nullable": True,
+                    "description": "attempts of an async job whose worker dies running it "
+                    f"(default {DEFAULT_MAX_ATTEMPTS}; a request's X-Max-Attempts overrides it)",
+                },
                 "options": {
                     "type": "object",
                     "nullable": True,
@@ -184,6 +234,7 @@ def _schemas(models: list[str] | None) -> dict[str, Any]:
                 "file": {"type": "string"},
                 "handler": {"type": "string"},
                 "memory": nullable_int,
+                "max_attempts": nullable_int,
                 "options": {"type": "object"},
                 "record": {"type": "object"},
             },
@@ -230,6 +281,7 @@ def _schemas(models: list[str] | None) -> dict[str, Any]:
             "required": ["policy", "devices"],
             "properties": {
                 "policy": {"type": "string"},
+                "jobs": _ref("JobCounts"),
                 "devices": {
                     "type": "object",
                     "additionalProperties": {
@@ -249,6 +301,18 @@ def _schemas(models: list[str] | None) -> dict[str, Any]:
                             "workers": {"type": "object"},
                         },
                     },
+                },
+            },
+        },
+        "JobCounts": {
+            "type": "object",
+            "description": "async jobs per function: waiting and running now; retried, "
+            "finished and failed since the agent's Redis data began",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    n: {"type": "integer"}
+                    for n in ("waiting", "running", "retried", "finished", "failed")
                 },
             },
         },
@@ -288,6 +352,22 @@ def openapi_document(models: list[str] | None = None) -> dict[str, Any]:
             "BRULEE_CALLBACK_ALLOW allows them"
         ),
         "schema": {"type": "string", "format": "uri", "maxLength": 2048},
+    }
+    attempts = {
+        "name": "X-Max-Attempts",
+        "in": "header",
+        "required": False,
+        "description": "attempts if the job's worker dies while running it (default: the "
+        f"function's max_attempts, else {DEFAULT_MAX_ATTEMPTS}); the job runs at least once",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT},
+    }
+    idempotency = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "a submission with a key already used for this function (within an "
+        "hour) is not run again: the answer names the first submission's job",
+        "schema": {"type": "string", "minLength": 1, "maxLength": KEY_MAX},
     }
     binary = {"schema": {"type": "string", "format": "binary"}}
     invocation_body = {
@@ -347,7 +427,7 @@ def openapi_document(models: list[str] | None = None) -> dict[str, Any]:
                 "post": {
                     "operationId": "invokeFunctionAsync",
                     "summary": "Invoke a function asynchronously",
-                    "parameters": [name, deadline, callback],
+                    "parameters": [name, deadline, callback, attempts, idempotency],
                     "requestBody": invocation_body,
                     "responses": {
                         "202": _json(

@@ -2,7 +2,11 @@
 
 It listens on a Unix socket in its own directory (no TCP port at all unless one is asked for,
 and then only on loopback), with append-only persistence so that accepted async jobs survive
-a restart of the agent.
+a restart of the agent. How often the append-only file is forced to disk is the agent's
+``--durability`` (:data:`DURABILITY`): ``strict`` before every reply (an accepted job is on
+disk before its 202), ``fast`` once a second (a power loss or an OS crash may lose the last
+second or two of writes; a crash of redis-server alone loses nothing that was answered:
+the file was written, only not yet forced to disk).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import redis
+
+DURABILITY = {"strict": "always", "fast": "everysec"}  # --durability -> appendfsync
+DEFAULT_DURABILITY = "strict"
 
 
 class RedisServerError(RuntimeError):
@@ -46,12 +53,16 @@ class RedisServer:
         persist: bool = True,
         password: str | None = None,
         executable: str = "redis-server",
+        durability: str = DEFAULT_DURABILITY,
     ) -> None:
         self.dir = Path(directory)
         self.port = port
         self.persist = persist
         self.password = password
         self.executable = executable
+        if durability not in DURABILITY:
+            raise ValueError(f"durability {durability!r} is neither {' nor '.join(DURABILITY)}")
+        self.durability = durability
         self.process: subprocess.Popen | None = None
 
     @property
@@ -84,6 +95,7 @@ class RedisServer:
             ("logfile", str(self.dir / "redis.log")),
             ("save", ""),
             ("appendonly", "yes" if self.persist else "no"),
+            ("appendfsync", DURABILITY[self.durability]),
         ]
         if self.password:
             settings.append(("requirepass", self.password))

@@ -22,7 +22,7 @@ def source(name: str) -> str:
 class Scripts:
     """The registered scripts, as attributes: ``Scripts(conn).claim(keys=…, args=…)``."""
 
-    NAMES = ("hit", "claim", "unpin", "ready", "orphan")
+    NAMES = ("hit", "claim", "unpin", "ready", "orphan", "lease")
 
     def __init__(self, conn: redis.Redis) -> None:
         for name in self.NAMES:
@@ -33,3 +33,4 @@ class Scripts:
     unpin: Script
     ready: Script
     orphan: Script
+    lease: Script

@@ -8,7 +8,7 @@ import socket
 import time
 from typing import Any
 
-from agent import waiting
+from agent import jobs, waiting
 from agent.keys import decode, key, slot
 from agent.memory import rss_bytes
 from agent.placement import Placement, ask_backlogs, backlogs_from, parse_entries, used_bytes
@@ -100,4 +100,7 @@ def snapshot(placement: Placement, **settings: Any) -> dict[str, Any]:
         **settings,
         "time": now,
         "devices": devices,
+        # asynchronous jobs per function: waiting and running now; retried, finished and
+        # failed since Redis' data began
+        "jobs": jobs.counts(r),
     }

@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from agent import forked
-from agent.redis_server import RedisServer
+from agent.redis_server import DEFAULT_DURABILITY, DURABILITY, RedisServer
 from agent.supervisor import (
     RestartPolicy,
     Slot,
@@ -163,6 +163,23 @@ def forget_worker(conn, name: str) -> None:
     Membership(conn).forget_worker(name)
 
 
+def check_durability(conn, redis_url: str, echo) -> None:
+    """``--durability strict`` with a Redis of the user's: say so if it does not force every
+    write to disk (brulee does not reconfigure a server it does not own)."""
+    from agent.redis_server import redact
+
+    try:
+        got = conn.config_get("append*")
+    except redis.RedisError as exc:  # CONFIG may be disabled on a managed Redis
+        echo(f"brulee up: cannot check {redact(redis_url)}'s persistence ({exc}); strict "
+             "durability needs appendonly yes and appendfsync always there")  # fmt: skip
+        return
+    if got.get("appendonly") != "yes" or got.get("appendfsync") != DURABILITY["strict"]:
+        echo(f"brulee up: warning: {redact(redis_url)} has appendonly {got.get('appendonly')}, "
+             f"appendfsync {got.get('appendfsync')}: accepted jobs are not on disk before "
+             "their 202 (strict durability needs appendonly yes, appendfsync always)")  # fmt: skip
+
+
 def lock_state_dir(state_dir: Path):
     state_dir.mkdir(parents=True, exist_ok=True)
     fh = open(state_dir / "brulee.lock", "w")
@@ -206,6 +223,7 @@ def run_up(
     keep_alive: str | None = None,
     echo=print,
     restart: RestartPolicy = RestartPolicy(),  # noqa: B008 (frozen)
+    durability: str = DEFAULT_DURABILITY,
 ) -> int:
     """Run the agent under :class:`~agent.supervisor.Supervisor` until SIGTERM/SIGINT; 1 if
     the gateway or the embedded Redis is in crash loop (the agent cannot serve)."""
@@ -228,7 +246,7 @@ def run_up(
     signal.signal(signal.SIGINT, stop)
     try:
         if not redis_url:
-            server = RedisServer(state_dir / "redis").start()
+            server = RedisServer(state_dir / "redis", durability=durability).start()
             redis_url = server.url
             slots.append(
                 Slot("redis", "redis", lambda _slot: server.spawn(), vital=True,
@@ -241,6 +259,7 @@ def run_up(
             "BRULEE_STATE_DIR": str(state_dir),
             "BRULEE_POLICY": policy,
             "BRULEE_TOKEN": token,
+            "BRULEE_DURABILITY": durability,
         }
         if functions_file:
             env["BRULEE_FUNCTIONS"] = str(functions_file)
@@ -248,6 +267,8 @@ def run_up(
         conn = redis.Redis.from_url(
             redis_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
         )
+        if slots == [] and durability == "strict":
+            check_durability(conn, redis_url, echo)
         host_name = socket.gethostname()
         forked.preload()
 

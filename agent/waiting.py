@@ -225,12 +225,17 @@ def _place_ticket(placement, device, ticket, doc, payload, now, hits_only):
 def adopt_orphans(placement: Placement, device: str) -> int:
     """Place again the calls a dead worker had queued (``orphans:{d}``; they never started),
     as misses through the same placement and admission; a call whose deadline passed, or
-    that cannot be placed, is answered with why. Returns how many were placed."""
+    that cannot be placed, is answered with why. Its async jobs there too
+    (:func:`agent.jobs.adopt`). Returns how many were placed."""
     from agent.dispatch import SYNC, counted_as, submit
+    from agent.jobs import adopt
     from agent.txn import Contended
 
     conn, placed = placement.r, 0
     while (raw := conn.lpop(key("orphans", device))) is not None:
+        if b"\n" not in raw:  # an async job's id (a lane message has a header line)
+            placed += adopt(placement, device, raw.decode())
+            continue
         head, _, payload = raw.partition(b"\n")
         req = json.loads(head)
         req["recount"] = counted_as(req)

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import uuid
+from functools import partial
 from typing import Any, ClassVar
 
 import redis
@@ -35,7 +36,7 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.serializers import JSONSerializer
 
-from agent import callbacks, waiting
+from agent import callbacks, jobs, waiting
 from agent.dispatch import ASYNC, SYNC, counted_as, submit
 from agent.interpreters import InterpreterCache
 from agent.keys import key, lanes, worker_queue
@@ -49,6 +50,8 @@ from agent.txn import Contended, through_outage
 log = logging.getLogger("brulee.worker")
 JOB_FUNCTIONS = ("agent.worker.invoke", "agent.worker.evict", "agent.worker.prewarm")
 RECONCILE_EVERY_S = 5.0
+POP_SLICE_S = 1.0  # a stop request is noticed between blocking pops this long
+CALLBACK_PERIOD_S = 0.5
 
 _CONTEXT: Context | None = None
 
@@ -66,26 +69,35 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
     """An asynchronous invocation; its input waits under ``req["input_key"]``. If its copy was
     evicted while it was queued, it is placed again — through the same placement and
     admission as at the gateway, never by waiting here — as a new job, and this one answers
-    ``{"moved_to": id}`` (``GET /jobs/{id}`` follows it to the final answer)."""
+    ``{"moved_to": id}`` (``GET /jobs/{id}`` follows it to the final answer). Its record
+    (:mod:`agent.jobs`) counts the attempt; its callback is queued with the answer."""
     ctx = _context()
+    through_outage(lambda: jobs.started(ctx.conn, req, ctx.worker), "starting a job")
     with ctx.lock:
         result, pinned = serve(ctx, req, lambda: ctx.conn.get(req["input_key"]))
         if result is REPLACED:
             result = _replace(ctx, req, b"", ASYNC)
             if result is REPLACED:
+
+                def moved() -> None:
+                    with ctx.conn.pipeline() as pipe:
+                        jobs.ended(pipe, req, None)
+                        pipe.execute()
+
+                through_outage(moved, f"moving job {req.get('job_id')}")
                 return {"moved_to": req["moved_to"]}
 
         def answer() -> list:
             with ctx.conn.pipeline(transaction=False) as pipe:
                 pipe.delete(req["input_key"])
                 account(ctx, req, result, pinned, pipe)
+                jobs.ended(pipe, req, result)
+                callbacks.schedule(pipe, req, result)
                 return pipe.execute()
 
         replies = through_outage(answer, f"answering job {req.get('job_id')}")
         _unpinned(ctx, req, replies[1] if pinned else None)
     ctx.admit_now.set()
-    if req.get("callback"):
-        callbacks.notify(req, result)
     return result
 
 
@@ -259,16 +271,32 @@ class LaneQueue(Queue):
         keys = [q.key for q in queues]
         since = time.monotonic()
         while True:
-            if timeout is None:  # RQ's burst mode: do not block
-                popped = next(
-                    ((k, v) for k in (*keys, *worker.lanes) if (v := connection.lpop(k))), None
-                )
-                if popped is None:
-                    return None
-            else:
-                popped = connection.blpop([*keys, *worker.lanes], timeout)
-                if popped is None:
-                    raise DequeueTimeout(timeout, keys)
+            if worker._stop_requested:  # checked between pops, never by interrupting one
+                raise StopRequested()
+            if worker.pop_failed:
+                requeued = jobs.requeue_lost(connection, worker.name, keys[0])
+                if requeued:
+                    log.warning("put back %d job(s) popped during a Redis outage", requeued)
+                worker.pop_failed = False
+            try:
+                if timeout is None:  # RQ's burst mode: do not block
+                    popped = next(
+                        ((k, v) for k in (*keys, *worker.lanes) if (v := connection.lpop(k))),
+                        None,
+                    )
+                    if popped is None:
+                        return None
+                else:
+                    left = timeout - (time.monotonic() - since)
+                    wait = max(min(left, POP_SLICE_S), 0.01)
+                    popped = connection.blpop([*keys, *worker.lanes], wait)
+                    if popped is None:
+                        if left <= POP_SLICE_S:
+                            raise DequeueTimeout(timeout, keys)
+                        continue
+            except (redis.ConnectionError, redis.TimeoutError):
+                worker.pop_failed = True  # Redis may have popped a job nobody received
+                raise
             popped_key = popped[0].decode() if isinstance(popped[0], bytes) else popped[0]
             if popped_key in worker.lanes:
                 worker.serve_lane(popped[1])
@@ -276,16 +304,13 @@ class LaneQueue(Queue):
                     raise DequeueTimeout(timeout, keys)
                 continue
             job_id = popped[1].decode() if isinstance(popped[1], bytes) else popped[1]
-            found = cls._fetch_dequeued_job(
-                connection,
-                popped_key,
-                job_id,
-                job_class=job_class,
-                serializer=serializer,
-                death_penalty_class=death_penalty_class,
-            )
+            fetch = partial(cls._fetch_dequeued_job, connection, popped_key, job_id,
+                            job_class=job_class, serializer=serializer,
+                            death_penalty_class=death_penalty_class)  # fmt: skip
+            found = through_outage(fetch, f"fetching job {job_id}")
             if found is not None:
                 return found
+            connection.lrem(jobs.held(worker.name), 0, job_id)  # expired: nothing to run
 
 
 class UnknownJob(Exception):
@@ -306,10 +331,12 @@ class BruleeWorker(SimpleWorker):
         self._stop_heartbeat = threading.Event()
         self.lanes = lanes(self.name)
         self.queue_class = type("BruleeLaneQueue", (LaneQueue,), {"lane_worker": self})
-        self._serving_lane = False
+        self.pop_failed = False  # a blocking pop failed: a job may be popped and unreceived
 
     def perform_job(self, job, queue, execution) -> bool:
-        """Run only brulee's own job functions; anything else fails with the reason."""
+        """Run only brulee's own job functions; anything else fails with the reason. A job
+        RQ has recorded the end of is no longer held for this worker (if recording it failed,
+        the job stays held: placed again when this worker is forgotten)."""
         if job.func_name not in JOB_FUNCTIONS:
             try:
                 raise UnknownJob(
@@ -319,23 +346,22 @@ class BruleeWorker(SimpleWorker):
             except UnknownJob:
                 self._finalize_failure(job, queue, execution, sys.exc_info())
             return False
-        return super().perform_job(job, queue, execution)
+        done = super().perform_job(job, queue, execution)
+        through_outage(partial(self.connection.lrem, jobs.held(self.name), 0, job.id),
+                       f"ending job {job.id}")  # fmt: skip
+        return done
 
     def serve_lane(self, raw: bytes) -> None:
         """One synchronous invocation; a stop requested meanwhile waits for its answer."""
-        self._serving_lane = True
-        try:
-            serve_lane(raw)
-        finally:
-            self._serving_lane = False
+        serve_lane(raw)
         if self._stop_requested:
             raise StopRequested()
 
     def _shutdown(self) -> None:
-        if self._serving_lane:  # warm shutdown: answer the caller first
-            self._stop_requested = True
-            return
-        super()._shutdown()
+        """Warm shutdown (SIGTERM/SIGINT): finish what runs now, take nothing more. Never
+        raised from the signal handler: an interrupted blocking pop could lose the job it
+        popped; the dequeue loop notices the request between pops."""
+        self._stop_requested = True
 
     def register_birth(self, *args: Any, **kwargs: Any) -> None:
         super().register_birth(*args, **kwargs)
@@ -345,6 +371,7 @@ class BruleeWorker(SimpleWorker):
         self._register()
         threading.Thread(target=self._beat, name="brulee-heartbeat", daemon=True).start()
         threading.Thread(target=self._admit, name="brulee-admission", daemon=True).start()
+        threading.Thread(target=self._deliver, name="brulee-callbacks", daemon=True).start()
 
     def register_death(self, *args: Any, **kwargs: Any) -> None:
         self._stop_heartbeat.set()
@@ -379,6 +406,14 @@ class BruleeWorker(SimpleWorker):
             self.ctx.admit_now.clear()
             _admit_if_waiting(self.ctx)
 
+    def _deliver(self) -> None:
+        """Deliver the callbacks that are due (any worker's jobs), until the worker stops."""
+        while not self._stop_heartbeat.wait(CALLBACK_PERIOD_S):
+            try:
+                callbacks.deliver_due(self.ctx.conn, self.ctx.placement.scripts)
+            except redis.RedisError as exc:
+                log.warning("callback delivery failed: %s", exc)
+
     def _beat(self) -> None:
         last_reconcile = time.monotonic()
         while not self._stop_heartbeat.wait(HEARTBEAT_TTL / 5):
@@ -393,6 +428,9 @@ class BruleeWorker(SimpleWorker):
                     finally:
                         self.ctx.lock.release()
                     last_reconcile = time.monotonic()
+                    # forget workers that died unnoticed (an agent killed whole, then started
+                    # again): what they held is placed again
+                    self.ctx.placement.members.alive()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 

@@ -182,6 +182,13 @@ def tables(doc: dict) -> str:
     help="client timeout (the agent answers a sync call within 60 s)",
 )
 @click.option("--grace", default=30.0, show_default=True, help="for async jobs after the load")
+@click.option(
+    "--durability",
+    default="strict",
+    show_default=True,
+    type=click.Choice(["strict", "fast"]),
+    help="the agent's --durability (an accepted job lost under strict fails the soak)",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", default="out/soak", show_default=True, type=click.Path(file_okay=False))
 def main(
@@ -204,6 +211,7 @@ def main(
     grace,
     seed,
     out,
+    durability,
 ) -> None:
     """Serve under memory pressure and faults; check the invariants every second."""
     kinds = [k for k in fault_kinds.split(",") if k]
@@ -233,6 +241,7 @@ def main(
             request_timeout,
             grace,
             seed,
+            durability,
         )
     (outdir / "soak.json").write_text(json.dumps(doc, indent=1))
     click.echo("\n" + tables(doc))
@@ -263,6 +272,7 @@ def soak(
     request_timeout,
     grace,
     seed,
+    durability="strict",
 ) -> dict:
     from models.catalog import load_catalog
     from models.profile import read_profiles
@@ -285,7 +295,9 @@ def soak(
     if too_big:
         click.echo(f"note: {', '.join(too_big)} exceed the cap: their calls answer 507")
     token = secrets.token_hex(16)
-    with agent_process(models_dir, cap_bytes, policy, workers, state, token) as url:
+    with agent_process(
+        models_dir, cap_bytes, policy, workers, state, token, durability=durability
+    ) as url:
         session = agent_session(token)
         payloads = build_payloads(session.get(url + "/system/functions", timeout=10).json())
         probe = min(usable, key=lambda m: profiled[m]["loaded_bytes"])  # the recovery probe
@@ -339,7 +351,7 @@ def soak(
             faults.resume_all()
             checks.stop()
         shutil.copy(state / "agent.log", outdir / "agent.log")
-    return report(
+    doc = report(
         load,
         faults,
         checks,
@@ -351,6 +363,8 @@ def soak(
         exited_at,
         time.monotonic() - t0,
     )
+    doc["settings"]["durability"] = durability
+    return doc
 
 
 def report(

@@ -21,7 +21,7 @@ from functions.tensors import json_type
 
 log = logging.getLogger(__name__)
 
-FUNCTION_KEYS = {"model", "handler", "memory", "options", "file"}
+FUNCTION_KEYS = {"model", "handler", "memory", "options", "file", "max_attempts"}
 API_REQUIRED = ["name", "model"]  # what POST /system/functions needs (and the schema says)
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_MAX = 128
@@ -44,6 +44,7 @@ class Function:
     memory: int | None = None  # hint in bytes; used before the model has been profiled
     options: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
+    max_attempts: int | None = None  # async attempts if a worker dies running one
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /system/functions`` lists (the gateway adds state and loaded bytes)."""
@@ -182,7 +183,10 @@ def build_function(
     options = spec.get("options") or {}
     make_handler(handler, record, **options)  # unknown handler, options or signature fail here
     memory = parse_memory(spec.get("memory"))
-    return Function(name, model, str(file), handler, memory, options, record)
+    from agent.jobs import parse_max_attempts
+
+    attempts = parse_max_attempts(spec.get("max_attempts"), "max_attempts")
+    return Function(name, model, str(file), handler, memory, options, record, attempts)
 
 
 def load_stack(

@@ -49,10 +49,11 @@ def agent_process(
     token: str,
     startup_timeout: float = 90.0,
     max_waiting: int | None = None,
+    durability: str | None = None,
 ) -> Iterator[str]:
     """A private ``brulee up`` (embedded Redis) on a free port; yields its URL, stops it after.
-    Its output goes to ``state_dir/agent.log``. ``max_waiting``: its admission queue's bound
-    (None: the agent's default)."""
+    Its output goes to ``state_dir/agent.log``. ``max_waiting``: its admission queue's bound,
+    ``durability``: its ``--durability`` (None: the agent's defaults)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     brulee = str(Path(sys.executable).with_name("brulee"))
@@ -61,6 +62,8 @@ def agent_process(
            "--state-dir", str(state_dir)]  # fmt: skip
     if max_waiting is not None:
         cmd += ["--max-waiting", str(max_waiting)]
+    if durability is not None:
+        cmd += ["--durability", durability]
     url = f"http://127.0.0.1:{port}"
     with open(state_dir / "agent.log", "wb") as log:
         proc = subprocess.Popen(

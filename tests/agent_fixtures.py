@@ -26,10 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    """A private redis-server on a free loopback port, removed afterwards."""
+def redis_server(persist: bool = False, durability: str = "fast") -> Iterator[RedisServer]:
+    """A private redis-server on a free loopback port, removed afterwards (``persist``: with
+    its append-only file, forced to disk as ``durability`` says)."""
     with tempfile.TemporaryDirectory(prefix="brulee-redis-") as tmp:
-        server = RedisServer(tmp, port=free_port(), persist=False).start()
+        server = RedisServer(tmp, port=free_port(), persist=persist, durability=durability)
+        server.start()
         try:
             yield server
         finally:
@@ -72,16 +74,18 @@ def running_agent(
     spool_dir: Path | None = None,
     max_waiting: int | None = None,
     sync_timeout: float = 30,
+    durability: str | None = None,
 ) -> Iterator[dict]:
     """A whole agent: private Redis, ``workers`` worker processes, and the gateway served over
     real HTTP by werkzeug in a thread. Yields ``{"url", "redis_url", "token", "server",
     "workers"}``. ``spool_dir``: the gateway's input spool root (default as the workers':
-    ``BRULEE_SPOOL_DIR``, else /dev/shm)."""
+    ``BRULEE_SPOOL_DIR``, else /dev/shm). ``durability``: Redis keeps its append-only file,
+    forced to disk as ``brulee up --durability`` says (default: no persistence)."""
     from werkzeug.serving import make_server
 
     from agent.gateway import create_app
 
-    with redis_server() as server:
+    with redis_server(durability is not None, durability or "fast") as server:
         procs = [start_worker(server.url, models_dir, cap, policy) for _ in range(workers)]
         try:
             wait_for_workers(server.url, workers)
@@ -222,16 +226,24 @@ def stop_up(up: Up, timeout: float = 60.0) -> set[int]:
 
 
 @contextlib.contextmanager
-def callback_receiver() -> Iterator[tuple[int, list[bytes]]]:
+def callback_receiver(fail_first: int = 0) -> Iterator[tuple[int, list[bytes]]]:
     """A real HTTP server on a free loopback port that records the bodies POSTed to it (an
-    async job's callback); yields its port and the list of bodies."""
+    async job's callback); yields its port and the list of bodies. It answers 500 to its
+    first ``fail_first`` POSTs (not recorded), 204 after."""
     import http.server
 
     received: list[bytes] = []
+    failures = [fail_first]
 
     class Hook(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 (http.server's naming)
-            received.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if failures[0] > 0:
+                failures[0] -= 1
+                self.send_response(500)
+                self.end_headers()
+                return
+            received.append(body)
             self.send_response(204)
             self.end_headers()
 

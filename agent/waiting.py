@@ -14,6 +14,7 @@ most once and never after its gateway gave up on it (:func:`cancel`).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from agent.lane import reply_message
 from agent.lifecycle import DRAINING, LOADING
 from agent.membership import PlacementError
 
+log = logging.getLogger("brulee.worker")
 REPLY_TTL_S = 120  # an answer nobody collected (its caller gave up) expires
 
 
@@ -220,6 +222,26 @@ def _place_ticket(placement, device, ticket, doc, payload, now, hits_only):
         hits_only=hits_only,
     )
     return decision
+
+
+def admit_device(placement: Placement, device: str) -> None:
+    """Memory may have freed on ``device``: place the requests waiting for it (if any) and
+    the calls a dead worker left queued (if any); a failure is logged, never raised (the
+    worker's admission thread calls this)."""
+    from agent.txn import Contended
+
+    conn = placement.r
+    try:
+        with conn.pipeline(transaction=False) as pipe:
+            pipe.zcard(key("waiting", device))
+            pipe.llen(key("orphans", device))
+            queued, orphans = pipe.execute()
+        if orphans:
+            adopt_orphans(placement, device)
+        if queued:
+            admit(placement, device)
+    except (redis.RedisError, PlacementError, Contended) as exc:
+        log.warning("admission failed: %s", exc)
 
 
 def adopt_orphans(placement: Placement, device: str) -> int:

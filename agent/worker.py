@@ -3,8 +3,9 @@
 RQ's default worker forks a work horse per job, which would throw every interpreter away;
 ``SimpleWorker`` runs jobs in its own process, so the interpreters (:mod:`agent.interpreters`)
 survive from one job to the next. Each worker has its own RQ queue and a *lane* (a plain
-Redis list for synchronous calls, popped in the same blocking call: :class:`LaneQueue`), and
-a heartbeat thread. What one invocation does is :mod:`agent.serve`.
+Redis list for synchronous calls), popped in the same blocking call (:mod:`agent.lanequeue`),
+and a heartbeat, an admission and a callback thread. What one invocation does is
+:mod:`agent.serve`.
 
 RQ jobs a worker runs — only these; any other function name in its queue fails with a reason
 (:data:`JOB_FUNCTIONS`): :func:`invoke` (an async invocation), :func:`evict` (drop copies that
@@ -29,18 +30,19 @@ import threading
 import time
 import uuid
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker
-from rq.exceptions import DequeueTimeout, StopRequested
+from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 
 from agent import callbacks, jobs, waiting
 from agent.dispatch import ASYNC, SYNC, counted_as, submit
 from agent.interpreters import InterpreterCache
-from agent.keys import key, lanes, worker_queue
+from agent.keys import lanes, worker_queue
 from agent.lane import Spool, reply_message
+from agent.lanequeue import LaneQueue
 from agent.membership import HEARTBEAT_TTL, PlacementError
 from agent.memory import pss_bytes, release_memory, rss_bytes
 from agent.placement import Placement
@@ -50,7 +52,6 @@ from agent.txn import Contended, through_outage
 log = logging.getLogger("brulee.worker")
 JOB_FUNCTIONS = ("agent.worker.invoke", "agent.worker.evict", "agent.worker.prewarm")
 RECONCILE_EVERY_S = 5.0
-POP_SLICE_S = 1.0  # a stop request is noticed between blocking pops this long
 CALLBACK_PERIOD_S = 0.5
 
 _CONTEXT: Context | None = None
@@ -233,84 +234,7 @@ def _lane_input(ctx: Context, req: dict[str, Any], inline: bytes) -> bytes | Non
     return data
 
 
-def _admit_if_waiting(ctx: Context) -> None:
-    """Memory may have freed: place the requests waiting for it (if any), and the calls a
-    dead worker of this device left queued (if any)."""
-    try:
-        with ctx.conn.pipeline(transaction=False) as pipe:
-            pipe.zcard(key("waiting", ctx.device))
-            pipe.llen(key("orphans", ctx.device))
-            queued, orphans = pipe.execute()
-        if orphans:
-            waiting.adopt_orphans(ctx.placement, ctx.device)
-        if queued:
-            waiting.admit(ctx.placement, ctx.device)
-    except (redis.RedisError, PlacementError, Contended) as exc:
-        log.warning("admission failed: %s", exc)
-
-
 # -- the worker process -------------------------------------------------------------------------
-
-
-class LaneQueue(Queue):
-    """RQ's queue class for a :class:`BruleeWorker`: its blocking pop also takes the worker's
-    lane, so one call waits for both (RQ's queue first: evictions and async jobs are never
-    starved by a stream of synchronous calls)."""
-
-    lane_worker: ClassVar[BruleeWorker | None] = None
-
-    @classmethod
-    def dequeue_any(
-        cls, queues, timeout, connection, job_class=None, serializer=None, death_penalty_class=None
-    ):
-        worker = cls.lane_worker
-        if worker is None:
-            return super().dequeue_any(
-                queues, timeout, connection, job_class, serializer, death_penalty_class
-            )
-        keys = [q.key for q in queues]
-        since = time.monotonic()
-        while True:
-            if worker._stop_requested:  # checked between pops, never by interrupting one
-                raise StopRequested()
-            if worker.pop_failed:
-                requeued = jobs.requeue_lost(connection, worker.name, keys[0])
-                if requeued:
-                    log.warning("put back %d job(s) popped during a Redis outage", requeued)
-                worker.pop_failed = False
-            try:
-                if timeout is None:  # RQ's burst mode: do not block
-                    popped = next(
-                        ((k, v) for k in (*keys, *worker.lanes) if (v := connection.lpop(k))),
-                        None,
-                    )
-                    if popped is None:
-                        return None
-                else:
-                    left = timeout - (time.monotonic() - since)
-                    wait = max(min(left, POP_SLICE_S), 0.01)
-                    popped = connection.blpop([*keys, *worker.lanes], wait)
-                    if popped is None:
-                        if left <= POP_SLICE_S:
-                            raise DequeueTimeout(timeout, keys)
-                        continue
-            except (redis.ConnectionError, redis.TimeoutError):
-                worker.pop_failed = True  # Redis may have popped a job nobody received
-                raise
-            popped_key = popped[0].decode() if isinstance(popped[0], bytes) else popped[0]
-            if popped_key in worker.lanes:
-                worker.serve_lane(popped[1])
-                if time.monotonic() - since > 1.0:  # back to RQ's loop, which heartbeats
-                    raise DequeueTimeout(timeout, keys)
-                continue
-            job_id = popped[1].decode() if isinstance(popped[1], bytes) else popped[1]
-            fetch = partial(cls._fetch_dequeued_job, connection, popped_key, job_id,
-                            job_class=job_class, serializer=serializer,
-                            death_penalty_class=death_penalty_class)  # fmt: skip
-            found = through_outage(fetch, f"fetching job {job_id}")
-            if found is not None:
-                return found
-            connection.lrem(jobs.held(worker.name), 0, job_id)  # expired: nothing to run
 
 
 class UnknownJob(Exception):
@@ -404,7 +328,7 @@ class BruleeWorker(SimpleWorker):
         while not self._stop_heartbeat.is_set():
             self.ctx.admit_now.wait(HEARTBEAT_TTL / 5)
             self.ctx.admit_now.clear()
-            _admit_if_waiting(self.ctx)
+            waiting.admit_device(self.ctx.placement, self.ctx.device)
 
     def _deliver(self) -> None:
         """Deliver the callbacks that are due (any worker's jobs), until the worker stops."""

@@ -94,20 +94,28 @@ def test_sigterm_and_restart_runs_every_queued_job(test_models: Path, tmp_path: 
         again.proc.wait(60)
 
 
-def _burst_and_catch(url: str, conn: redis.Redis, n: int, **headers: str):
+def _burst_and_catch(url: str, conn: redis.Redis, n: int, bursts: int = 4, **headers: str):
     """``n`` async calls from a background thread while the worker running one of them is
-    caught: SIGSTOPped right then. The accepted ids, and (job id, worker, pid) caught."""
+    caught: SIGSTOPped right then (another burst if none was caught: the jobs run for a few
+    milliseconds, and on a loaded machine a burst can pass between two samples). The accepted
+    ids, and (job id, worker, pid) caught."""
     ids: list[str] = []
 
     def send() -> None:
         for _ in range(n // 10):
             ids.extend(submit(url, 10, **headers))
 
-    with ThreadPoolExecutor(1) as pool:
-        sending = pool.submit(send)
-        caught = _catch_running(conn, ids, sending.done)
-        sending.result()
-    return ids, caught
+    for _ in range(bursts):
+        with ThreadPoolExecutor(1) as pool:
+            sending = pool.submit(send)
+            try:
+                caught = _catch_running(conn, ids, sending.done)
+            except TimeoutError:
+                sending.result()
+                continue
+            sending.result()
+        return ids, caught
+    raise TimeoutError(f"never caught a job running in {bursts} bursts of {n}")
 
 
 def _catch_running(conn: redis.Redis, ids: list[str], sent, timeout: float = 60.0):

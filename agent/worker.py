@@ -52,6 +52,7 @@ from agent.txn import Contended, through_outage
 log = logging.getLogger("brulee.worker")
 JOB_FUNCTIONS = ("agent.worker.invoke", "agent.worker.evict", "agent.worker.prewarm")
 RECONCILE_EVERY_S = 5.0
+ADMISSION_STOP_S = 10.0  # a stopping worker waits this long for its admission pass to end
 CALLBACK_PERIOD_S = 0.5
 
 _CONTEXT: Context | None = None
@@ -294,11 +295,18 @@ class BruleeWorker(SimpleWorker):
         self._baseline_pss = pss_bytes()  # the part of it not shared with the agent's others
         self._register()
         threading.Thread(target=self._beat, name="brulee-heartbeat", daemon=True).start()
-        threading.Thread(target=self._admit, name="brulee-admission", daemon=True).start()
+        self._admission = threading.Thread(target=self._admit, name="brulee-admission", daemon=True)
+        self._admission.start()
         threading.Thread(target=self._deliver, name="brulee-callbacks", daemon=True).start()
 
     def register_death(self, *args: Any, **kwargs: Any) -> None:
         self._stop_heartbeat.set()
+        self.ctx.admit_now.set()
+        # the admission thread may be placing orphans again (popped, not yet placed): let it
+        # finish before this process forgets itself and exits, or a job popped would be lost
+        admission = getattr(self, "_admission", None)
+        if admission is not None:
+            admission.join(ADMISSION_STOP_S)
         self.ctx.spool.close()
         try:
             self.ctx.placement.members.forget_worker(self.name)
@@ -328,6 +336,8 @@ class BruleeWorker(SimpleWorker):
         while not self._stop_heartbeat.is_set():
             self.ctx.admit_now.wait(HEARTBEAT_TTL / 5)
             self.ctx.admit_now.clear()
+            if self._stop_heartbeat.is_set():
+                break
             waiting.admit_device(self.ctx.placement, self.ctx.device)
 
     def _deliver(self) -> None:

@@ -31,13 +31,19 @@ TOKEN = "test-token"
 BODY = {"inputs": np.random.default_rng(0).random((1, 8, 8, 1)).tolist()}
 
 
+REFUSED: list[str] = []  # what submit() got instead of a 202, for the assertion messages
+
+
 def submit(url: str, n: int, function: str = "digits-cnn", **headers: str) -> list[str]:
     """``n`` async calls at once; the ids of those accepted (202)."""
 
     def one(_):
         resp = requests.post(f"{url}/async-function/{function}", json=BODY, headers=headers,
                              timeout=30)  # fmt: skip
-        return resp.json()["id"] if resp.status_code == 202 else None
+        if resp.status_code != 202:
+            REFUSED.append(f"{resp.status_code} {resp.text[:300]}")
+            return None
+        return resp.json()["id"]
 
     with ThreadPoolExecutor(8) as pool:
         return [i for i in pool.map(one, range(n)) if i]
@@ -78,7 +84,7 @@ def test_sigterm_and_restart_runs_every_queued_job(test_models: Path, tmp_path: 
     finally:
         if up.proc.poll() is None:
             up.proc.kill()
-    assert len(ids) == 150
+    assert len(ids) == 150, REFUSED
     again = start_up(test_models, state, *opts)
     try:
         wait_for_up(again, 1)

@@ -197,7 +197,7 @@ def _schemas(models: list[str] | None) -> dict[str, Any]:
                     ),
                 },
                 "memory": {
-                    "description": "bytes, or a size like '64Mi' (at least one byte)",
+                    "description": "bytes, or a size: '64Mi' (2^20), '100MB' (10^6)",
                     "nullable": True,
                     "oneOf": [
                         {"type": "integer", "minimum": 1},

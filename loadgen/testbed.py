@@ -31,12 +31,11 @@ import requests
 from agent.admission import max_waiting_option
 from agent.redis_server import free_port
 from agent.up import stop_processes
+from loadgen.azure import BUNDLED_TRACE
 from loadgen.replay import ReplayError, format_summary, run_replay
 from loadgen.replay_sim import simulated_failures
 from loadgen.simulator import DEFAULT_DEADLINE_S
 from loadgen.workload_file import iter_workload
-
-BUNDLED_TRACE = Path(__file__).parent / "data" / "azure2019_invocations_first9rows.csv"
 
 
 @contextlib.contextmanager

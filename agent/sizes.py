@@ -23,6 +23,7 @@ from typing import Any
 SIZE_PATTERN = r" *(0*[1-9][0-9]*(?:\.[0-9]+)?(?:[eE]\+?[0-9]+)?) *([kKmMgG]i?)?[bB]? *"
 SIZE_RE = re.compile(SIZE_PATTERN)
 UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
+MAX_SIZE = 2**63  # Redis' integers (the cap is stored there)
 ACCEPTED = "bytes (400000000), 400M or 400MB (10^6), 400Mi or 400MiB (2^20), K/G alike"
 
 
@@ -42,8 +43,8 @@ def parse_size(
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
-        if value <= 0:
-            raise SizeError(f"{what} must be at least 1 byte, got {value}")
+        if not 0 < value < MAX_SIZE:
+            raise SizeError(f"{what} must be at least 1 byte and below 2^63, got {value}")
         return value
     if not isinstance(value, str):
         raise SizeError(f"{what} must be {ACCEPTED}; got {value!r:.80}")
@@ -63,7 +64,10 @@ def parse_size(
             f"{n} × {1024 ** ' kmg'.index(unit)} bytes or {n}{unit.upper()}B for "
             f"{n} × {UNITS[unit]}"
         )
-    size = int(float(m.group(1)) * UNITS[unit])
+    size = float(m.group(1)) * UNITS[unit]
+    if not size < MAX_SIZE:
+        raise SizeError(f"{what} {value!r:.80} is too large (at most 2^63 - 1 bytes)")
+    size = int(size)
     if size <= 0:
         raise SizeError(f"{what} must be at least 1 byte, got {value!r}")
     return size

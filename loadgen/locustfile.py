@@ -33,9 +33,11 @@ options and summarises the records.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -140,7 +142,8 @@ def make_plan(options, host: str | None) -> Plan:
     else:
         functions = fetch_functions(host, options.token or None)
     served = [f["name"] for f in functions]
-    tmp = Path(tempfile.mkdtemp(prefix="brulee-locust-"))
+    tmp = Path(tempfile.mkdtemp(prefix="brulee-locust-"))  # a mapped or the bundled workload
+    atexit.register(shutil.rmtree, tmp, True)
     if options.workload:
         if not Path(options.workload).is_file():
             raise ReplayError(f"--workload {options.workload}: no such file")

@@ -48,7 +48,7 @@ def parse_size(
         return value
     if not isinstance(value, str):
         raise SizeError(f"{what} must be {ACCEPTED}; got {value!r:.80}")
-    text = value.strip()
+    text = value.strip(" ")  # plain spaces, as the pattern (and the API schema) allows
     if text.endswith("%"):
         return _percent(text, what, percent_of)
     m = SIZE_RE.fullmatch(text)

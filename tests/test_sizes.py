@@ -54,6 +54,7 @@ def test_percent_of_a_base_given_or_computed():
         ("lots", {}, "'lots' is not a size: expected bytes"),
         ("400X", {}, "'400X' is not a size"),
         ("", {}, "is not a size"),
+        ("\t64Mi", {}, "is not a size"),  # plain spaces only, as the API schema's pattern
         ("-1Mi", {}, "'-1Mi' is not a size"),
         ("0", {}, "'0' is not a size"),
         (0, {}, "at least 1 byte and below 2^63, got 0"),

@@ -68,7 +68,8 @@ def _callback_allow(_ctx, _param, value: str | None) -> str | None:
     default="50%",
     show_default=True,
     callback=_cap,
-    help="BYTES (K/M/G suffix) or PCT% of this device's total RAM.",
+    help="A size (bytes; 400MB = 400×10^6, 400MiB = 400×2^20) or PCT% of this device's total "
+    "RAM. A bare K/M/G is refused: it meant 2^10/2^20/2^30 here before.",
 )
 @click.option("--policy", default="cremebrulee", show_default=True)
 @click.option(
@@ -193,7 +194,12 @@ def up_command(
 )
 @click.option("--device", default=None, help="Device name (default: host name).")
 @click.option("--name", default=None, help="Worker name, unique (default: generated).")
-@click.option("--memory-cap", default=None, callback=_cap, help="BYTES or PCT% of total RAM.")
+@click.option(
+    "--memory-cap",
+    default=None,
+    callback=_cap,
+    help="A size (400MB, 400MiB) or PCT% of this device's total RAM.",
+)
 @click.option("--policy", default="cremebrulee", show_default=True)
 @models_dir_option
 def worker_command(redis_url, device, name, memory_cap, policy, models_dir) -> None:

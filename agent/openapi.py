@@ -14,6 +14,7 @@ import copy
 from typing import Any
 
 from agent.jobs import DEFAULT_MAX_ATTEMPTS, KEY_MAX, MAX_ATTEMPTS_LIMIT
+from agent.sizes import MAX_SIZE
 from functions.handlers import HANDLERS
 from functions.stack import MEMORY_PATTERN, NAME_MAX
 
@@ -197,10 +198,10 @@ def _schemas(models: list[str] | None) -> dict[str, Any]:
                     ),
                 },
                 "memory": {
-                    "description": "bytes, or a size like '64Mi' (at least one byte)",
+                    "description": "bytes, or a size: '64Mi' (2^20), '100MB' (10^6)",
                     "nullable": True,
                     "oneOf": [
-                        {"type": "integer", "minimum": 1},
+                        {"type": "integer", "minimum": 1, "maximum": MAX_SIZE - 1},
                         {"type": "string", "pattern": f"^{MEMORY_PATTERN}$"},
                     ],
                 },

@@ -25,6 +25,7 @@ from redis.retry import Retry
 
 from agent import forked
 from agent.redis_server import DEFAULT_DURABILITY, DURABILITY, RedisServer
+from agent.sizes import device_ram, parse_size
 from agent.supervisor import (
     RestartPolicy,
     Slot,
@@ -38,21 +39,8 @@ class AlreadyRunning(RuntimeError):
 
 
 def parse_cap(text: str) -> int:
-    """``BYTES`` (suffixes K/M/G allowed) or ``PCT%`` of this device's total RAM."""
-    text = text.strip().upper()
-    if text.endswith("%"):
-        with open("/proc/meminfo") as fh:
-            total_kb = int(next(line for line in fh if line.startswith("MemTotal")).split()[1])
-        return int(total_kb * 1024 * float(text[:-1]) / 100)
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(
-            f"memory cap {text!r} is neither BYTES (e.g. 200M) nor PCT (e.g. 50%)"
-        ) from None
+    """``--memory-cap``: a size (agent.sizes) or ``PCT%`` of this device's total RAM."""
+    return parse_size(text, what="memory cap", percent_of=device_ram, was_binary=True)
 
 
 def parse_keep_alive(text: str | None):

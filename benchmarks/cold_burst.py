@@ -60,7 +60,7 @@ def _bodies(models: Path) -> dict[str, tuple[bytes, str]]:
 @click.command()
 @click.option("--models", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default="zoo/edge", show_default=True)  # fmt: skip
-@click.option("--cap", default="300M", show_default=True, help="BYTES (K/M/G) or PCT% of RAM")
+@click.option("--cap", default="300MiB", show_default=True, help="size or PCT% of RAM")
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--clients", type=int, default=20, show_default=True)
 @click.option("--calls", type=int, default=3, show_default=True, help="per client")

@@ -126,7 +126,7 @@ class Agent:
             [sys.executable, "-c", "from agent.cli import main; main()", "up",
              "--port", str(self.port), "--models", str(models), "--state-dir",
              str(self.dir / "state"), "--workers", str(workers), "--gateway-processes",
-             str(gateways), "--memory-cap", "256M", *options],
+             str(gateways), "--memory-cap", "256MiB", *options],
             cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_http(f"{self.url}/healthz", lambda r: r.ok and r.json()["workers"] == workers,

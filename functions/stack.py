@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from agent.sizes import SIZE_PATTERN, parse_size
 from functions.handlers import HANDLERS, handler_for, make_handler
 from functions.tensors import json_type
 
@@ -25,12 +26,8 @@ FUNCTION_KEYS = {"model", "handler", "memory", "options", "file", "max_attempts"
 API_REQUIRED = ["name", "model"]  # what POST /system/functions needs (and the schema says)
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_MAX = 128
-# a size of at least one byte ("0.5G" is written "512Mi"), spaces allowed; the API schema
-# uses the same pattern (plain spaces: Python's and ECMAScript's \s differ)
-MEMORY_PATTERN = r" *(0*[1-9][0-9]*(?:\.[0-9]+)?) *([kKmMgG]i?)?[bB]? *"
-MEMORY_RE = re.compile(MEMORY_PATTERN)
+MEMORY_PATTERN = SIZE_PATTERN  # the API schema's pattern for a memory hint
 TOP_KEYS = {"version", "provider", "functions"}
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
 
 
 @dataclass
@@ -79,26 +76,8 @@ def model_path(models_dir: str | os.PathLike, file: str | os.PathLike) -> Path:
 
 
 def parse_memory(value: Any) -> int | None:
-    """Bytes from an int or a string like ``64Mi``/``100MB``/``1.5G``; None stays None."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"memory must be bytes or a size like '64Mi', got {value!r}")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError(f"memory must be positive, got {value}")
-        return value
-    m = MEMORY_RE.fullmatch(value) if isinstance(value, str) else None
-    if not m:
-        raise ValueError(
-            f"memory must be bytes or a size like '64Mi' (at least 1 byte), got {value!r:.80}"
-        )
-    size = int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
-    if size <= 0:
-        raise ValueError(f"memory must be positive, got {value!r}")
-    return size
+    """Bytes from an int or a size (agent.sizes: ``64Mi``/``100MB``/``1.5G``); None stays None."""
+    return None if value is None else parse_size(value, what="memory")
 
 
 def deploy_request(body: Any) -> tuple[str, dict[str, Any]]:

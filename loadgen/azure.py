@@ -17,6 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple, TextIO
 
+# real Azure 2019 rows shipped with brulee (loadgen/data/README.md): one day, 9 functions
+BUNDLED_TRACE = os.path.join(
+    os.path.dirname(__file__), "data", "azure2019_invocations_first9rows.csv"
+)
+
 MINUTES = 1440
 INVOCATION_HEADER = ("HashOwner", "HashApp", "HashFunction", "Trigger")
 DURATION_HEADER = (

@@ -2,7 +2,7 @@
 
 The run: check the agent answers and serves every function the workload names (or map them,
 when asked), start a thread that polls ``/system/cache`` for memory in use, run Locust headless
-on ``loadgen/locustfile.py`` (a subprocess, configured through environment variables), then build
+on ``loadgen/locustfile.py`` (a subprocess, given its own command-line options), then build
 the summary from the per-request records the locustfile writes. Ctrl-C is passed on to Locust
 (SIGINT, so it writes its CSV/HTML) and the summary is still written from the partial records.
 """
@@ -183,8 +183,11 @@ class MemoryPoller(threading.Thread):
         self.poll_once()
 
 
-def locust_command(host: str, out: Path, web: bool, run_time: float | None) -> list[str]:
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host]
+def locust_command(
+    host: str, out: Path, web: bool, run_time: float | None, replay_args: list[str]
+) -> list[str]:
+    """``locust -f loadgen/locustfile.py`` with ``replay_args`` (its own options, see there)."""
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host, *replay_args]
     cmd += ["--users", "1", "--spawn-rate", "1", "--loglevel", "WARNING"]
     if web:
         return cmd + ["--web-port", os.environ.get("BRULEE_LOCUST_WEB_PORT", "8089")]
@@ -221,14 +224,13 @@ def run_replay(
     for req in iter_workload(replay_file):
         last_time = req.time
     wall = (min(last_time, duration) if duration else last_time) / speedup
+    replay_args = ["--workload", str(replay_file), "--records", str(out / "records.csv"),
+                   "--functions", str(out / "functions.json"), "--speedup", str(speedup),
+                   "--concurrency", str(concurrency)]  # fmt: skip
+    if duration is not None:
+        replay_args += ["--duration", str(duration)]
     env = dict(
         os.environ,
-        BRULEE_REPLAY_WORKLOAD=str(replay_file),
-        BRULEE_REPLAY_RECORDS=str(out / "records.csv"),
-        BRULEE_REPLAY_FUNCTIONS=str(out / "functions.json"),
-        BRULEE_REPLAY_SPEEDUP=str(speedup),
-        BRULEE_REPLAY_DURATION="" if duration is None else str(duration),
-        BRULEE_REPLAY_CONCURRENCY=str(concurrency),
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     )
     poller = MemoryPoller(host, token=token)
@@ -238,7 +240,7 @@ def run_replay(
     # in DIR too); the summary printed afterwards says what matters
     log = None if web else open(out / "locust.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        locust_command(host, out, web, None if web else wall + 60),
+        locust_command(host, out, web, None if web else wall + 60, replay_args),
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT if log else None,

@@ -162,7 +162,8 @@ def fmt(v: object) -> object:
     "--memory-cap",
     default="25%,50%,75%",
     show_default=True,
-    help="Comma-separated caps: % of the workload's total model bytes, or bytes.",
+    help="Comma-separated caps: PCT% of the workload's total model bytes, or sizes (400M = "
+    "400×10^6 bytes, 400Mi = 400×2^20).",
 )
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -61,6 +61,7 @@ from typing import Any
 
 from agent import admission
 from agent.policies import Entry, make_policy
+from agent.sizes import SizeError, parse_size
 from loadgen.profiles import ModelCost
 from loadgen.sim_workload import CompactWorkload
 
@@ -198,22 +199,11 @@ PLACEMENTS = ("start", "arrival")
 
 
 def parse_cap(spec: str | int, total_bytes: int) -> int:
-    """``"50%"`` of the workload's total model bytes, or an absolute byte count (``"2e9"``)."""
-    text = str(spec).strip()
+    """``"50%"`` of the workload's total model bytes, or a size (``"2e9"``, ``"2G"``)."""
     try:
-        if text.endswith("%"):
-            pct = float(text[:-1])
-            if not 0 < pct:
-                raise ValueError
-            return int(total_bytes * pct / 100)
-        value = int(float(text))
-        if value <= 0:
-            raise ValueError
-        return value
-    except ValueError:
-        raise SimulationError(
-            f"memory cap {spec!r}: expected a percentage like 50% or bytes > 0"
-        ) from None
+        return parse_size(spec, what="memory cap", percent_of=total_bytes)
+    except SizeError as exc:
+        raise SimulationError(str(exc)) from None
 
 
 def parse_policy_spec(spec: str) -> tuple[str, dict[str, Any]]:

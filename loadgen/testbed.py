@@ -31,12 +31,11 @@ import requests
 from agent.admission import max_waiting_option
 from agent.redis_server import free_port
 from agent.up import stop_processes
+from loadgen.azure import BUNDLED_TRACE
 from loadgen.replay import ReplayError, format_summary, run_replay
 from loadgen.replay_sim import simulated_failures
 from loadgen.simulator import DEFAULT_DEADLINE_S
 from loadgen.workload_file import iter_workload
-
-BUNDLED_TRACE = Path(__file__).parent / "data" / "azure2019_invocations_first9rows.csv"
 
 
 @contextlib.contextmanager
@@ -131,21 +130,12 @@ def working_set_bytes(workload: Path, profiles: str) -> tuple[int, dict[str, int
 
 
 def parse_cap(text: str, working_set: int) -> int:
-    """``50%`` of the working set, or bytes (``400000000``, ``400M``, ``1.5G``)."""
-    from functions.stack import parse_memory
+    """``--cap``: a size (agent.sizes: ``400M`` = 400×10^6) or ``PCT%`` of the working set."""
+    from agent.sizes import SizeError, parse_size
 
-    text = text.strip()
-    if text.endswith("%"):
-        try:
-            pct = float(text[:-1])
-        except ValueError:
-            raise click.BadParameter(f"{text!r} is not a percentage", param_hint="--cap") from None
-        if not 0 < pct <= 100:
-            raise click.BadParameter("a percentage must be in (0, 100]", param_hint="--cap")
-        return int(working_set * pct / 100)
     try:
-        return int(parse_memory(text))
-    except (TypeError, ValueError) as exc:
+        return parse_size(text, what="memory cap", percent_of=working_set)
+    except SizeError as exc:
         raise click.BadParameter(str(exc), param_hint="--cap") from None
 
 
@@ -246,7 +236,8 @@ def plot_policies(rows: list[dict], path: Path) -> None:
     "--cap",
     default="50%",
     show_default=True,
-    help="memory cap: PCT% of the workload's working set, or bytes (400M)",
+    help="memory cap: PCT% of the workload's working set (its models' loaded bytes), or a size "
+    "(400M = 400×10^6 bytes, 400Mi = 400×2^20)",
 )
 @click.option("--policies", default="cremebrulee", show_default=True, help="comma-separated")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))

@@ -71,7 +71,7 @@ def test_sigterm_and_restart_runs_every_queued_job(test_models: Path, tmp_path: 
     """A burst of async calls, SIGTERM of `brulee up` at once, a start on the same state
     directory: every accepted job finishes, those not run before the stop by the new worker."""
     state = tmp_path / "state"
-    opts = ("--workers", "1", "--memory-cap", "64M", "--durability", "fast")
+    opts = ("--workers", "1", "--memory-cap", "64MiB", "--durability", "fast")
     up = start_up(test_models, state, *opts)
     try:
         wait_for_up(up, 1)
@@ -204,7 +204,7 @@ def test_redis_killed_after_a_burst_loses_no_accepted_job(
     what was accepted in the last 2 s before the kill (docs/agent.md)."""
     from agent.supervisor import read_status
 
-    up = start_up(test_models, tmp_path / "state", "--workers", "1", "--memory-cap", "64M",
+    up = start_up(test_models, tmp_path / "state", "--workers", "1", "--memory-cap", "64MiB",
                   "--durability", durability)  # fmt: skip
     try:
         wait_for_up(up, 1)

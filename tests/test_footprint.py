@@ -54,7 +54,7 @@ def test_brulee_up_imports_no_other_command():
 def test_agent_processes_share_the_runtime_and_load_nothing_heavy(
     test_models: Path, tmp_path: Path
 ):
-    up = start_up(test_models, tmp_path / "state", "--workers", "2", "--memory-cap", "64M")
+    up = start_up(test_models, tmp_path / "state", "--workers", "2", "--memory-cap", "64MiB")
     try:
         wait_for_up(up, workers=2)
         deadline = time.monotonic() + 20

@@ -276,7 +276,7 @@ def test_example_stack_file_loads(test_models, test_catalog):
         ("functions: {f: {model: tiny-cnn, modle: x}}", r"'f': unknown key\(s\) \['modle'\]"),
         ("functions: {f: {model: tiny-cnn, handler: audio}}", "function 'f': unknown handler"),
         ("functions: {f: {model: vector, handler: image}}", "1 or 3 channels"),
-        ("functions: {f: {model: tiny-cnn, memory: lots}}", "function 'f': memory must be"),
+        ("functions: {f: {model: tiny-cnn, memory: lots}}", "'f': memory 'lots' is not a size"),
         ("functions: {f: {model: tiny-cnn, file: ../x.tflite}}", "function 'f': model file"),
         ("functions: {f: {model: tiny-cnn, options: [1]}}", "options must be a mapping"),
         ("functions: {f: {model: tiny-cnn, options: {k: 1}}}", r"unknown option\(s\) \['k'\]"),
@@ -308,7 +308,7 @@ def test_parse_memory():
     assert parse_memory("100MB") == 100_000_000
     assert parse_memory("1.5G") == 1_500_000_000
     for bad in (0, -5, "-1Mi", "ten", True):
-        with pytest.raises(ValueError, match="memory must be"):
+        with pytest.raises(ValueError, match="memory"):
             parse_memory(bad)
 
 

@@ -206,3 +206,55 @@ def test_replay_against_real_agent(test_models: Path, tmp_path):
     assert summary["cold_starts"] <= misses <= summary["cold_starts"] + summary["failures"]
     assert summary["simulated"]["requests"] == n
     assert summary["simulated"]["settings"]["policy"] == "lru"
+
+
+def run_locustfile(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``locust -f loadgen/locustfile.py ARGS`` as a user runs it (a subprocess, headless)."""
+    cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadgen" / "locustfile.py"),
+           "--headless", "--users", "1", "--spawn-rate", "1", "--run-time", "60s",
+           "--stop-timeout", "10", "--only-summary", "--loglevel", "WARNING", *args]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_locustfile_standalone_against_real_agent(test_models: Path, tmp_path):
+    """``locust -f loadgen/locustfile.py --host URL`` with only Locust's options and the
+    locustfile's own: the bundled workload by default, the functions fetched with the token."""
+    from tests.agent_fixtures import running_agent
+
+    records = tmp_path / "records.csv"
+    with running_agent(test_models, cap=64 << 20, workers=1, policy="lru") as agent:
+        done = run_locustfile(
+            "--host", agent["url"], "--speedup", "1440", "--duration", "7200",
+            "--records", str(records), "--csv", str(tmp_path / "locust"),
+            env={"BRULEE_TOKEN": agent["token"]},
+        )  # fmt: skip
+        served = {f.name for f in test_models.glob("*.tflite")}
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader(open(records)))
+    assert len(rows) > 20  # the bundled day's first 2 hours: 48 requests in 5 s
+    assert {r["function"] for r in rows} <= {Path(n).stem for n in served}
+    assert max(float(r["scheduled"]) for r in rows) - min(float(r["sent"]) for r in rows) < 10
+    answered = [r for r in rows if r["status"] == "200" and r["x_cache"] in ("hit", "miss")]
+    assert len(answered) > 0.9 * len(rows), Counter(r["status"] for r in rows)
+    stats = {r["Name"]: r for r in csv.DictReader(open(tmp_path / "locust_stats.csv"))}
+    # Locust's own stats too (its CSV may be written before the last answers are counted)
+    assert 0.9 * len(rows) <= int(stats["Aggregated"]["Request Count"]) <= len(rows)
+
+
+def test_locustfile_standalone_names_what_is_missing(tmp_path):
+    functions = tmp_path / "functions.json"
+    functions.write_text(json.dumps({"functions": [{"name": "tiny-cnn"}]}))
+    workload = tmp_path / "w.csv"
+    write_workload(workload, [Request(0.0, "nope", "r0", "")])
+    no_host = run_locustfile("--functions", str(functions))
+    assert no_host.returncode != 0 and "no --host" in no_host.stderr
+    url = "http://127.0.0.1:9"
+    unknown = run_locustfile(
+        "--host", url, "--functions", str(functions), "--workload", str(workload)
+    )
+    assert unknown.returncode != 0 and "nope" in unknown.stderr and "--map" in unknown.stderr
+    missing = run_locustfile("--host", url, "--functions", str(functions), "--workload", "none.csv")
+    assert missing.returncode != 0 and "--workload none.csv: no such file" in missing.stderr
+    unreachable = run_locustfile("--host", url)
+    assert unreachable.returncode != 0 and "cannot reach the agent" in unreachable.stderr

@@ -82,7 +82,7 @@ def test_executing_models_are_pinned(tmp_path):
 def test_percent_cap_and_parse_errors(tmp_path):
     assert parse_cap("50%", 400) == 200
     assert parse_cap("300", 400) == 300
-    with pytest.raises(SimulationError, match="percentage"):
+    with pytest.raises(SimulationError, match="not a size"):
         parse_cap("lots", 400)
     w = workload(tmp_path, [(0, "A"), (1, "B"), (2, "A")])
     r = simulate(w, PROFILES, "lru", "50%")  # of A+B = 200 bytes -> 100: B evicts A

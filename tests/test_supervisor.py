@@ -79,7 +79,7 @@ def cache_state(up: Up) -> dict:
 def agent(test_models: Path, tmp_path_factory) -> Up:
     state = tmp_path_factory.mktemp("supervised") / "state"
     up = start_up(
-        test_models, state, "--workers", "2", "--memory-cap", "64M", "--max-restarts", "2"
+        test_models, state, "--workers", "2", "--memory-cap", "64MiB", "--max-restarts", "2"
     )
     try:
         wait_for_up(up, workers=2)
@@ -234,7 +234,7 @@ def test_redis_password_is_on_no_command_line(test_models: Path, tmp_path: Path)
         up = start_up(
             test_models,
             tmp_path / "state",
-            "--workers", "1", "--memory-cap", "64M", "--redis-url", db.url,
+            "--workers", "1", "--memory-cap", "64MiB", "--redis-url", db.url,
         )  # fmt: skip
         try:
             wait_for_up(up, workers=1)

@@ -85,6 +85,7 @@ def test_testbed_against_the_real_agent(profiled_models: Path, tmp_path: Path):
         (["--policies", "cremebrulee,nonsense"], "nonsense"),
         (["--cap", "150%"], "(0, 100]"),
         (["--cap", "lots"], "lots"),
+        (["--cap", "400X"], "'400X' is not a size: expected bytes"),  # agent.sizes' message
     ],
 )
 def test_testbed_bad_input_is_named(profiled_models: Path, tmp_path: Path, args, message):

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_up_serves_refuses_second_and_stops_cleanly(test_models: Path, tmp_path: Path):
     state = tmp_path / "state"
     up = start_up(
-        test_models, state, "--workers", "1", "--memory-cap", "64M", "--keep-alive", "ttl:600"
+        test_models, state, "--workers", "1", "--memory-cap", "64MiB", "--keep-alive", "ttl:600"
     )
     url, env = up.url, up.env
     try:

@@ -2,7 +2,7 @@
 function of a model set, against the real `brulee up` with a cap that holds each model alone
 but not all of them — the case where misses must wait for memory rather than fail.
 
-    python benchmarks/cold_burst.py [--models zoo/edge] [--cap 300M] [--workers 2]
+    python benchmarks/cold_burst.py [--models zoo/edge] [--cap 300MiB] [--workers 2]
                                     [--clients 20] [--calls 3]
 
 Prints the answers by status (and the errors' messages), latency percentiles, and the peak of

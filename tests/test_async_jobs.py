@@ -100,18 +100,20 @@ def test_sigterm_and_restart_runs_every_queued_job(test_models: Path, tmp_path: 
         again.proc.wait(60)
 
 
-def _burst_and_catch(url: str, conn: redis.Redis, n: int, bursts: int = 4, **headers: str):
+def _burst_and_catch(url: str, conn: redis.Redis, n: int, budget_s: float = 100.0, **headers: str):
     """``n`` async calls from a background thread while the worker running one of them is
-    caught: SIGSTOPped right then (another burst if none was caught: the jobs run for a few
-    milliseconds, and on a loaded machine a burst can pass between two samples). The accepted
-    ids, and (job id, worker, pid) caught."""
+    caught: SIGSTOPped right then — another burst if none was caught, until ``budget_s``: a
+    job runs for well under a millisecond here, so most bursts pass between two samples. The
+    accepted ids, and (job id, worker, pid) caught."""
     ids: list[str] = []
 
     def send() -> None:
         for _ in range(n // 10):
             ids.extend(submit(url, 10, **headers))
 
-    for _ in range(bursts):
+    deadline, bursts = time.monotonic() + budget_s, 0
+    while time.monotonic() < deadline:
+        bursts += 1
         with ThreadPoolExecutor(1) as pool:
             sending = pool.submit(send)
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from loadgen.replay_sim import sim_costs_option
 from loadgen.workload_file import WorkloadError
 
 
@@ -33,12 +34,9 @@ from loadgen.workload_file import WorkloadError
     help="--profiles: loads with the model file in the page cache (as the agent reports them) "
     "or read from disk",
 )
-@click.option(
-    "--sim-costs",
-    type=click.Choice(["profile", "measured"]),
-    default="profile",
-    show_default=True,
-    help="--profiles: simulate with the profile's load and exec times, or with those measured "
+@sim_costs_option(
+    "profile",
+    "--profiles: simulate with the profile's load and exec times, or with those measured "
     "in this run (sizes from the profile)",
 )
 @click.option("--token", envvar="BRULEE_TOKEN", help="the agent's management token")

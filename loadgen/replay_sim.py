@@ -69,6 +69,23 @@ def model_of(functions: list[dict]) -> dict[str, str]:
     return {f["name"]: str(f.get("model") or f["name"]) for f in functions}
 
 
+SIM_COSTS = ("profile", "measured")
+
+
+def sim_costs_option(default: str, help_text: str):
+    """The ``--sim-costs`` command-line option (``brulee replay``, ``brulee testbed``): which
+    load and exec times the simulator runs on (see the module docstring)."""
+    import click
+
+    return click.option(
+        "--sim-costs",
+        type=click.Choice(SIM_COSTS),
+        default=default,
+        show_default=True,
+        help=help_text,
+    )
+
+
 def measured_costs(
     records: Path, functions: list[dict]
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:

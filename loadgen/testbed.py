@@ -33,7 +33,7 @@ from agent.redis_server import free_port
 from agent.up import stop_processes
 from loadgen.azure import BUNDLED_TRACE
 from loadgen.replay import ReplayError, format_summary, run_replay
-from loadgen.replay_sim import simulated_failures
+from loadgen.replay_sim import sim_costs_option, simulated_failures
 from loadgen.simulator import DEFAULT_DEADLINE_S
 from loadgen.workload_file import iter_workload
 
@@ -245,12 +245,9 @@ def plot_policies(rows: list[dict], path: Path) -> None:
     "the agent's admission queue bound (models waiting for memory), simulated alike",
     minimum=0,
 )
-@click.option(
-    "--sim-costs",
-    type=click.Choice(["measured", "profile"]),
-    default="measured",
-    show_default=True,
-    help="the simulator's load and exec times: measured in each run (it then tests the model of "
+@sim_costs_option(
+    "measured",
+    "the simulator's load and exec times: measured in each run (it then tests the model of "
     "queueing and eviction), or the profile's (a prediction from an idle device's costs)",
 )
 @click.option("--seed", default=0, show_default=True)

@@ -168,9 +168,17 @@ def test_sigint_writes_partial_reports(server, tmp_path):
         [str(brulee_bin), "replay", "--workload", str(path), "--host", server, "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    time.sleep(5)
+    # interrupt once the replay is really running (20+ records), not after a fixed sleep: on a
+    # loaded machine the start-up alone (imports, Locust's workers) can take longer than 5 s
+    records = out / "records.csv"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        if records.exists() and records.read_text().count("\n") > 25:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the replay ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=40)
+    output, _ = proc.communicate(timeout=90)
     assert proc.returncode == 130, output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True

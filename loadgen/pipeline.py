@@ -307,7 +307,7 @@ def build_workload(
             if seen > report.rows:
                 break
             i = index.get(key)
-            if i is None:
+            if i is None and not (even and key in totals):
                 continue
             part = _in_window(fi, payload, opts)
             if part is None:
@@ -320,9 +320,11 @@ def build_workload(
                     spool.add(np.array(buf_t), np.array(buf_f, dtype=np.int32))
                     buf_t, buf_f = [], []
                 continue
-            if even:  # counted before thinning: the seed spreads, then downsamples
-                first = part[0] - opts.start_minute
+            if even:  # every function read, before filters and thinning: the seed spreads
+                first = part[0] - opts.start_minute  # all of a minute, then drops requests
                 minute_totals[first : first + len(part[1])] += part[1]
+                if i is None:
+                    continue
             times = _minute_times(part[0], part[1], opts.spread, rng) - lo
             if keep_p < 1.0:
                 times = times[rng.random(len(times)) < keep_p]

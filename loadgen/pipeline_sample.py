@@ -75,9 +75,10 @@ def place_even(
 
     ``times`` are the start (seconds from the window's start, a multiple of 60) of the minute
     each request belongs to; all of a minute's requests are in the chunk. A minute with ``T``
-    invocations (``minute_totals``, counted before any downsampling) has slots ``k·60/T``;
-    its ``k ≤ T`` requests (fewer when downsampled: the seed spreads, then thins) take ``k``
-    slots drawn at random, and the functions are dealt to them in random order.
+    invocations (``minute_totals``: of every function read, before the filters and any
+    downsampling) has slots ``k·60/T``; its ``k ≤ T`` requests (fewer when functions were
+    filtered out or requests thinned: the seed spreads, then drops) take ``k`` slots drawn at
+    random, and the functions are dealt to them in random order.
     """
     if not len(times):
         return times, funcs

@@ -27,7 +27,7 @@ PER_MINUTE = np.sum(list(COUNTS.values()), axis=0)  # all triggers: 1,061 invoca
 
 def run(tmp_path: Path, **kw):
     out = tmp_path / "w.csv"
-    opts = PipelineOptions(progress=False, triggers="all", **kw)
+    opts = PipelineOptions(progress=False, **{"triggers": "all", **kw})
     report = build_workload([BUNDLED_TRACE], out, opts)
     return list(iter_workload(out)), report
 
@@ -68,13 +68,22 @@ def test_aligned_keeps_the_old_per_function_spread_and_its_bursts(tmp_path: Path
     assert max(Counter(r.time for r in even).values()) == 1
 
 
-def test_even_then_downsample_keeps_the_seeds_slots(tmp_path: Path) -> None:
+def on_full_minute_slots(reqs) -> bool:
+    """Each request on a slot k·60/T of its minute's full count T (all nine functions)."""
+    ks = [(r.time - (r.time // 60) * 60) * PER_MINUTE[int(r.time // 60)] / 60 for r in reqs]
+    return all(abs(k - round(k)) < 1e-6 for k in ks)
+
+
+def test_even_spreads_before_filters_and_downsampling_like_the_seed(tmp_path: Path) -> None:
     reqs, _ = run(tmp_path, downsample=3, seed=2)
     assert 1061 / 3 * 0.8 < len(reqs) < 1061 / 3 * 1.2
-    for r in reqs:  # a slot of the minute's full count, not of what is left of it
-        m = int(r.time // 60)
-        k = (r.time - m * 60) * PER_MINUTE[m] / 60
-        assert k == pytest.approx(round(k), abs=1e-6)
+    assert on_full_minute_slots(reqs)  # slots of the minute's full count, not of what is left
+    http, rep = run(tmp_path, triggers="http")  # the trigger filter comes first: T of http only
+    assert rep.requests == 1048 and not on_full_minute_slots(http)
+    small, rep = run(tmp_path, min_quantile=0.5)  # the quantile filter comes after spreading
+    assert rep.functions_kept < 9 and on_full_minute_slots(small)
+    aligned, _ = run(tmp_path, min_quantile=0.5, spread="aligned")
+    assert not on_full_minute_slots(aligned)
 
 
 def test_qpm_resamples_with_replacement_to_qpm_times_minutes(tmp_path: Path) -> None:

@@ -246,3 +246,26 @@ def test_pipeline_options_check_names_the_problem() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             PipelineOptions(**kw).check()
+
+
+def test_stop_early_and_qpm_on_2021_rows(tmp_path: Path) -> None:
+    """The 2021 format (rows written here: no real 2021 rows are shipped)."""
+    trace = tmp_path / "t.txt"
+    rows = ["app,func,end_timestamp,duration"]
+    rows += [f"A,f{i % 3},{60.0 * i + 1},1" for i in range(150)]  # one a minute for 150 min
+    trace.write_text("\n".join(rows) + "\n")
+
+    def go(**kw):
+        out = tmp_path / "w.csv"
+        opts = PipelineOptions(progress=False, trace_format="2021", triggers="all", **kw)
+        report = build_workload([trace], out, opts)
+        return list(iter_workload(out)), report
+
+    reqs, rep = go(stop_early=True, min_uniq_invocations=70)
+    assert rep.stopped_early_at == 120 and len(reqs) == 120  # 60 after one hour, 120 after two
+    _, rep = go(stop_early=True, min_uniq_funcs=2)
+    assert rep.stopped_early_at == 60  # all three functions are invoked in the first hour
+    _, rep = go(stop_early=True, min_uniq_funcs=3)
+    assert rep.stopped_early_at is None  # never more than three
+    reqs, rep = go(qpm=2)
+    assert rep.window_minutes == 150 and len(reqs) == 300  # up to the last arrival

@@ -63,8 +63,9 @@ def load_profiles(
     opening the interpreter (``warm_load_s``); the first invoke's extra lands in that request's
     execution. Records without ``warm_load_s`` (the seed's) keep their load.
 
-    Sizes: a positive ``loaded_size``/``loaded_bytes`` in the file wins; else ``sizes[name]``;
-    else ``default_bytes``; else ``None`` (or a ProfileError when ``require_bytes``).
+    Sizes: a positive ``loaded_size``/``loaded_bytes`` in the file wins; else ``sizes[name]``,
+    or ``sizes[copy_of]`` for a record ``brulee trace workload --distinct-models`` copied from
+    another model; else ``default_bytes``; else ``None`` (or a ProfileError when ``require_bytes``).
     """
     path = Path(path)
     try:
@@ -95,8 +96,9 @@ def load_profiles(
         unload = _number(path, name, rec, "avg_unload_latency", "unload_s") or 0.0
         size = _number(path, name, rec, "loaded_size", "loaded_bytes", "bytes")
         nbytes: int | None = int(size) if size else None
-        if nbytes is None and sizes and name in sizes:
-            nbytes = int(sizes[name])
+        if nbytes is None and sizes:  # by name, else by the model a copy was made of
+            known = [sizes[k] for k in (name, rec.get("copy_of")) if k in sizes]
+            nbytes = int(known[0]) if known else None
         if nbytes is None:
             nbytes = default_bytes
         if nbytes is None and require_bytes:

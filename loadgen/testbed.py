@@ -99,9 +99,10 @@ def make_workload(
     from loadgen.profiles import load_profiles
 
     costs = load_profiles(profiles)
-    # Poisson spreading: "even" would start every function's single invocation of a minute at
-    # that minute's first instant, a synchronized burst the real trace does not have (and whose
-    # arrival order over HTTP, unlike in the simulator, is left to chance)
+    # Poisson spreading: "aligned" would start every function's single invocation of a minute
+    # at that minute's first instant, a synchronized burst the real trace does not have (and
+    # whose arrival order over HTTP, unlike in the simulator, is left to chance); the seed's
+    # "even" has no such burst either, but the recorded testbed runs used Poisson
     opts = PipelineOptions(
         triggers="all",
         minutes=1440,

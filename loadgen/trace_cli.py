@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from loadgen.pairing import COSTS, METHODS, pair
+from loadgen.pairing import COSTS, METHODS, distinct_models, pair
+from loadgen.pipeline import SPREADS
 from loadgen.profiles import ProfileError, load_profiles
 
 
@@ -33,10 +34,12 @@ def pairing_options(fn):
             type=click.Choice(COSTS),
             default="load",
             show_default=True,
-            help="quantiles: rank models by this.",
+            help="quantiles, round_robin: rank models by this.",
         ),
         click.option(
-            "--reverse", is_flag=True, help="quantiles: popular functions get the cheapest models."
+            "--reverse",
+            is_flag=True,
+            help="quantiles, round_robin: popular functions get the cheapest models first.",
         ),
     ]
     for opt in reversed(options):
@@ -110,12 +113,52 @@ def make_pairing(models, profiles, pairing, weights, cost, reverse, seed):
 @click.option(
     "--max-invocations", type=int, help="Stop reading once this many invocations are read."
 )
+@click.option(
+    "--stop-early",
+    is_flag=True,
+    help="End the window at the first whole hour after which more than --min-uniq-funcs "
+    "functions or --min-uniq-invocations invocations have been seen (the seed's).",
+)
+@click.option("--min-uniq-funcs", type=click.IntRange(min=0), help="--stop-early [default: 1000].")
+@click.option(
+    "--min-uniq-invocations",
+    type=click.IntRange(min=0),
+    help="--stop-early, counted after --downsample [default: 10000].",
+)
 @click.option("--min-quantile", type=float, default=0.0, show_default=True)
 @click.option("--max-quantile", type=float, default=1.0, show_default=True)
 @click.option("--drop-one-hit", is_flag=True, help="Drop functions invoked only once.")
-@click.option("--spread", type=click.Choice(["even", "poisson"]), default="even", show_default=True)
+@click.option(
+    "--make-representative",
+    is_flag=True,
+    help="FaasCache's representative sample: a few functions from each popularity quantile.",
+)
+@click.option(
+    "--num-representative-quantiles",
+    type=click.IntRange(min=1),
+    help="--make-representative [default: 400].",
+)
+@click.option(
+    "--num-from-each-quantile",
+    type=click.IntRange(min=1),
+    help="--make-representative [default: 1].",
+)
+@click.option(
+    "--spread",
+    type=click.Choice(SPREADS),
+    default="even",
+    show_default=True,
+    help="2019: even = all of a minute's invocations at equal gaps, dealt to functions at random "
+    "(the seed's); aligned = each function's own at equal gaps from the minute's start (bursts); "
+    "poisson = random offsets.",
+)
 @click.option(
     "--downsample", type=float, default=1.0, show_default=True, help="Keep 1/factor of requests."
+)
+@click.option(
+    "--qpm",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Resample to qpm x window minutes requests, drawn with replacement (the seed's).",
 )
 @click.option("--speedup", type=float, default=1.0, show_default=True, help="Divide times by this.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -123,15 +166,50 @@ def make_pairing(models, profiles, pairing, weights, cost, reverse, seed):
     "--skip-bad-rows", is_flag=True, help="Skip and count malformed rows instead of stopping."
 )
 @pairing_options
+@click.option(
+    "--distinct-models",
+    is_flag=True,
+    help="Each function its own model model_<rank> with the costs of its paired model "
+    "(the seed's default; simulator only). Needs --profiles and --model-json.",
+)
+@click.option(
+    "--model-json",
+    type=click.Path(dir_okay=False),
+    help="Write the profiles of the workload's models here (for brulee simulate --profiles).",
+)
+@click.option(
+    "--scale-runtime",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Multiply exec times in --model-json by this (the seed's, e.g. to mimic a GPU).",
+)
 def workload_command(files, out, trace_format, triggers, days, start_minute, minutes, **kw) -> None:
     """Turn Azure trace FILES (2019 dNN day files in order, or the 2021 file) into a workload."""
     from loadgen.azure import TraceError
+    from loadgen.pairing import write_model_json
     from loadgen.pipeline import PipelineOptions, build_workload
 
     if triggers == "http" and trace_format == "2021":
         raise click.UsageError("--triggers: the 2021 trace has no trigger column")
     if days is not None:
         minutes = int(round(days * 1440))
+    _only_with(kw, "stop_early", {"min_uniq_funcs": 1000, "min_uniq_invocations": 10000})
+    _only_with(
+        kw,
+        "make_representative",
+        {"num_representative_quantiles": 400, "num_from_each_quantile": 1},
+    )
+    distinct, model_json, scale = (
+        kw.pop(k) for k in ("distinct_models", "model_json", "scale_runtime")
+    )
+    profiles = kw["profiles"]
+    if (distinct or model_json) and not profiles:
+        raise click.UsageError("--distinct-models and --model-json need --profiles (the models)")
+    if (distinct or scale != 1.0) and not model_json:
+        raise click.UsageError(
+            "--distinct-models and --scale-runtime only act on --model-json: give it"
+        )
     run_pairing = make_pairing(
         kw.pop("models"),
         kw.pop("profiles"),
@@ -141,6 +219,17 @@ def workload_command(files, out, trace_format, triggers, days, start_minute, min
         kw.pop("reverse"),
         kw["seed"],
     )
+    used: dict[str, str] = {}  # model in the workload -> profile record it copies
+
+    def paired(totals):
+        mapping = run_pairing(totals)
+        if distinct:
+            mapping, copies = distinct_models(totals, mapping)
+            used.update(copies)
+        else:
+            used.update({m: m for m in mapping.values()})
+        return mapping
+
     opts = PipelineOptions(
         trace_format=trace_format,
         triggers=triggers or ("http" if trace_format == "2019" else "all"),
@@ -149,16 +238,31 @@ def workload_command(files, out, trace_format, triggers, days, start_minute, min
         **kw,
     )
     try:
-        report = build_workload(files, out, opts, run_pairing)
+        report = build_workload(files, out, opts, paired if run_pairing else None)
     except (TraceError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    if report.stopped_early_at is not None:
+        click.echo(f"--stop-early: window cut at minute {report.stopped_early_at}")
     click.echo(
         f"{report.rows} rows, {report.functions_seen} functions seen, "
         f"{report.functions_kept} kept, "
         f"{report.requests} requests -> {out}"
     )
+    if model_json:
+        n = write_model_json(model_json, profiles, used, scale)
+        click.echo(f"{n} models -> {model_json}")
     if report.bad_rows.count:
         click.echo(f"skipped {report.bad_rows.count} bad rows, e.g. {report.bad_rows.examples[0]}")
+
+
+def _only_with(kw: dict, flag: str, defaults: dict) -> None:
+    """Fill ``defaults`` into ``kw``; an option of them given without ``--flag`` is an error."""
+    for name, default in defaults.items():
+        if kw[name] is None:
+            kw[name] = default
+        elif not kw[flag]:
+            opt, need = "--" + name.replace("_", "-"), "--" + flag.replace("_", "-")
+            raise click.UsageError(f"{opt} only applies with {need}")
 
 
 @trace_group.command("synth")

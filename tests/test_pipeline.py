@@ -56,12 +56,14 @@ def test_trigger_filter(tmp_path: Path) -> None:
 def test_even_spreading_and_window(tmp_path: Path) -> None:
     row = ROWS[0]
     first = next(m for m, c in enumerate(row.counts) if c)
-    reqs, _ = run(tmp_path, start_minute=first, minutes=1, triggers="all")
+    reqs, _ = run(tmp_path, start_minute=first, minutes=1, triggers="all", spread="aligned")
     mine = [r.time for r in reqs if r.source == label((row.app, row.function))]
     c = row.counts[first]
     assert mine == [j * 60.0 / c for j in range(c)]
     expect = sum(r.counts[first] for r in ROWS)
     assert len(reqs) == expect and all(0 <= r.time < 60 for r in reqs)
+    reqs, _ = run(tmp_path, start_minute=first, minutes=1, triggers="all")  # even: the seed's
+    assert [r.time for r in reqs] == [k * 60.0 / expect for k in range(expect)]
 
 
 def test_poisson_spreading_keeps_minutes_and_counts(tmp_path: Path) -> None:

@@ -90,7 +90,14 @@ class RedisCollector:
             "Admission outcomes (admitted, timed_out, refused)",
             labels=["device", "outcome"],
         )
+        rss = GaugeMetricFamily(
+            "brulee_resident_bytes",
+            "Resident memory of the device's workers (sum), and before any model (baseline)",
+            labels=["device", "when"],
+        )
         for device, d in snap["devices"].items():
+            rss.add_metric([device, "now"], d["rss_bytes"])
+            rss.add_metric([device, "baseline"], d["baseline_rss_bytes"])
             queued.add_metric([device], len(d["admission"]["waiting"]))
             for outcome in ("admitted", "timed_out", "refused"):
                 adm.add_metric([device, outcome], d["admission"].get(outcome, 0))
@@ -100,6 +107,7 @@ class RedisCollector:
                 ev.add_metric([device, policy], n)
         yield used
         yield cap
+        yield rss
         yield ev
         yield queued
         yield adm

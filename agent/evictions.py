@@ -11,6 +11,7 @@ costs one ``LPUSH`` and one ``LTRIM`` per eviction decision and nothing on a hit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -68,15 +69,17 @@ def explain(
     need: int,
     total_requests: int,
     now: float,
+    incoming_requests: int = 0,
 ) -> dict[str, Any]:
     """One eviction decision as the log keeps it: the model coming in, the bytes it needed,
     the victims and the copies kept, each with its utility (computed over the same copies
     the policy compared, so the numbers are the ones it ordered by; the incoming model's is
-    computed as if it were cached too)."""
+    computed as if it were cached too, with its ``incoming_requests`` so far)."""
     entries = [e for e, _ in facts]
     values = dict(zip(map(id, entries), utilities(policy, entries, total_requests, now)))
     # the incoming model's as if it were cached (scaled together with the others)
-    incoming_u = utilities(policy, [*entries, incoming], total_requests, now)[-1]
+    arriving = dataclasses.replace(incoming, requests=incoming_requests or incoming.requests)
+    incoming_u = utilities(policy, [*entries, arriving], total_requests, now)[-1]
     chosen = {id(v) for v in victims}
 
     def copy(e: Entry, s: str) -> dict[str, Any]:

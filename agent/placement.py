@@ -386,9 +386,11 @@ class Placement:
         decision = Decision(device, target.name, target.queue, hit=False)
         if victims:
             facts, incoming, need = compared[device]
+            arrived = state.model_requests + 1  # counting this request
             chosen = [e for e, _ in victims]
-            decision.why = evictions.explain(policy, facts, incoming, chosen, need,
-                                             state.requests, now)  # fmt: skip
+            decision.why = evictions.explain(
+                policy, facts, incoming, chosen, need, state.requests, now, arrived
+            )
         for entry, s in victims:
             decision.evicted.append(unslot(s))
             policy.on_evict(entry, now)

@@ -34,7 +34,7 @@ from agent.registry import Registry
 from agent.snapshot import snapshot
 
 PAGE = Path(__file__).with_name("static") / "status.html"
-EVICTIONS_SHOWN = 20
+EVICTIONS_SHOWN = 10
 LATENCIES = ("total", "queue", "load", "exec")
 WORKER_FIELDS = ("pid", "host", "rss_bytes", "baseline_rss_bytes", "queued")
 

@@ -287,9 +287,10 @@ def status_schemas() -> dict[str, Any]:
                    utility=utility, pinned={"type": "boolean"})  # fmt: skip
     copy = obj(
         ["model", "worker", "state", "bytes", "hits", "last_used", "utility"],
-        model=text, worker=text, bytes=integer, since=number, last_used=number,
-        requests=integer, hits=integer, misses=integer, in_flight=integer, queued=integer,
-        state={"type": "string", "enum": ["loading", "ready", "draining"]}, utility=utility,
+        model=text, worker=text, since=number, requests=integer, hits=integer,
+        misses=integer, in_flight=integer, queued=integer, utility=utility,
+        bytes={"type": "integer", "nullable": True}, last_used={"type": "number", "nullable": True},
+        state={"type": "string", "enum": ["loading", "ready", "draining", "releasing"]},
     )  # fmt: skip
     eviction = obj(
         ["time", "policy", "victims"],

@@ -28,7 +28,7 @@ from typing import Any
 from flask import Flask, Response, jsonify
 
 from agent import evictions, memhistory
-from agent.keys import decode, key, slot
+from agent.keys import decode, key, slot, unslot
 from agent.placement import Placement, parse_entries, policy_entries
 from agent.registry import Registry
 from agent.snapshot import snapshot
@@ -41,7 +41,9 @@ WORKER_FIELDS = ("pid", "host", "rss_bytes", "baseline_rss_bytes", "queued")
 
 def _copies(placement: Placement, device: str, view: dict[str, Any], now: float) -> list[dict]:
     """Every copy on ``device`` with its state, worker, bytes, the model's hits there, last
-    use and utility under the policy (computed as a decision would, over all the copies)."""
+    use and utility under the policy (computed as a decision would, over all the copies);
+    then the copies evicted that their worker has not dropped yet (``releasing``: no longer
+    counted against the cap, so no bytes, last use or utility)."""
     r = placement.r
     alive, _ = placement.members.workers()  # (a read: forgetting the dead is placement's)
     with r.pipeline(transaction=False) as pipe:
@@ -50,7 +52,8 @@ def _copies(placement: Placement, device: str, view: dict[str, Any], now: float)
         pipe.hgetall(key("queued", device))
         pipe.get(key("clock", device))
         pipe.get(key("requests"))
-        raw, pins, queued, clock, requests = pipe.execute()
+        pipe.hkeys(key("releasing", device))
+        raw, pins, queued, clock, requests, releasing = pipe.execute()
     entries = parse_entries(raw, alive)
     pins, queued = decode(pins), decode(queued)
     facts = policy_entries(r, device, entries, pins)
@@ -77,6 +80,10 @@ def _copies(placement: Placement, device: str, view: dict[str, Any], now: float)
                 "utility": u,
             }
         )
+    for model, worker in sorted(map(unslot, releasing)):  # evicted, not yet dropped
+        out.append({"model": model, "worker": worker, "state": "releasing", "bytes": None,
+                    "last_used": None, "hits": view["hits"].get(model, 0),
+                    "misses": view["misses"].get(model, 0), "utility": None})  # fmt: skip
     return out
 
 

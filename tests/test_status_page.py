@@ -95,6 +95,19 @@ def test_json_shows_copies_utilities_evictions_history_and_functions(agent):
     assert fns["digits-cnn"]["hits"] >= 1 and 0 < fns["digits-cnn"]["hit_ratio"] < 1
     assert fns["digits-cnn"]["mean_s"]["total"] > 0
     assert fns["mobilenetv3small-mini"]["hit_ratio"] is None
+    # a copy evicted that its worker has not dropped yet is listed as releasing
+    import redis
+
+    from agent.keys import key
+
+    conn = redis.Redis.from_url(agent["redis_url"])
+    conn.hset(key("releasing", "dev"), "mobilenet-micro|gone-worker", 1)
+    try:
+        doc = requests.get(f"{agent['url']}/system/status", headers=auth(), timeout=10).json()
+    finally:
+        conn.hdel(key("releasing", "dev"), "mobilenet-micro|gone-worker")
+    [gone] = [c for c in doc["devices"]["dev"]["copies"] if c["worker"] == "gone-worker"]
+    assert gone["state"] == "releasing" and gone["bytes"] is None
     # the same per-function seconds reach Prometheus
     metrics = requests.get(f"{agent['url']}/metrics", timeout=10).text
     assert 'brulee_function_seconds_total{function="digits-cnn",kind="total"}' in metrics

@@ -145,7 +145,10 @@ def chromium() -> str:
 
 def test_page_in_a_headless_browser(test_models: Path):
     """A fresh agent (nothing loaded yet) watched by the page in Chromium."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        pytest.fail("no Playwright: pip install -e '.[test]' (it drives the system Chromium)")
     args = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium refuses root otherwise
     with (
         running_agent(test_models, CAP, workers=1, token=TOKEN) as agent,

@@ -5,8 +5,9 @@
 #                      the agent on it, replay the Azure trace, compare with the simulator)
 #   ./brulee.sh test   set up, then run the whole test suite (what CI runs)
 #
-# Set-up is idempotent: system packages only when missing (python3-venv, redis-server, via
-# apt-get), a virtual environment in .venv, brulee installed into it in editable mode. The test
+# Set-up is idempotent: system packages only when missing (python3-venv, redis-server, and for
+# the tests chromium, the headless browser the status page is tested in, via apt-get; never a
+# browser download), a virtual environment in .venv, brulee installed into it in editable mode. The test
 # suite also keeps a second environment, .venv-litert, where the interpreter smoke tests run
 # with ai-edge-litert instead of tflite-runtime.
 set -euo pipefail
@@ -24,13 +25,15 @@ as_root() {
     else die "need root for: $* (no sudo here)"; fi
 }
 
+# system_packages [COMMAND...]: install what is missing; each COMMAND names its Debian package.
 system_packages() {
-    local missing=()
+    local missing=() cmd
     command -v "$PYTHON" >/dev/null || missing+=(python3)
     if command -v "$PYTHON" >/dev/null && ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
         missing+=(python3-venv)
     fi
     command -v redis-server >/dev/null || missing+=(redis-server)
+    for cmd in "$@"; do command -v "$cmd" >/dev/null || missing+=("$cmd"); done
     if [ ${#missing[@]} -gt 0 ]; then
         command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
         say "installing system packages: ${missing[*]}"
@@ -84,7 +87,7 @@ cmd_demo() {
 }
 
 cmd_test() {
-    system_packages
+    system_packages chromium  # tests/test_status_page.py drives it through Playwright
     venv .venv zoo,loadtest,test
     litert_venv
     export BRULEE_TEST_MODELS="$ROOT/.cache/test-models"

@@ -32,6 +32,7 @@ from agent.placement import Placement
 from agent.redis_server import redact
 from agent.registry import Registry, _function_doc
 from agent.snapshot import snapshot
+from agent.status import register as register_status_page
 
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
 
@@ -316,4 +317,5 @@ def create_app(
             served = None
         return jsonify(openapi_document(served))
 
+    register_status_page(app, placement, registry, require_token)
     return app

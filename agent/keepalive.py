@@ -10,6 +10,7 @@ from typing import Any
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from agent import evictions
 from agent.keys import decode, key, slot, unslot
 from agent.lifecycle import Copies
 from agent.placement import (
@@ -49,6 +50,8 @@ def expire_idle(
                 return []
             pipe.multi()
             placement.copies.evict(pipe, device, slots, placement.policy_name)
+            rule = f"idle: {getattr(proactive, 'description', type(proactive).__name__)}"
+            evictions.record_idle(pipe, device, slots, rule, now)
             return slots
 
         done = transaction(r, [key("entries", device), key("pins", device)], body)

@@ -40,7 +40,11 @@ Requests and statistics:
 - ``arrivals`` stream ``{m, t}``: what the proactive (keep-alive) loop reads
 - ``functions`` hash name → JSON; ``functions:version``; ``functions:seeded``; ``failed`` hash
   function → reason
-- ``invocations`` hash, ``hist:{kind}`` hashes: Prometheus counters kept in Redis
+- ``invocations`` hash, ``hist:{kind}`` hashes: Prometheus counters kept in Redis;
+  ``latency`` hash ``{function}|{kind}`` → seconds summed (load, exec, queue, total)
+- ``evictions:{d}:log`` list: the device's recent eviction decisions, newest first, with the
+  utilities the policy compared (:mod:`agent.evictions`); ``rss:history`` list: samples of
+  the workers' resident memory (:mod:`agent.status`)
 """
 
 from __future__ import annotations

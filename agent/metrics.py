@@ -20,13 +20,27 @@ def observe(pipe: redis.client.Pipeline, function: str, result: dict[str, Any]) 
     """Count a served invocation and add its latencies to the Redis-held histograms; the worker
     that measured them adds this to the pipeline that answers (the caller executes it)."""
     pipe.hincrby(key("invocations"), f"{function}|{result['cache']}", 1)
+    total = 0.0
     for kind in ("load_s", "exec_s", "queue_s"):
         value = float(result.get(kind) or 0.0)
         if kind == "load_s" and result["cache"] == "hit":
             continue
+        total += value
+        pipe.hincrbyfloat(key("latency"), f"{function}|{kind[:-2]}", value)
         bucket = next((str(b) for b in BUCKETS if value <= b), "+Inf")
         pipe.hincrby(key("hist", kind), bucket, 1)
         pipe.hincrbyfloat(key("hist", kind), "sum", value)
+    pipe.hincrbyfloat(key("latency"), f"{function}|total", total)
+
+
+def per_function(
+    r: redis.Redis, hash_: str, name: str, doc: str, label: str, cast
+) -> CounterMetricFamily:
+    """A counter by function and ``label`` from a Redis hash of ``function|value`` fields."""
+    family = CounterMetricFamily(name, doc, labels=["function", label])
+    for field_, n in r.hgetall(key(hash_)).items():
+        family.add_metric(list(field_.decode().rsplit("|", 1)), cast(n))
+    return family
 
 
 class RedisCollector:
@@ -37,15 +51,15 @@ class RedisCollector:
 
     def collect(self):
         r = self.placement.r
-        inv = CounterMetricFamily(
-            "brulee_invocations",
-            "Invocations by function and cache result",
-            labels=["function", "cache"],
-        )
-        for field_, n in r.hgetall(key("invocations")).items():
-            fn, cache = field_.decode().rsplit("|", 1)
-            inv.add_metric([fn, cache], int(n))
-        yield inv
+        yield per_function(
+            r, "invocations", "brulee_invocations", "Invocations by function and cache result",
+            "cache", int,
+        )  # fmt: skip
+        yield per_function(
+            r, "latency", "brulee_function_seconds",
+            "Seconds spent per function (divide by brulee_invocations_total for the mean)",
+            "kind", float,
+        )  # fmt: skip
         for kind in ("load_s", "exec_s", "queue_s", "admission_s"):
             raw = {k.decode(): float(v) for k, v in r.hgetall(key("hist", kind)).items()}
             acc, buckets = 0.0, []
@@ -76,7 +90,14 @@ class RedisCollector:
             "Admission outcomes (admitted, timed_out, refused)",
             labels=["device", "outcome"],
         )
+        rss = GaugeMetricFamily(
+            "brulee_resident_bytes",
+            "Resident memory of the device's workers (sum), and before any model (baseline)",
+            labels=["device", "when"],
+        )
         for device, d in snap["devices"].items():
+            rss.add_metric([device, "now"], d["rss_bytes"])
+            rss.add_metric([device, "baseline"], d["baseline_rss_bytes"])
             queued.add_metric([device], len(d["admission"]["waiting"]))
             for outcome in ("admitted", "timed_out", "refused"):
                 adm.add_metric([device, outcome], d["admission"].get(outcome, 0))
@@ -86,6 +107,7 @@ class RedisCollector:
                 ev.add_metric([device, policy], n)
         yield used
         yield cap
+        yield rss
         yield ev
         yield queued
         yield adm

@@ -14,14 +14,8 @@ import copy
 from typing import Any
 
 from agent.jobs import DEFAULT_MAX_ATTEMPTS, KEY_MAX, MAX_ATTEMPTS_LIMIT
-from agent.sizes import MAX_SIZE
-from functions.handlers import HANDLERS
-from functions.stack import MEMORY_PATTERN, NAME_MAX
+from agent.openapi_schemas import NAME_PATTERN, ref, schemas
 
-NAME_PATTERN = f"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}$"
-HANDLER_NAMES = sorted(HANDLERS)
-JOB_STATES = ["queued", "started", "deferred", "scheduled", "finished", "failed", "stopped"]
-JOB_STATES += ["canceled"]
 MESSAGES = {
     "400": "bad input: the message names the problem (body, field, type, shape, header)",
     "401": "missing or wrong 'Authorization: Bearer <token>'",
@@ -51,10 +45,6 @@ INVOCATION_HEADERS = {
 }
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
 def _json(schema: dict[str, Any], description: str = "ok", **extra: Any) -> dict[str, Any]:
     return {
         "description": description,
@@ -63,269 +53,15 @@ def _json(schema: dict[str, Any], description: str = "ok", **extra: Any) -> dict
     }
 
 
-def _object(required: list[str], **properties: Any) -> dict[str, Any]:
-    return {"type": "object", "required": required, "properties": properties}
-
-
-def _array(items: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "array", "items": items}
-
-
 def _errors(*statuses: str) -> dict[str, Any]:
     """Error answers for ``statuses`` (500 always); 429 carries ``Retry-After``, and 503 may."""
     out: dict[str, Any] = {}
     for status in sorted({*statuses, "500"}):
-        answer = _json(_ref("Error"), MESSAGES[status])
+        answer = _json(ref("Error"), MESSAGES[status])
         if status in ("429", "503"):
             answer["headers"] = {"Retry-After": {**RETRY_AFTER, "required": status == "429"}}
         out[status] = answer
     return out
-
-
-def _schemas(models: list[str] | None) -> dict[str, Any]:
-    nullable_int = {"type": "integer", "nullable": True}
-    model = {"type": "string", "description": "a model of the agent's model directory"}
-    if models:
-        model["enum"] = sorted(models)
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {"type": "string"},
-                "model_bytes": {"type": "integer", "description": "507: the model's bytes"},
-            },
-        },
-        "TensorInput": {
-            "type": "object",
-            "required": ["inputs"],
-            "properties": {
-                "inputs": {
-                    "description": (
-                        "a (nested) list of numbers of the function's input shape, batch "
-                        "dimension optional (GET /system/functions gives shape and dtype)"
-                    ),
-                    "oneOf": [{"type": "array"}, {"type": "number"}],
-                }
-            },
-        },
-        "InvocationResult": {
-            "type": "object",
-            "required": ["outputs"],
-            "properties": {
-                "outputs": {
-                    "type": "array",
-                    "description": "the output tensor (tensor, digits) or top-k classes (image)",
-                },
-                "classes": {"type": "array", "items": {"type": "integer"}},
-            },
-        },
-        "AsyncAccepted": {
-            "type": "object",
-            "required": ["id", "status", "location"],
-            "properties": {
-                "id": {"type": "string"},
-                "status": {"type": "string", "enum": ["queued"]},
-                "location": {"type": "string"},
-            },
-        },
-        "Job": {
-            "type": "object",
-            "required": ["id", "status"],
-            "properties": {
-                "id": {"type": "string"},
-                "status": {"type": "string", "enum": JOB_STATES},
-                "result": _ref("InvocationResult"),
-                "error": {"type": "string"},
-                "X-Cache": {"type": "string", "nullable": True},
-                "X-Load-Seconds": {"type": "number", "nullable": True},
-                "X-Exec-Seconds": {"type": "number", "nullable": True},
-                "X-Queue-Seconds": {"type": "number", "nullable": True},
-                "X-Worker": {"type": "string", "nullable": True},
-                "waiting_for_memory": {"type": "boolean"},
-                "attempts": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "description": "attempts started (a worker died running each but the last)",
-                },
-                "max_attempts": {"type": "integer", "minimum": 1},
-                "attempt_errors": {
-                    "description": "why each attempt that did not finish ended",
-                    **_array(
-                        _object(
-                            ["attempt", "error"],
-                            attempt={"type": "integer", "minimum": 1},
-                            error={"type": "string"},
-                            at={"type": "number"},
-                        )
-                    ),
-                },
-                "callback": _object(
-                    ["url", "delivered", "pending", "attempts"],
-                    url={"type": "string"},
-                    delivered={"type": "boolean"},
-                    pending={"type": "boolean"},
-                    attempts=_array(
-                        _object(
-                            ["at", "ok"],
-                            at={"type": "number"},
-                            ok={"type": "boolean"},
-                            status={"type": "integer"},
-                            error={"type": "string"},
-                        )
-                    ),
-                ),
-            },
-        },
-        "DeployRequest": {
-            "type": "object",
-            "required": ["name", "model"],
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": "string", "pattern": NAME_PATTERN},
-                "model": model,
-                "handler": {
-                    "type": "string",
-                    "enum": HANDLER_NAMES,
-                    "description": "default: chosen from the model's input signature",
-                },
-                "file": {
-                    "type": "string",
-                    "minLength": 1,
-                    "description": (
-                        "a file inside the model directory (default: the model's); another "
-                        "file must be in the catalog with the model's signature"
-                    ),
-                },
-                "memory": {
-                    "description": "bytes, or a size: '64Mi' (2^20), '100MB' (10^6)",
-                    "nullable": True,
-                    "oneOf": [
-                        {"type": "integer", "minimum": 1, "maximum": MAX_SIZE - 1},
-                        {"type": "string", "pattern": f"^{MEMORY_PATTERN}$"},
-                    ],
-                },
-                "max_attempts": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": MAX_ATTEMPTS_LIMIT,
-                    "nullable": True,
-                    "description": "attempts of an async job whose worker dies running it "
-                    f"(default {DEFAULT_MAX_ATTEMPTS}; a request's X-Max-Attempts overrides it)",
-                },
-                "options": {
-                    "type": "object",
-                    "nullable": True,
-                    "additionalProperties": False,
-                    "description": "handler options: max_bytes (any), top_k and labels (image)",
-                    "properties": {
-                        "max_bytes": {"type": "integer", "minimum": 1},
-                        "top_k": {"type": "integer", "minimum": 1},
-                        "labels": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-            },
-        },
-        "Function": {
-            "type": "object",
-            "required": ["name", "model", "file", "handler"],
-            "properties": {
-                "name": {"type": "string"},
-                "model": {"type": "string"},
-                "file": {"type": "string"},
-                "handler": {"type": "string"},
-                "memory": nullable_int,
-                "max_attempts": nullable_int,
-                "options": {"type": "object"},
-                "record": {"type": "object"},
-            },
-        },
-        "FunctionList": {
-            "type": "object",
-            "required": ["functions"],
-            "properties": {
-                "functions": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "model", "handler", "state"],
-                        "properties": {
-                            "name": {"type": "string"},
-                            "model": {"type": "string"},
-                            "handler": {"type": "string"},
-                            "input_shape": {
-                                "type": "array",
-                                "nullable": True,
-                                "items": {"type": "integer"},
-                            },
-                            "input_dtype": {"type": "string", "nullable": True},
-                            "content_types": {"type": "array", "items": {"type": "string"}},
-                            "memory": nullable_int,
-                            "state": {"type": "string", "enum": ["cold", "ready", "failed"]},
-                            "reason": {"type": "string", "nullable": True},
-                            "loaded_bytes": nullable_int,
-                            "observed_bytes": {"type": "integer"},
-                            "freed_bytes": {"type": "integer"},
-                        },
-                    },
-                }
-            },
-        },
-        "RemoveRequest": {
-            "type": "object",
-            "required": ["functionName"],
-            "additionalProperties": False,
-            "properties": {"functionName": {"type": "string", "minLength": 1}},
-        },
-        "CacheSnapshot": {
-            "type": "object",
-            "required": ["policy", "devices"],
-            "properties": {
-                "policy": {"type": "string"},
-                "jobs": _ref("JobCounts"),
-                "devices": {
-                    "type": "object",
-                    "additionalProperties": {
-                        "type": "object",
-                        "required": ["cap_bytes", "used_bytes", "workers"],
-                        "properties": {
-                            "cap_bytes": {"type": "integer"},
-                            "used_bytes": {"type": "integer"},
-                            "releasing": {"type": "integer"},
-                            "rss_bytes": {"type": "integer"},
-                            "baseline_rss_bytes": {"type": "integer"},
-                            "baseline_pss_bytes": {"type": "integer"},
-                            "hits": {"type": "object"},
-                            "misses": {"type": "object"},
-                            "evictions": {"type": "object"},
-                            "prewarms": {"type": "object"},
-                            "workers": {"type": "object"},
-                        },
-                    },
-                },
-            },
-        },
-        "JobCounts": {
-            "type": "object",
-            "description": "async jobs per function: waiting and running now; retried, "
-            "finished and failed since the agent's Redis data began",
-            "additionalProperties": {
-                "type": "object",
-                "properties": {
-                    n: {"type": "integer"}
-                    for n in ("waiting", "running", "retried", "finished", "failed")
-                },
-            },
-        },
-        "Health": {
-            "type": "object",
-            "required": ["status", "workers"],
-            "properties": {
-                "status": {"type": "string", "enum": ["ok"]},
-                "workers": {"type": "integer", "minimum": 0},
-            },
-        },
-    }
 
 
 def openapi_document(models: list[str] | None = None) -> dict[str, Any]:
@@ -374,7 +110,7 @@ def openapi_document(models: list[str] | None = None) -> dict[str, Any]:
     invocation_body = {
         "required": True,
         "content": {
-            "application/json": {"schema": _ref("TensorInput")},
+            "application/json": {"schema": ref("TensorInput")},
             "application/x-npy": binary,
             "image/jpeg": binary,
             "image/png": binary,
@@ -416,7 +152,7 @@ def openapi_document(models: list[str] | None = None) -> dict[str, Any]:
                     "requestBody": invocation_body,
                     "responses": {
                         "200": _json(
-                            _ref("InvocationResult"),
+                            ref("InvocationResult"),
                             "the function's answer",
                             headers=INVOCATION_HEADERS,
                         ),
@@ -432,7 +168,7 @@ def openapi_document(models: list[str] | None = None) -> dict[str, Any]:
                     "requestBody": invocation_body,
                     "responses": {
                         "202": _json(
-                            _ref("AsyncAccepted"),
+                            ref("AsyncAccepted"),
                             "queued; poll Location",
                             headers={"Location": {"schema": {"type": "string"}, "required": True}},
                             links={
@@ -453,7 +189,7 @@ def openapi_document(models: list[str] | None = None) -> dict[str, Any]:
                     "parameters": [
                         {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
                     ],
-                    "responses": {"200": _json(_ref("Job")), **_errors("404", "503")},
+                    "responses": {"200": _json(ref("Job")), **_errors("404", "503")},
                 }
             },
             "/system/functions": {
@@ -462,7 +198,7 @@ def openapi_document(models: list[str] | None = None) -> dict[str, Any]:
                     "summary": "List functions",
                     "security": secured,
                     "responses": {
-                        "200": _json(_ref("FunctionList"), links=list_links),
+                        "200": _json(ref("FunctionList"), links=list_links),
                         **_errors("401", "503"),
                     },
                 },
@@ -472,10 +208,10 @@ def openapi_document(models: list[str] | None = None) -> dict[str, Any]:
                     "security": secured,
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": _ref("DeployRequest")}},
+                        "content": {"application/json": {"schema": ref("DeployRequest")}},
                     },
                     "responses": {
-                        "201": _json(_ref("Function"), "deployed", links=deploy_links),
+                        "201": _json(ref("Function"), "deployed", links=deploy_links),
                         **_errors("400", "401", "413", "503"),
                     },
                 },
@@ -485,7 +221,7 @@ def openapi_document(models: list[str] | None = None) -> dict[str, Any]:
                     "security": secured,
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": _ref("RemoveRequest")}},
+                        "content": {"application/json": {"schema": ref("RemoveRequest")}},
                     },
                     "responses": {
                         "200": _json(
@@ -506,8 +242,32 @@ def openapi_document(models: list[str] | None = None) -> dict[str, Any]:
                     "summary": "What is loaded where: per device and worker (pids, host names)",
                     "security": secured,
                     "responses": {
-                        "200": _json(_ref("CacheSnapshot")),
+                        "200": _json(ref("CacheSnapshot")),
                         **_errors("401", "503"),
+                    },
+                }
+            },
+            "/system/status": {
+                "get": {
+                    "operationId": "statusData",
+                    "summary": "What the status page shows: copies with their utility, recent "
+                    "evictions with the utilities compared, memory history, per-function hit "
+                    "ratio and latency",
+                    "security": secured,
+                    "responses": {"200": _json(ref("Status")), **_errors("401", "503")},
+                }
+            },
+            "/status": {
+                "get": {
+                    "operationId": "statusPage",
+                    "summary": "The status page (HTML, no data: it asks for the token and "
+                    "polls /system/status)",
+                    "responses": {
+                        "200": {
+                            "description": "a self-contained HTML page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(),
                     },
                 }
             },
@@ -515,7 +275,7 @@ def openapi_document(models: list[str] | None = None) -> dict[str, Any]:
                 "get": {
                     "operationId": "health",
                     "summary": "Liveness",
-                    "responses": {"200": _json(_ref("Health")), **_errors("503")},
+                    "responses": {"200": _json(ref("Health")), **_errors("503")},
                 }
             },
             "/metrics": {
@@ -540,7 +300,7 @@ def openapi_document(models: list[str] | None = None) -> dict[str, Any]:
             },
         },
         "components": {
-            "schemas": _schemas(models),
+            "schemas": schemas(models),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from agent import admission, hit, waiting
+from agent import admission, evictions, hit, waiting
 from agent.cachestate import (
     ask_backlogs,
     backlogs_from,
@@ -102,6 +102,7 @@ class Decision:
     position: int = 0  # in the admission queue, 0 = head
     arrived: float = 0.0  # when it joined the admission queue
     drain: list[str] = field(default_factory=list)  # copies to drain while it waits
+    why: dict[str, Any] | None = None  # the eviction decision, for the log (agent.evictions)
 
     @property
     def wait_for(self) -> list[str]:
@@ -337,6 +338,7 @@ class Placement:
             return Decision(device, ticket=""), None
         holding = {w for _, w, _ in copies}  # one copy per worker (its slot), draining or not
         options = []  # (bytes evicted, device, worker, victims, policy)
+        compared = {}  # per device: what its policy compared (for the eviction log)
         drains: dict[str, list[str]] = {}  # per device: copies to drain so that it fits
         for device in fits:
             candidates = [
@@ -373,6 +375,7 @@ class Placement:
                 continue
             by_id = {id(e): s for e, s in facts}
             victims = [(e, by_id[id(e)]) for e in chosen]
+            compared[device] = (facts, incoming, need)
             options.append((sum(e.bytes for e in chosen), device, target, victims, policy))
         if best_hit is not None and not options:
             return self._hit(best_hit, alive, state), None
@@ -381,6 +384,13 @@ class Placement:
             return Decision(device, ticket="", drain=drains.get(device, [])), None
         _, device, target, victims, policy = min(options, key=lambda o: (o[0], o[1]))
         decision = Decision(device, target.name, target.queue, hit=False)
+        if victims:
+            facts, incoming, need = compared[device]
+            arrived = state.model_requests + 1  # counting this request
+            chosen = [e for e, _ in victims]
+            decision.why = evictions.explain(
+                policy, facts, incoming, chosen, need, state.requests, now, arrived
+            )
         for entry, s in victims:
             decision.evicted.append(unslot(s))
             policy.on_evict(entry, now)
@@ -432,5 +442,7 @@ class Placement:
         )
         if d.evicted:
             self.copies.evict(pipe, d.device, [slot(m, w) for m, w in d.evicted], self.policy_name)
+            if d.why:
+                evictions.record(pipe, d.device, d.why)
         if policy.uses_clock:
             pipe.set(key("clock", d.device), policy.clock)

@@ -256,6 +256,8 @@ def test_cache_metrics_health_openapi(agent):
         "/jobs/{id}",
         "/system/functions",
         "/system/cache",
+        "/system/status",
+        "/status",
         "/healthz",
         "/metrics",
         "/openapi.json",
@@ -286,6 +288,8 @@ def test_openapi_declares_required_fields_statuses_and_links(agent):
     job_link = paths["/async-function/{name}"]["post"]["responses"]["202"]["links"]["GetJob"]
     assert job_link == {"operationId": "getJob", "parameters": {"id": "$response.body#/id"}}
     assert paths["/system/cache"]["get"]["security"] == [{"bearer": []}]
+    assert paths["/system/status"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in paths["/status"]["get"]  # the page holds no data
     assert "security" not in paths["/healthz"]["get"]
 
 

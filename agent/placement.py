@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -350,7 +351,11 @@ class Placement:
             ]
             if not candidates:
                 continue
-            target = min(candidates, key=lambda w: (backlog[w.name], w.name))
+            # the least busy worker; among idle ones, the one holding the fewest copies, so
+            # that different models land on different workers and run in parallel (by name
+            # alone, every copy of an idle device went to the same worker)
+            held = Counter(w for _, w, _ in state.entries[device])
+            target = min(candidates, key=lambda w: (backlog[w.name], held[w.name], w.name))
             need = model.bytes - (state.caps[device] - used_bytes(state.entries[device]))
             if best_hit is not None:  # a second copy only into free memory
                 if need <= 0:

@@ -97,6 +97,18 @@ def test_loading_model_is_not_loaded_twice(conn):
     assert len(entries) == 1
 
 
+def test_idle_workers_share_the_copies(conn):
+    """With every worker idle, new copies go to the worker holding the fewest, so that two
+    models' calls run in parallel instead of queueing on one worker."""
+    cache = _setup(conn, workers=2)
+    placed = {}
+    for name in ("a", "b", "c", "d"):
+        decision, _ = cache.place(ModelFacts(name, 100, 0.1, 0.01), _no_enqueue)
+        _served(cache, name, decision.worker)
+        placed[name] = decision.worker
+    assert sorted(placed.values()) == ["w0", "w0", "w1", "w1"], placed
+
+
 def test_model_larger_than_cap_is_refused(conn):
     cache = _setup(conn, workers=1)
     with pytest.raises(ModelTooLarge, match="1000 bytes"):

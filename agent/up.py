@@ -291,6 +291,7 @@ def run_up(
                 daemon=True,
             ).start()
         echo(f"brulee up: http://{host}:{port} ({workers} workers, cap {cap} bytes, {policy})")
+        echo(f"brulee up: status page http://{host}:{port}/status (asks for the token)")
         while not stopping:
             if not supervisor.tick():
                 echo(f"brulee up: {', '.join(supervisor.crash_looping())} in crash loop; "

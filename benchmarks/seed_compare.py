@@ -10,7 +10,7 @@ brulee or its tests needs this script. The result is recorded in ``docs/simulati
 
 Workloads: ``--models`` Keras models (the seed's m5.large latencies, ``loadgen/data``; sizes =
 parameters x 4 bytes as in ``policies_simulated.py``), Zipf(1) popularity, exponential gaps of
-mean ``--gap`` s ("light": loads of 2-12 s rarely queue) and ``--busy-gap`` s ("busy": queues
+mean ``--gap`` s ("light": loads of 3-13 s rarely queue) and ``--busy-gap`` s ("busy": queues
 form), one worker, caps as a share of the models' total bytes. Both simulators get the same
 request ids, times, latencies and sizes. Per run: misses (cold starts; brulee's also with
 ``trim=off`` and with ``--placement arrival``, which decides at arrival as the seed does),

@@ -50,10 +50,23 @@ def _callback_allow(_ctx, _param, value: str | None) -> str | None:
     return value
 
 
+def _policy(_ctx, _param, value: str) -> str:
+    """A policy spec is checked before anything starts (the processes would crash-loop)."""
+    from agent.policies import make_policy, parse_policy_spec
+
+    try:
+        name, options = parse_policy_spec(value)
+        make_policy(name, **options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    return value
+
+
 policy_option = click.option(
     "--policy",
     default="cremebrulee",
     show_default=True,
+    callback=_policy,
     help="Eviction policy, options after the name: cremebrulee:cost=increase, lru:trim=off "
     "(see `brulee policies`).",
 )

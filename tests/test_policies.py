@@ -341,6 +341,21 @@ def test_trim_through_the_policy_spec():
         parse_policy_spec("lru:trim")
 
 
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("lru:trim=maybe", "trim must be true or false"),
+        ("lruu", "unknown eviction policy 'lruu'"),
+        ("belady", "needs an oracle"),
+    ],
+)
+def test_agent_policy_option_is_checked_before_anything_starts(spec, message):
+    for command in ("up", "worker"):
+        result = CliRunner().invoke(main, [command, "--policy", spec])
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+
+
 # -- the registry --------------------------------------------------------------------------
 
 

@@ -50,6 +50,28 @@ def _callback_allow(_ctx, _param, value: str | None) -> str | None:
     return value
 
 
+def _policy(_ctx, _param, value: str) -> str:
+    """A policy spec is checked before anything starts (the processes would crash-loop)."""
+    from agent.policies import make_policy, parse_policy_spec
+
+    try:
+        name, options = parse_policy_spec(value)
+        make_policy(name, **options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    return value
+
+
+policy_option = click.option(
+    "--policy",
+    default="cremebrulee",
+    show_default=True,
+    callback=_policy,
+    help="Eviction policy, options after the name: cremebrulee:cost=increase, lru:trim=off "
+    "(see `brulee policies`).",
+)
+
+
 @click.command("up")
 @click.option("--port", default=8080, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -71,7 +93,7 @@ def _callback_allow(_ctx, _param, value: str | None) -> str | None:
     help="A size (bytes; 400MB = 400×10^6, 400MiB = 400×2^20) or PCT% of this device's total "
     "RAM. A bare K/M/G is refused: it meant 2^10/2^20/2^30 here before.",
 )
-@click.option("--policy", default="cremebrulee", show_default=True)
+@policy_option
 @click.option(
     "--keep-alive",
     default=None,
@@ -200,7 +222,7 @@ def up_command(
     callback=_cap,
     help="A size (400MB, 400MiB) or PCT% of this device's total RAM.",
 )
-@click.option("--policy", default="cremebrulee", show_default=True)
+@policy_option
 @models_dir_option
 def worker_command(redis_url, device, name, memory_cap, policy, models_dir) -> None:
     """Run one RQ worker that keeps interpreters warm (for systemd or other devices)."""

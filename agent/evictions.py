@@ -23,6 +23,7 @@ from agent.keys import key, unslot
 from agent.policies import Entry, EvictionPolicy
 from agent.policies.base import OrderedPolicy
 from agent.policies.cremebrulee import CremeBrulee
+from agent.policies.random_eviction import RandomEviction
 
 KEPT = 50  # eviction decisions kept per device
 COMPARED_SHOWN = 12  # copies kept by a decision listed with it (the lowest utilities)
@@ -52,7 +53,9 @@ def utilities(
     if isinstance(policy, CremeBrulee):  # the utility itself, not the random draw's key
         u = policy.utilities(entries, total_requests, now)
         return [_plain(u[id(e)]) for e in entries]
-    if isinstance(policy, OrderedPolicy):
+    if isinstance(policy, OrderedPolicy) and not isinstance(policy, RandomEviction):
+        # (random's order is a fresh shuffle, not a utility; computing it would also draw
+        # from the policy's seeded generator and change its next decision)
         try:
             order = policy.order_key(entries, entries, total_requests, now)
             return [_plain(order(e)) for e in entries]

@@ -41,7 +41,7 @@ from agent.hit import ARRIVALS_KEPT, SCALE_OUT_QUEUE
 from agent.keys import decode, key, slot, unslot
 from agent.lifecycle import DRAINING, Copies
 from agent.membership import Membership, PlacementError, Worker, parse_cap
-from agent.policies import Entry, EvictionPolicy, make_policy
+from agent.policies import Entry, EvictionPolicy, make_policy, parse_policy_spec
 from agent.scripts import Scripts
 from agent.txn import transaction
 
@@ -163,9 +163,10 @@ class Placement:
         if max_waiting is None:  # ``brulee up --max-waiting`` reaches its processes so
             max_waiting = int(os.environ.get("BRULEE_MAX_WAITING") or admission.DEFAULT_MAX_WAITING)
         self.r = conn
-        self.policy_name = policy
-        self.policy_options = policy_options
-        make_policy(policy, **policy_options)  # a bad name or option fails here, not later
+        # ``--policy`` may carry options after the name: ``lru:trim=off``
+        self.policy_name, spec_options = parse_policy_spec(policy)
+        self.policy_options = {**spec_options, **policy_options}
+        make_policy(self.policy_name, **self.policy_options)  # a bad one fails here, not later
         self.max_waiting = max_waiting
         self.scripts = Scripts(conn)
         self.copies = Copies(conn, self.scripts)

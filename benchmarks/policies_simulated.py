@@ -38,7 +38,7 @@ ALL_POLICIES = (
     "cremebrulee,cremebrulee:cost=increase,cremebrulee-oracle,belady,lru,lfu,fifo,random,"
     "size,loadtime,popularity,gdsf"
 )
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "loadgen" / "data"  # (benchmarks/ moved out of loadgen/)
 
 
 def brulee(*args: str) -> None:

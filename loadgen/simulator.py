@@ -54,13 +54,14 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent import admission
 from agent.policies import Entry, make_policy
+from agent.policies import parse_policy_spec as policy_spec
 from agent.sizes import SizeError, parse_size
 from loadgen.profiles import ModelCost
 from loadgen.sim_workload import CompactWorkload
@@ -207,36 +208,54 @@ def parse_cap(spec: str | int, total_bytes: int) -> int:
 
 
 def parse_policy_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"cremebrulee:cost=increase:size=false"`` -> (name, options); values are parsed as
-    numbers or booleans where they look like one."""
-    name, *opts = spec.strip().split(":")
-    options: dict[str, Any] = {}
-    for opt in opts:
-        key, sep, raw = opt.partition("=")
-        if not sep:
-            raise SimulationError(f"policy option {opt!r} in {spec!r}: expected key=value")
-        value: Any = raw
-        if raw.lower() in ("true", "false"):
-            value = raw.lower() == "true"
-        else:
-            try:
-                value = float(raw) if any(c in raw for c in ".e") else int(raw)
-            except ValueError:
-                pass
-        options[key] = value
-    return name, options
+    """``"cremebrulee:cost=increase:use_size=false"`` -> (name, options): the agent's parser
+    (``agent.policies.parse_policy_spec``), its errors as ``SimulationError``."""
+    try:
+        return policy_spec(spec)
+    except ValueError as exc:
+        raise SimulationError(str(exc)) from None
 
 
 class _Oracle:
-    """``next_use`` for oracle policies: ``now`` if a request for the model is queued, else its
-    next arrival (kept current by the event loop from the workload's precomputed next uses)."""
+    """``next_use`` for oracle policies, ranking models as the seed's oracle does: by when each
+    model's next request comes in the trace after the request being decided. That is the
+    arrival of the model's earliest request not yet started (it arrived and waits in a queue),
+    else its next arrival (precomputed with the workload). It is reported on the decision's
+    clock, ``now + (that arrival - ref)`` with ``ref`` the arrival of the request being decided
+    (``now`` if unset), so that ``next_use - now``, CremeBrulee-oracle's distance, is the gap
+    between the two requests in the trace rather than shrunk (or negative) by the queue's
+    backlog. (The seed counts that gap in requests, we in seconds; the order is the same.)
 
-    def __init__(self, index: Mapping[str, int], next_arrival: list[float], pending: list[int]):
-        self.index, self.next_arrival, self.pending = index, next_arrival, pending
+    The event loop feeds it: ``arrive`` with every request, ``ref`` before a decision at the
+    start of a request. ``pending`` is the loop's count of requests not yet started per model;
+    they leave in arrival order (exact with one worker and start placement, approximate
+    otherwise), so the earliest of them is the oldest of the model's ``pending[m]`` newest
+    arrivals, which is all ``arrive`` keeps."""
+
+    def __init__(self, index: Mapping[str, int], pending: list[int]):
+        self.index, self.pending = index, pending
+        self.next_arrival = [math.inf] * len(index)
+        self.arrived: list[deque[float]] = [deque() for _ in index]
+        self.ref: float | None = None
+
+    def arrive(self, m: int, t: float, next_t: float) -> None:
+        """A request for model ``m`` arrived at ``t`` (counted in ``pending`` already); the
+        model's next request after it arrives at ``next_t``."""
+        self.arrived[m].append(t)
+        self._drop_started(m)
+        self.next_arrival[m] = next_t
+
+    def _drop_started(self, m: int) -> None:
+        q = self.arrived[m]
+        while len(q) > self.pending[m]:
+            q.popleft()
 
     def next_use(self, name: str, now: float) -> float:
         m = self.index[name]
-        return now if self.pending[m] else self.next_arrival[m]
+        self._drop_started(m)
+        q = self.arrived[m]
+        t = q[0] if q else self.next_arrival[m]
+        return now + (t - (now if self.ref is None else self.ref))
 
 
 def check_models(workload: CompactWorkload, profiles: Mapping[str, ModelCost]) -> None:
@@ -299,9 +318,8 @@ def run(
     index = {n: i for i, n in enumerate(names)}
     cost = [profiles[n] for n in names]
     size = [int(c.bytes or 0) for c in cost]
-    next_arrival = [math.inf] * nm
     pending = [0] * nm
-    oracle = _Oracle(index, next_arrival, pending)
+    oracle = _Oracle(index, pending)
     pname, popts = parse_policy_spec(policy)
     pol = make_policy(pname, seed=seed, oracle=oracle, **popts)
     pro = None
@@ -402,6 +420,7 @@ def run(
                 c = cost[m]
                 incoming = Entry(names[m], size[m], c.load_s, c.exec_s, requests[m], now, now)
                 need = size[m] - (cap_bytes - used)
+                oracle.ref = arrival  # the oracle's distances count from this request
                 victims = (
                     None
                     if size[m] > cap_bytes
@@ -680,7 +699,7 @@ def run(
             requests[m] += 1
             pending[m] += 1
             if nexts is not None:
-                next_arrival[m] = nexts[i]
+                oracle.arrive(m, t, nexts[i])
             e = cached.get(m)
             if e is not None:
                 e.requests = requests[m]

@@ -87,15 +87,17 @@ def replay(policy: EvictionPolicy, requests: Sequence[str], sizes: dict[str, int
 class PolicyInvariants:
     """Every policy: never a pinned or incoming victim; frees ``need`` (stopping as soon as it
     is met) or says it cannot; nothing for ``need <= 0``; deterministic for a seed; a pure
-    decision; O(n log n)."""
+    decision; O(n log n); its victims trimmed largest first unless ``trim=off``."""
 
     policy_name: ClassVar[str]
     options: ClassVar[dict[str, Any]] = {}
+    # False for a policy whose own rule takes the largest first (size): the trim keeps all
+    trim_changes: ClassVar[bool] = True
 
-    def make(self, seed: int = 0, oracle: Any = None) -> EvictionPolicy:
+    def make(self, seed: int = 0, oracle: Any = None, **extra: Any) -> EvictionPolicy:
         if POLICIES[self.policy_name].needs_oracle and oracle is None:
             oracle = FutureOracle()
-        return make_policy(self.policy_name, seed=seed, oracle=oracle, **self.options)
+        return make_policy(self.policy_name, seed=seed, oracle=oracle, **self.options, **extra)
 
     def cases(self, count: int = 60, seed: int = 1):
         """Random decisions: ``(cached, incoming, need, total_requests, now, oracle)``."""
@@ -113,18 +115,26 @@ class PolicyInvariants:
             yield cached, incoming, need, sum(e.requests for e in cached), now, oracle
 
     def test_never_evicts_pinned_or_incoming(self):
-        for cached, incoming, need, total, now, oracle in self.cases():
-            victims = self.make(oracle=oracle).victims(cached, incoming, need, total, now) or []
+        for trim, (cached, incoming, need, total, now, oracle) in self.trimmed_or_not():
+            policy = self.make(oracle=oracle, trim=trim)
+            victims = policy.victims(cached, incoming, need, total, now) or []
             assert not [v.name for v in victims if v.pinned], "evicted a pinned model"
             assert incoming.name not in [v.name for v in victims], "evicted the incoming model"
             assert all(any(v is e for e in cached) for v in victims), "victim not from cached"
             assert len({id(v) for v in victims}) == len(victims), "a victim listed twice"
 
+    def trimmed_or_not(self):
+        """Every case of ``cases``, once with the shared trim (the default) and once without."""
+        for trim in (True, False):
+            for case in self.cases():
+                yield trim, case
+
     def test_frees_need_when_possible_and_says_so_otherwise(self):
         seen_none = seen_some = 0
-        for cached, incoming, need, total, now, oracle in self.cases():
+        for trim, (cached, incoming, need, total, now, oracle) in self.trimmed_or_not():
             evictable_bytes = sum(e.bytes for e in cached if not e.pinned and e.name != "incoming")
-            victims = self.make(oracle=oracle).victims(cached, incoming, need, total, now)
+            policy = self.make(oracle=oracle, trim=trim)
+            victims = policy.victims(cached, incoming, need, total, now)
             if evictable_bytes < need:
                 assert victims is None, f"need {need} > evictable {evictable_bytes}: not None"
                 seen_none += 1
@@ -136,6 +146,33 @@ class PolicyInvariants:
                 assert need <= 0 or sum(v.bytes for v in victims[:-1]) < need
                 seen_some += 1
         assert seen_none and seen_some  # the cases exercise both answers
+
+    def test_trim_keeps_the_fewest_largest_of_what_the_rule_took(self):
+        """The shared last step (the seed's): with ``trim`` on (the default) the victims are
+        the largest-first prefix, of what the same policy takes with ``trim=off``, that frees
+        ``need``; so they are a subset of it, largest first, and minimal by that rule."""
+        trimmed_some = 0
+        for seed in (0, 4):
+            for cached, incoming, need, total, now, oracle in self.cases(seed=seed):
+                on = self.make(seed=seed, oracle=oracle).victims(cached, incoming, need, total, now)
+                off = self.make(seed=seed, oracle=oracle, trim="off").victims(
+                    cached, incoming, need, total, now
+                )
+                if off is None or need <= 0:
+                    assert on == off
+                    continue
+                by_size = sorted(off, key=lambda v: -v.bytes)  # stable: the rule's order on ties
+                prefix, freed = [], 0
+                for v in by_size:
+                    if freed >= need:
+                        break
+                    prefix.append(v)
+                    freed += v.bytes
+                assert [v.name for v in on] == [v.name for v in prefix]
+                assert [v.bytes for v in on] == sorted((v.bytes for v in on), reverse=True)
+                trimmed_some += len(on) < len(off)
+        # the cases include decisions the trim changes (none for a largest-first rule)
+        assert bool(trimmed_some) == self.trim_changes
 
     def test_exactly_all_evictable_bytes(self):
         rng = random.Random(7)

@@ -160,6 +160,30 @@ def test_cremebrulee_evicts_differently_from_lru(conn, policy, victim):
     assert placement.evicted == [(victim, "w0")]
 
 
+@pytest.mark.parametrize(
+    ("policy", "evicted"),
+    [("lru", ["big"]), ("lru:trim=off", ["big", "small"]), ("lru:trim=on", ["big"])],
+)
+def test_policy_options_in_the_policy_spec_and_the_shared_trim(conn, policy, evicted):
+    """The agent's ``--policy`` takes options after the name. LRU takes the least recent,
+    "small" (100 B), then "big" (500 B) to free 300 B for "new"; the shared trim (the seed's
+    last step) evicts only "big", which alone frees enough; ``trim=off`` evicts both."""
+    cache = Placement(conn, policy)
+    cache.members.set_device("dev", cap=CAP, policy=cache.policy_name)
+    cache.members.register("w0", "dev", 100, "host")
+    for name, size, now in (("small", 100, 1000.0), ("big", 500, 1001.0)):
+        placement, _ = cache.place(ModelFacts(name, size, 0.1, 0.01), _no_enqueue, now=now)
+        cache.copies.loaded("dev", name, "w0", size, 0.1)
+        _served(cache, name, "w0")
+    placement, _ = cache.place(ModelFacts("new", 700, 0.1, 0.01), _no_enqueue, now=1002.0)
+    assert sorted(m for m, _ in placement.evicted) == sorted(evicted)
+
+
+def test_bad_policy_option_is_named(conn):
+    with pytest.raises(ValueError, match="trim must be true or false"):
+        Placement(conn, "lru:trim=sometimes")
+
+
 def test_lfu_counts_requests_since_load_not_lifetime(conn):
     """In-cache LFU keeps each model's insert-time count in the stored priority, and a hit must
     not overwrite it. "a" was popular, got evicted, came back and had one hit since; "c" has

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
-from agent.policies import ALIASES, POLICIES, Entry, make_policy
+from agent.policies import ALIASES, POLICIES, Entry, make_policy, parse_policy_spec
 from agent.policies.proactive import PROACTIVE, PROACTIVE_ALIASES
 from tests.policy_mixin import FutureOracle, PolicyInvariants
 
@@ -94,8 +94,11 @@ class TestCremeBrulee(PolicyInvariants):
         cached = self.selection_case()
         # Steps 1-2 take c (40) then b (140 >= 100); step 3 keeps only b, which alone frees 100.
         assert decide(self.make(), cached, 100, total=99) == ["b"]
-        # Without step 3 (plain order-and-take) c would go too.
-        assert decide(make_policy("popularity"), cached, 100, total=99) == ["c", "b"]
+        # Without step 3 (trim=off: plain order-and-take) c would go too.
+        assert decide(self.make(trim="off"), cached, 100, total=99) == ["c", "b"]
+        # Step 3 is every policy's: popularity takes the same c, b here, and keeps c too.
+        assert decide(make_policy("popularity"), cached, 100, total=99) == ["b"]
+        assert decide(make_policy("popularity", trim=False), cached, 100, total=99) == ["c", "b"]
         # When b alone is not enough, both go (largest first).
         assert decide(self.make(), cached, 120, total=99) == ["b", "c"]
 
@@ -244,6 +247,7 @@ class TestRandom(PolicyInvariants):
 
 class TestSize(PolicyInvariants):
     policy_name = "size"
+    trim_changes = False  # it takes the largest first already
 
     def test_largest_first(self):
         cached = [e("small", 10), e("large", 300), e("medium", 100)]
@@ -308,6 +312,48 @@ class TestGDSF(PolicyInvariants):
 
     def test_greedy_dual_alias(self):
         assert make_policy("greedy-dual").name == "gdsf"
+
+
+# -- the shared trim -----------------------------------------------------------------------
+
+
+def test_trim_is_every_policys_last_step_and_an_option_of_each():
+    # LRU takes the least recent first: small s (10 B), then big (100 B) reaches need 60;
+    # the trim keeps s, as the seed's placement controller does for every policy.
+    cached = [e("s", 10, last_used=1), e("big", 100, last_used=2), e("new", 100, last_used=3)]
+    assert decide(make_policy("lru"), cached, 60) == ["big"]
+    assert decide(make_policy("lru", trim="off"), cached, 60) == ["s", "big"]
+    for name, cls in POLICIES.items():
+        oracle = FutureOracle() if cls.needs_oracle else None
+        assert make_policy(name, oracle=oracle).trim is True, name
+        assert make_policy(name, oracle=oracle, trim="off").trim is False, name
+
+
+def test_trim_through_the_policy_spec():
+    name, options = parse_policy_spec("lru:trim=off")
+    assert (name, options) == ("lru", {"trim": "off"})
+    assert make_policy(name, **options).trim is False
+    name, options = parse_policy_spec("cremebrulee:cost=increase:trim=false")
+    assert make_policy(name, **options).trim is False
+    with pytest.raises(ValueError, match="trim must be true or false"):
+        make_policy("lru", trim="sometimes")
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_policy_spec("lru:trim")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("lru:trim=maybe", "trim must be true or false"),
+        ("lruu", "unknown eviction policy 'lruu'"),
+        ("belady", "needs an oracle"),
+    ],
+)
+def test_agent_policy_option_is_checked_before_anything_starts(spec, message):
+    for command in ("up", "worker"):
+        result = CliRunner().invoke(main, [command, "--policy", spec])
+        assert result.exit_code == 2, result.output
+        assert message in result.output
 
 
 # -- the registry --------------------------------------------------------------------------

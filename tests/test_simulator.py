@@ -48,6 +48,34 @@ def test_lru_evicts_least_recent_and_belady_uses_the_future(tmp_path):
     assert (belady.hits, belady.cold_starts, belady.evictions) == (1, 4, 2)
 
 
+def test_oracles_rank_queued_requests_by_when_they_came(tmp_path):
+    """One worker, a backlog: when C starts (t=3) A and B both have requests waiting, A's
+    (0.3) before B's (0.4), and C's next (0.35) between them. The oracle ranks by when each
+    next request came, as the seed's does: B goes, A and C are hits; then B reloads. (Ranking
+    every queued model as needed "now" tied A and B and evicted A by name: 1 hit, 5 loads.)"""
+    same = {n: ModelCost(1.0, 0.5, 100, 0.0) for n in "ABC"}
+    w = workload(tmp_path, [(0, "A"), (0.1, "B"), (0.2, "C"), (0.3, "A"), (0.35, "C"), (0.4, "B")])
+    for policy in ("belady", "cremebrulee-oracle"):
+        r = simulate(w, same, policy, 200)
+        assert (r.hits, r.cold_starts, r.evictions) == (2, 4, 2), policy
+    lru = simulate(w, same, "lru", 200)
+    assert (lru.hits, lru.cold_starts) == (1, 5)
+
+
+def test_policy_options_and_trim_through_the_spec(tmp_path):
+    """``lru`` takes the least recent first: small S (10 B), then BIG (100 B) for C; the
+    shared trim evicts only BIG and S stays a hit; ``lru:trim=off`` evicts both."""
+    p = {"S": ModelCost(1.0, 0.1, 10, 0.0), "BIG": ModelCost(1.0, 0.1, 100, 0.0)}
+    p["C"] = ModelCost(1.0, 0.1, 100, 0.0)
+    w = workload(tmp_path, [(0, "S"), (2, "BIG"), (4, "C"), (6, "S")])
+    trimmed = simulate(w, p, "lru", 110)
+    assert (trimmed.hits, trimmed.evictions) == (1, 1)
+    untrimmed = simulate(w, p, "lru:trim=off", 110)
+    assert (untrimmed.hits, untrimmed.evictions) == (0, 2)
+    with pytest.raises(ValueError, match="trim must be true or false"):
+        simulate(w, p, "lru:trim=maybe", 110)
+
+
 def test_queueing_one_vs_two_workers(tmp_path):
     w = workload(tmp_path, [(0, "A"), (0, "A")])
     one = simulate(w, PROFILES, "lru", 200, workers=1)

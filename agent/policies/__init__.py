@@ -1,7 +1,9 @@
 """Eviction policies, shared by the live agent and the simulator, and a registry by name.
 
 ``make_policy("cremebrulee", cost="increase")`` builds one; ``POLICIES`` maps every name to
-its class (each has a one-line ``description``). Proactive (keep-alive, prewarm) policies live
+its class (each has a one-line ``description``). ``parse_policy_spec`` reads the command-line
+form ``name:key=value:...`` (``lru:trim=off``) that ``brulee simulate --policies`` and the
+agent's ``--policy`` take. Proactive (keep-alive, prewarm) policies live
 in ``agent.policies.proactive``.
 """
 
@@ -46,6 +48,28 @@ POLICIES: dict[str, type[EvictionPolicy]] = {
 ALIASES: dict[str, str] = {"greedy-dual": "gdsf"}
 
 
+def parse_policy_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"cremebrulee:cost=increase:use_size=false"`` -> (name, options); values are parsed as
+    numbers or booleans where they look like one. Raises ``ValueError`` for an option without
+    ``=``."""
+    name, *opts = spec.strip().split(":")
+    options: dict[str, Any] = {}
+    for opt in opts:
+        key, sep, raw = opt.partition("=")
+        if not sep:
+            raise ValueError(f"policy option {opt!r} in {spec!r}: expected key=value")
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            try:
+                value = float(raw) if any(c in raw for c in ".e") else int(raw)
+            except ValueError:
+                pass
+        options[key] = value
+    return name, options
+
+
 def make_policy(
     name: str, seed: int = 0, oracle: Oracle | None = None, **options: Any
 ) -> EvictionPolicy:
@@ -74,4 +98,5 @@ __all__ = [
     "Oracle",
     "OrderedPolicy",
     "make_policy",
+    "parse_policy_spec",
 ]

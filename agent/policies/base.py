@@ -44,7 +44,9 @@ class Oracle(Protocol):
 
 class EvictionPolicy(ABC):
     """Choose victims on a miss. Subclasses set ``name`` and ``description`` and implement
-    ``victims``; the ``on_*`` hooks let stateful policies (GDSF, LFU) track hits and evictions.
+    ``victims`` (``OrderedPolicy`` does, with the shared trim); the ``on_*`` hooks let stateful
+    policies (GDSF, LFU) track hits and evictions. ``trim`` (on by default; "off" from a
+    command line) is every policy's option: see ``largest_first``.
 
     How a cache drives one (the agent's placement and the simulator alike): on a miss, call
     ``victims``; call ``on_evict`` for each victim actually evicted, then ``on_insert`` for the
@@ -57,10 +59,13 @@ class EvictionPolicy(ABC):
     needs_oracle: ClassVar[bool] = False
     uses_clock: ClassVar[bool] = False  # takes ``clock=`` (a device's stored clock; GDSF)
 
-    def __init__(self, seed: int = 0, oracle: Oracle | None = None) -> None:
+    def __init__(
+        self, seed: int = 0, oracle: Oracle | None = None, *, trim: bool | str = True
+    ) -> None:
         self.seed = seed
         self.oracle = oracle
         self.rng = random.Random(seed)  # for the policies that draw (seeded: reproducible)
+        self.trim = flag("trim", trim)
 
     @abstractmethod
     def victims(
@@ -73,7 +78,8 @@ class EvictionPolicy(ABC):
     ) -> list[Entry] | None:
         """Entries to evict so that ``need`` bytes are freed; ``[]`` when ``need <= 0``;
         ``None`` when the unpinned entries together hold fewer than ``need`` bytes.
-        Never returns a pinned entry or ``incoming``."""
+        Never returns a pinned entry or ``incoming``. Trimmed largest first unless ``trim``
+        is off (``OrderedPolicy.victims``, which every registered policy uses)."""
 
     def on_insert(self, entry: Entry, now: float) -> None:  # noqa: B027 (optional hook)
         """``entry`` has been loaded into the cache."""
@@ -106,14 +112,36 @@ def take_until(ordered: Iterable[Entry], need: int) -> list[Entry]:
     return taken
 
 
+def largest_first(taken: Sequence[Entry], need: int) -> list[Entry]:
+    """The seed's last step for every policy: of the victims ``taken`` (which free ``need``),
+    keep the fewest that still free it, largest first, so that small models taken on the way
+    stay cached. Equal sizes keep the policy's order (a stable sort, as the seed's)."""
+    return take_until(sorted(taken, key=lambda e: -e.bytes), need)
+
+
+def flag(name: str, value: object) -> bool:
+    """A boolean option that may arrive as text from a command line ("off", "false", "0")."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false (on/off), not {value!r}")
+
+
 class OrderedPolicy(EvictionPolicy):
-    """The shape most policies share: order the possible victims by a key (smallest evicted
-    first) and take from the front until ``need`` is met.
+    """The shape every registered policy shares: order the possible victims by a key (smallest
+    evicted first), take from the front until ``need`` is met, then trim what was taken.
 
     Subclasses give the key in ``order_key``; ties are broken by name so that a decision does
     not depend on the order in which the caller (Redis, a dict) lists the entries. A sort is
-    O(n log n), which is what every decision may cost. ``select`` may trim what was taken
-    (CremeBrulee's step 3)."""
+    O(n log n), which is what every decision may cost. The last step, as in the seed's
+    placement controller for every policy: unless the policy was built with ``trim=off``, only
+    the fewest of those taken, largest first, that still free ``need`` are evicted
+    (``largest_first``). It is shared so that the policies are compared on equal terms: it is
+    not CremeBrulee's alone."""
 
     def victims(
         self,
@@ -129,8 +157,8 @@ class OrderedPolicy(EvictionPolicy):
         if sum(e.bytes for e in candidates) < need:
             return None
         key = self.order_key(cached, candidates, total_requests, now)
-        ordered = sorted(candidates, key=lambda e: (key(e), e.name))
-        return self.select(take_until(ordered, need), need)
+        taken = take_until(sorted(candidates, key=lambda e: (key(e), e.name)), need)
+        return largest_first(taken, need) if self.trim else taken
 
     @abstractmethod
     def order_key(
@@ -142,10 +170,6 @@ class OrderedPolicy(EvictionPolicy):
     ) -> Callable[[Entry], Any]:
         """A key for the possible victims (``candidates``); the smallest is evicted first.
         ``cached`` is every cached entry, for keys scaled across the cache."""
-
-    def select(self, taken: list[Entry], need: int) -> list[Entry]:
-        """The victims among ``taken`` (a prefix freeing ``need``); by default all of them."""
-        return taken
 
     def require_oracle(self) -> Oracle:
         """The oracle, or a clear error: oracle policies only make sense in simulation."""

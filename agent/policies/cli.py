@@ -41,6 +41,10 @@ def _listing(registry: dict, aliases: dict[str, str]) -> list[str]:
 def policies_command() -> None:
     """List the eviction and proactive (keep-alive, prewarm) policies, with their options."""
     click.echo("Eviction policies (what a miss evicts first):")
+    click.echo(
+        "  (every policy's victims are then trimmed as in the seed: of those it took, only the\n"
+        "  fewest, largest first, that free enough go; trim=off evicts all it took)"
+    )
     click.echo("\n".join(_listing(POLICIES, ALIASES)))
     click.echo()
     click.echo("Proactive policies (keep-alive and prewarm):")

@@ -2,7 +2,8 @@
 
 The distance to a model's next request is estimated from its popularity, and weighed by what a
 miss on it would cost (its load latency) and by the memory it holds. See
-``docs/spec/policies.md`` for the formula and the three selection steps.
+``docs/spec/policies.md`` for the formula and the three selection steps (the third, the
+largest-first trim, is shared by every policy: ``agent.policies.base.largest_first``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from agent.policies.base import Entry, Oracle, OrderedPolicy
+from agent.policies.base import Entry, Oracle, OrderedPolicy, flag
 
 COSTS = ("direct", "increase")
 
@@ -40,21 +41,9 @@ def _exponent(name: str, value: object) -> float:
     return number
 
 
-def _flag(name: str, value: object) -> bool:
-    """A boolean option that may arrive as text from a command line ("off", "false", "0")."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be true or false (on/off), not {value!r}")
-
-
 class CremeBrulee(OrderedPolicy):
     name = "cremebrulee"
-    description = "Lowest utility pop^a x cost^b / bytes first, then the largest of those (seed)."
+    description = "Lowest utility pop^a x cost^b / bytes first (the seed's CremeBrulee)."
 
     def __init__(
         self,
@@ -65,8 +54,9 @@ class CremeBrulee(OrderedPolicy):
         boundary_scale: float = 1.0,
         cost_scale: float = 1.0,
         use_size: bool = True,
+        trim: bool | str = True,
     ) -> None:
-        super().__init__(seed=seed, oracle=oracle)
+        super().__init__(seed=seed, oracle=oracle, trim=trim)
         # The spec spells the variants "cost-direct" and "cost-increase"; accept both forms.
         cost = str(cost).removeprefix("cost-")
         if cost not in COSTS:
@@ -75,7 +65,7 @@ class CremeBrulee(OrderedPolicy):
         self.cost = cost
         self.boundary_scale = _exponent("boundary_scale", boundary_scale)
         self.cost_scale = _exponent("cost_scale", cost_scale)
-        self.use_size = _flag("use_size", use_size)
+        self.use_size = flag("use_size", use_size)
 
     def popularity(self, entries: Sequence[Entry], total_requests: int, now: float) -> list[float]:
         """``pop(m) = requests / (1 + R)``: its inverse estimates the distance to the next
@@ -108,18 +98,7 @@ class CremeBrulee(OrderedPolicy):
     def order_key(
         self, cached: Sequence[Entry], candidates: Sequence[Entry], total_requests: int, now: float
     ) -> Callable[[Entry], float]:
-        # Step 1: increasing utility (step 2, the prefix reaching need, is take_until).
+        # Step 1: increasing utility. Step 2, the prefix reaching need, is take_until; step 3,
+        # the largest-first trim, is every policy's shared last step (base.largest_first).
         utility = self.utilities(cached, total_requests, now)
         return lambda e: utility[id(e)]
-
-    def select(self, taken: list[Entry], need: int) -> list[Entry]:
-        """Step 3: of the low-utility models taken, evict only the fewest (largest first)
-        that still free ``need``; the small ones taken on the way stay cached."""
-        freed = 0
-        victims: list[Entry] = []
-        for entry in sorted(taken, key=lambda e: (-e.bytes, e.name)):
-            if freed >= need:
-                break
-            victims.append(entry)
-            freed += entry.bytes
-        return victims

@@ -2,8 +2,10 @@
 
 Victims are drawn at random, without replacement, with probability proportional to
 ``1 - u/max(u)``: a model of low utility is likely to go, the most useful possible victim is
-drawn only when nothing else frees enough. Drawing stops as soon as ``need`` is freed (no
-largest-first trimming: that would bias the draw towards large models).
+drawn only when nothing else frees enough. Drawing stops as soon as ``need`` is freed; then,
+as for every policy and as in the seed (whose ``random`` eviction with ``--random_weights
+cremebrulee`` this is), the drawn victims are trimmed largest first (``trim=off``: all of
+them go, an unbiased weighted draw).
 
 Sampling without replacement uses Efraimidis-Spirakis keys, ``-ln(U) / w`` for ``U`` uniform:
 sorting by that key is a weighted draw, so a decision stays one O(n log n) sort. The random
@@ -36,6 +38,3 @@ class CremeBruleeRandom(CremeBrulee):
             draw = 1.0 - self.rng.random()  # in (0, 1]: log is finite
             keys[id(e)] = (-math.log(draw) / weight if weight > 0 else math.inf, u)
         return lambda e: keys[id(e)]
-
-    def select(self, taken: list[Entry], need: int) -> list[Entry]:
-        return taken

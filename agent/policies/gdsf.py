@@ -25,8 +25,15 @@ class GDSF(OrderedPolicy):
 
     uses_clock = True
 
-    def __init__(self, seed: int = 0, oracle: Oracle | None = None, clock: float = 0.0) -> None:
-        super().__init__(seed=seed, oracle=oracle)
+    def __init__(
+        self,
+        seed: int = 0,
+        oracle: Oracle | None = None,
+        clock: float = 0.0,
+        *,
+        trim: bool | str = True,
+    ) -> None:
+        super().__init__(seed=seed, oracle=oracle, trim=trim)
         self.clock = clock
 
     def priority(self, entry: Entry) -> float:

@@ -2,32 +2,25 @@
 
 The seed measures CremeBrulee's penalty as a fraction of random eviction's. Candidates are put
 in name order before the seeded shuffle, so a decision depends on the seed and the entries
-only, not on the order the caller lists them in.
+only, not on the order the caller lists them in. As in the seed (its ``random`` eviction), the
+shuffled prefix is trimmed largest first like every policy's (``trim=off``: all of it goes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from agent.policies.base import Entry, EvictionPolicy, evictable, take_until
+from agent.policies.base import Entry, OrderedPolicy
 
 
-class RandomEviction(EvictionPolicy):
+class RandomEviction(OrderedPolicy):
     name = "random"
     description = "Uniformly random victims (seeded, reproducible)."
 
-    def victims(
-        self,
-        cached: Sequence[Entry],
-        incoming: Entry,
-        need: int,
-        total_requests: int,
-        now: float,
-    ) -> list[Entry] | None:
-        if need <= 0:
-            return []
-        candidates = sorted(evictable(cached, incoming), key=lambda e: e.name)
-        if sum(e.bytes for e in candidates) < need:
-            return None
-        self.rng.shuffle(candidates)
-        return take_until(candidates, need)
+    def order_key(
+        self, cached: Sequence[Entry], candidates: Sequence[Entry], total_requests: int, now: float
+    ) -> Callable[[Entry], int]:
+        ordered = sorted(candidates, key=lambda e: e.name)
+        self.rng.shuffle(ordered)
+        position = {id(e): i for i, e in enumerate(ordered)}
+        return lambda e: position[id(e)]

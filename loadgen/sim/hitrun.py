@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from loadgen.sim.engine import Simulation
 
 MIN_RUN = 16  # shorter runs cost more in numpy calls than they save: the loop takes them
-WINDOW = 4096  # requests examined per attempt
+WINDOW = 4096  # at most this many requests examined per attempt
 
 
 class HitRuns:
@@ -56,6 +57,7 @@ class HitRuns:
         self.ready_version = -1
         self.retry_at = 0  # after a short run, the loop takes a few requests before retrying
         self.backoff = 1
+        self.window = MIN_RUN * 4  # requests examined per attempt
 
     @staticmethod
     def applies(sim: Simulation) -> bool:
@@ -83,14 +85,15 @@ class HitRuns:
             return i
         if sum(sim.outstanding) != len(sim.events):  # something queued: the loop serves it
             return self._later(i)
-        a = times[i : i + WINDOW]
-        f = funcs[i : i + WINDOW]
+        a = times[i : i + self.window]
+        f = funcs[i : i + self.window]
         late = self._ready()[f] > a  # not cached, or still loading: the loop decides
         n = int(late.argmax()) if late.any() else len(a)
         if n >= MIN_RUN:
             a, f = a[:n], f[:n]
             fin = a + self.exec_s[f]
             n = self._assign(a, fin)
+        self.window = min(WINDOW, max(MIN_RUN * 4, 2 * n))  # about the runs seen lately
         if n < MIN_RUN:
             return self._later(i)
         self.backoff = 1
@@ -113,14 +116,15 @@ class HitRuns:
         pop_new = np.searchsorted(a, fin, side="left").tolist()
         pop_old = np.searchsorted(a, [ev[0] for ev in events], side="left").tolist()
         mask = (1 << sim.workers) - 1
-        frees: list[list[int]] = [[] for _ in range(n + 1)]
+        frees: defaultdict[int, list[int]] = defaultdict(list)
         for ev, j in zip(events, pop_old):
             mask ^= 1 << ev[2]
             frees[j].append(ev[2])
         worker = [0] * n
         for j in range(n):
-            for w in frees[j]:
-                mask |= 1 << w
+            if j in frees:
+                for w in frees.pop(j):
+                    mask |= 1 << w
             if not mask:
                 n = j
                 break

@@ -17,6 +17,7 @@ COMMANDS = {
     "policies": "agent.policies.cli:policies_command",
     "trace": "loadgen.trace_cli:trace_group",
     "simulate": "loadgen.sim_cli:simulate_command",
+    "simulate-worker": "loadgen.sim_sweep:simulate_worker_command",
     "up": "agent.agent_cli:up_command",
     "worker": "agent.agent_cli:worker_command",
     "invoke": "agent.agent_cli:invoke_command",

@@ -12,7 +12,8 @@ Steps: write the sizes JSON; ``brulee trace synth`` a synthetic Azure-like workl
 quantiles with the 26 models; ``brulee simulate`` every policy at 25/50/75 %; the same on the
 real 2019 rows (``brulee trace workload`` of ``loadgen/data/azure2019_invocations_first9rows.csv``
 with ``--triggers all``, 9 functions). Finally the simulator's speed on the 1.2M-request
-synthetic day with ``lru`` and ``cremebrulee`` (one run each).
+synthetic day with ``lru`` and ``cremebrulee`` against the pre-split simulator
+(``benchmarks/simulator_speed.py``).
 """
 
 from __future__ import annotations
@@ -71,11 +72,9 @@ def main(out: str, functions: int, hours: float, workers: int, policies: str, sp
     brulee("trace", "workload", str(DATA / "azure2019_invocations_first9rows.csv"),
            "--triggers", "all", "--out", str(real), "--profiles", prof)  # fmt: skip
     brulee("simulate", "--workload", str(real), *common, "--out", str(outp / "azure2019"))
-    if speed:  # the same 1.2M-request day, one run per policy, timed by brulee simulate
-        for pol in ("lru", "cremebrulee"):
-            brulee("simulate", "--workload", str(synth), *common[:4], "--policies", pol,
-                   "--memory-cap", "50%", "--workers", str(workers),
-                   "--out", str(outp / f"speed-{pol}"))  # fmt: skip
+    if speed:  # the same 1.2M-request day against the pre-split simulator, and RQ 1 vs 2
+        subprocess.run([sys.executable, str(Path(__file__).parent / "simulator_speed.py"),
+                        "--workload", str(synth), "--sizes", str(sizes)], check=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from loadgen.cache_report import memory_totals
 from loadgen.replay_payloads import function_list
 from loadgen.workload_file import Request, iter_workload, write_workload
 
@@ -108,42 +109,6 @@ def prepare_workload(
     return mapped, mapping
 
 
-MEMORY_KEYS = {
-    "used": ("used_bytes", "bytes_used", "used"),
-    "cap": ("cap_bytes", "capacity_bytes", "cap"),
-    "rss": ("rss_bytes",),
-    "baseline": ("baseline_rss_bytes",),
-}
-
-
-def _memory(cache: object) -> dict[str, float]:
-    """Bytes used, cap, the workers' resident memory and their baseline, summed over devices,
-    from a ``/system/cache`` answer (tolerant of its shape)."""
-    sums = dict.fromkeys(MEMORY_KEYS, 0.0)
-    names = {k: field for field, keys in MEMORY_KEYS.items() for k in keys}
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    if key in names:
-                        sums[names[key]] += value
-                elif key != "workers":  # workers repeat the device totals
-                    walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(cache.get("devices", cache) if isinstance(cache, dict) else cache)
-    return sums
-
-
-def _memory_bytes(cache: object) -> tuple[float, float]:
-    """(bytes used, cap) summed over devices."""
-    m = _memory(cache)
-    return m["used"], m["cap"]
-
-
 class MemoryPoller(threading.Thread):
     """Polls ``/system/cache`` (with the management token) every ``interval`` seconds; keeps
     (time, used, cap), last answer."""
@@ -170,7 +135,7 @@ class MemoryPoller(threading.Thread):
         if self.first is None:
             self.first = answer
         self.last = answer
-        self.samples.append((time.time(), _memory(answer)))
+        self.samples.append((time.time(), memory_totals(answer)))
 
     def run(self) -> None:
         while not self._stop_event.is_set():

@@ -21,6 +21,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from loadgen.cache_report import memory_bytes
 from loadgen.profiles import ModelCost, load_profiles
 from loadgen.workload_file import Request, iter_workload, write_workload
 
@@ -45,14 +46,13 @@ def agent_settings(cache: dict | None) -> dict:
     admission settings (sync timeout = a waiting miss's deadline, max_waiting) as reported,
     else the agent's defaults."""
     from agent.admission import DEFAULT_MAX_WAITING
-    from loadgen.replay import _memory_bytes
     from loadgen.simulator import DEFAULT_DEADLINE_S
 
     cache = cache or {}
     workers = _find(cache, ("worker_count", "num_workers", "workers"))
     if isinstance(workers, (list, dict)):
         workers = len(workers)
-    cap = _memory_bytes(cache)[1] or None
+    cap = memory_bytes(cache)[1] or None
     policy = _find(cache, ("policy", "eviction_policy"))
     deadline = _find(cache, ("sync_timeout_s", "sync_timeout"))
     max_waiting = _find(cache, ("max_waiting",))

@@ -194,6 +194,20 @@ def fmt(v: object) -> object:
     help="JSON {model: bytes} for profiles without sizes (the seed's models.m5.json).",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--redis",
+    "redis_url",
+    default=None,
+    help="Run the (cap, policy) runs as RQ jobs on this Redis (brulee simulate-worker "
+    "processes run them; every machine needs the files at the same paths) and gather them.",
+)
+@click.option(
+    "--job-timeout",
+    type=click.FloatRange(min=1),
+    default=3600,
+    show_default=True,
+    help="--redis: seconds one run may take before RQ stops it",
+)
 def simulate_command(
     workload,
     profiles,
@@ -207,6 +221,8 @@ def simulate_command(
     max_waiting,
     sizes,
     out,
+    redis_url,
+    job_timeout,
 ):
     """Simulate eviction POLICIES over WORKLOAD at each memory cap; table, CSV, JSON, plots."""
     from tabulate import tabulate
@@ -228,32 +244,32 @@ def simulate_command(
             total_bytes = workload_bytes(wl, profs)
             cap_bytes = [parse_cap(c, total_bytes) for c in caps]
             started = time.perf_counter()
-            with tqdm(
-                total=wl.n * len(specs) * len(caps),
-                unit="req",
-                unit_scale=True,
-                disable=wl.n * len(specs) * len(caps) < 200_000,
-            ) as bar:
-                for cap, cb in zip(caps, cap_bytes):
-                    for spec in specs:
-                        rows.append(
-                            (
-                                cap,
-                                run(
-                                    wl,
-                                    profs,
-                                    spec,
-                                    cb,
-                                    workers,
-                                    seed,
-                                    proactive,
-                                    bar.update,
-                                    placement,
-                                    deadline,
-                                    max_waiting,
-                                ),
-                            )
-                        )
+            ran_on = None
+            if redis_url:
+                from loadgen.sim_sweep import make_jobs, sweep
+
+                jobs = make_jobs(
+                    caps, specs, workload=workload, profiles=profiles, sizes=sizes,
+                    workers=workers, seed=seed, proactive=proactive, placement=placement,
+                    deadline_s=deadline, max_waiting=max_waiting,
+                )  # fmt: skip
+                with tqdm(total=len(jobs), unit="run", disable=len(jobs) < 2) as bar:
+                    results, ran_on = sweep(redis_url, jobs, job_timeout, bar.update)
+                rows = [(job["cap"], r) for job, r in zip(jobs, results)]
+            else:
+                with tqdm(
+                    total=wl.n * len(specs) * len(caps),
+                    unit="req",
+                    unit_scale=True,
+                    disable=wl.n * len(specs) * len(caps) < 200_000,
+                ) as bar:
+                    for cap, cb in zip(caps, cap_bytes):
+                        for spec in specs:
+                            r = run(
+                                wl, profs, spec, cb, workers, seed, proactive, bar.update,
+                                placement, deadline, max_waiting,
+                            )  # fmt: skip
+                            rows.append((cap, r))
             elapsed = time.perf_counter() - started
             meta = {
                 "workload": str(workload),
@@ -271,6 +287,8 @@ def simulate_command(
                 "elapsed_s": elapsed,
                 "requests_per_s": wl.n * len(rows) / elapsed if elapsed > 0 else None,
             }
+            if ran_on is not None:
+                meta["rq_workers"] = sorted(set(ran_on))
     except (WorkloadError, SimulationError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     columns = list(TABLE_COLUMNS)
@@ -282,6 +300,7 @@ def simulate_command(
     click.echo(
         f"{meta['requests']} requests x {len(rows)} runs in {meta['elapsed_s']:.1f}s "
         f"({meta['requests_per_s']:.0f} requests/s); cap 100% = {total_bytes} bytes"
+        + (f"; on {len(meta['rq_workers'])} RQ worker(s)" if "rq_workers" in meta else "")
     )
     write_outputs(Path(out), rows, meta)
     click.echo(f"wrote {out}/results.csv, results.json, sim-*.png")

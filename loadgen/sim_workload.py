@@ -152,8 +152,9 @@ class CompactWorkload:
 
     def chunks(
         self, with_next: bool = False, size: int = CHUNK
-    ) -> Iterator[tuple[np.ndarray, list[float], list[int], list[float] | None]]:
-        """Yield ``(times array, times list, function indices, next uses or None)`` per chunk."""
+    ) -> Iterator[tuple[np.ndarray, list[float], list[int], list[float] | None, np.ndarray]]:
+        """Yield ``(times array, times list, function indices, next uses or None, function
+        indices array)`` per chunk."""
         if not self.n:
             return
         tm, fm = self._map("times.f64", np.float64), self._map("funcs.i32", np.int32)
@@ -163,11 +164,13 @@ class CompactWorkload:
             nm = np.memmap(self._next_path, dtype=np.float64, mode="r", shape=(self.n,))
         for lo in range(0, self.n, size):
             t = np.asarray(tm[lo : lo + size])
+            f = np.asarray(fm[lo : lo + size])
             yield (
                 t,
                 t.tolist(),
-                fm[lo : lo + size].tolist(),
+                f.tolist(),
                 (None if nm is None else nm[lo : lo + size].tolist()),
+                f,
             )
 
     def close(self) -> None:

@@ -456,3 +456,33 @@ def test_cli_arrival_placement_admission_options(tmp_path):
     assert json.loads((out / "results.json").read_text())["meta"]["deadline_s"] == "inf"
     res = CliRunner().invoke(main, [*common, "--deadline", "0", "--out", str(out)])
     assert res.exit_code != 0 and "--deadline" in res.output
+
+
+@pytest.mark.parametrize("policy", ["lru", "gdsf", "belady"])
+def test_hit_runs_in_bulk_equal_one_request_at_a_time(tmp_path, monkeypatch, policy):
+    """``loadgen.sim.hitrun`` applies hits in bulk; every result field must equal the loop's."""
+    import random
+    from dataclasses import asdict
+
+    from loadgen.sim import hitrun
+    from loadgen.sim_workload import CompactWorkload
+    from loadgen.simulator import run
+
+    rng = random.Random(3)
+    t, reqs = 0.0, []
+    for _ in range(4000):
+        t += rng.expovariate(1.0)
+        reqs.append((t, rng.choice("AAAAAAAAABBC")))
+    calls = []
+    real_apply = hitrun.HitRuns._apply
+    monkeypatch.setattr(
+        hitrun.HitRuns,
+        "_apply",
+        lambda self, a, *r: calls.append(len(a)) or real_apply(self, a, *r),
+    )
+    with CompactWorkload(workload(tmp_path, reqs)) as wl:
+        bulk = [asdict(run(wl, PROFILES, policy, 250, w)) for w in (1, 8)]
+        assert sum(calls) > 500  # the bulk path took hundreds of requests
+        monkeypatch.setattr(hitrun.HitRuns, "applies", staticmethod(lambda sim: False))
+        loop = [asdict(run(wl, PROFILES, policy, 250, w)) for w in (1, 8)]
+    assert bulk == loop

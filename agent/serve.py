@@ -81,7 +81,10 @@ def serve(
     pinned (then the caller unpins). Errors are answers (``{"error", "status"}``), never
     exceptions, once the copy is pinned."""
     started = time.time()
-    claimed = ctx.copies.claim(ctx.device, req["model"], ctx.worker, req["function"])
+    claimed = through_outage(
+        lambda: ctx.copies.claim(ctx.device, req["model"], ctx.worker, req["function"]),
+        f"claiming {req['model']} for a call",
+    )
     if claimed.failed is not None:
         return error(ctx, f"function {req['function']!r} failed: {claimed.failed}", 503), False
     deadline = req.get("deadline")
@@ -121,7 +124,8 @@ def _run(ctx: Context, req: dict[str, Any], read_input, started: float) -> dict[
             return error(ctx, reason, 503)
     exec_s = None
     try:
-        payload = read_input()
+        # (a Redis restart while the input is read is not the call's failure: wait it out)
+        payload = through_outage(read_input, f"reading the input of a call of {model}")
         if payload is None:
             return error(ctx, "the request's input expired before a worker took it", 504)
         handler = _handler(ctx, req)
@@ -179,7 +183,9 @@ def _finish_load(ctx: Context, req: dict[str, Any], load_s: float, rss_before: i
 
 def _wait_for_release(ctx: Context, slots: list[str]) -> None:
     deadline = time.monotonic() + RELEASE_WAIT_S
-    while ctx.copies.is_releasing(ctx.device, slots):
+    while through_outage(
+        lambda: ctx.copies.is_releasing(ctx.device, slots), "waiting for victims' release"
+    ):
         if time.monotonic() > deadline:
             log.warning(
                 "victims %s not released after %.0f s; loading anyway", slots, RELEASE_WAIT_S

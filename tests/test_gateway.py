@@ -142,8 +142,10 @@ def test_body_shorter_than_its_content_length_is_400(agent):
 
     url = urlsplit(agent["url"])
     with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
-        sock.sendall(b"POST /function/digits-cnn HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{}")  # fmt: skip
+        sock.sendall(
+            b"POST /function/digits-cnn HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{}"
+        )
         sock.shutdown(socket.SHUT_WR)
         answer = b"".join(iter(lambda: sock.recv(65536), b""))
     assert answer.startswith(b"HTTP/1.1 400") and b"body ended after 2 of its 100 bytes" in answer

@@ -171,7 +171,7 @@ def main(
                 for what in calls:
                     if any(r.getheader("X-Cache") != "hit" for r in warm[f"{what} brulee"]["resp"]):
                         raise click.ClickException(f"{what}: expected only warm hits")
-                cold, cold_local = [], []
+                cold, cold_local, cold_resps = [], [], []
                 for _ in range(max(5, runs // 20)):
                     cold_local.append(local.cold(tensor, xs[tensor], evictor, xs[evictor]))
                     agent.post(f"/function/b-{evictor}", to_npy(xs[evictor]), NPY)
@@ -179,6 +179,7 @@ def main(
                     if resp.getheader("X-Cache") != "miss":
                         raise click.ClickException("the evictor did not evict: choose a larger one")
                     cold.append(took)
+                    cold_resps.append(resp)
                 rtt = redis_rtt(Path(state) / "a" / "redis" / "redis.sock")
             rates: dict[str, dict[str, list[float]]] = {}
             cpu: dict[str, dict[str, list[float]]] = {}
@@ -297,6 +298,12 @@ def main(
     rows.append(["Redis round trip (PING)", *ms(rtt), None, None])
     rows.append(["cold: drop evictor + load + 1st invoke, in-process", *ms(cold_local), None, None])
     rows.append(["cold miss through brulee", *ms(cold), None, None])
+    for header, what in (("X-Queue-Seconds", "placement, evicting, pick-up"),
+                         ("X-Load-Seconds", "load in the worker"),
+                         ("X-Exec-Seconds", "first invoke in the worker")):  # fmt: skip
+        rows.append(
+            [f"  brulee: {what} ({header})", *ms(headers_s(cold_resps, header)), None, None]
+        )
     click.echo()
     click.echo(
         tabulate(

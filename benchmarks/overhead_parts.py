@@ -91,7 +91,7 @@ def model_input(catalog: dict, name: str) -> np.ndarray:
     return np.random.default_rng(0).random(catalog[name]["input_shape"], dtype=np.float32)
 
 
-def client_jpeg(size: int = 480, quality: int = 85) -> bytes:
+def client_jpeg(size: int = 640, quality: int = 90) -> bytes:
     """A photo-like JPEG as a phone or camera client would send (smooth gradients, edges and
     noise, ``size`` pixels square: 20-60 KiB at the default quality), generated here: no
     downloads."""

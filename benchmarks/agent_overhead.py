@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import click
+import requests
 from tabulate import tabulate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,8 +94,8 @@ def headers_s(resps: list, header: str) -> list[float]:
 @click.option("--compute-model", default="efficientnetb0", show_default=True)
 @click.option("--runs", default=200, show_default=True, help="warm calls per path")
 @click.option("--workers", default=2, show_default=True)
-@click.option("--seconds", default=6.0, show_default=True, help="length of a throughput round")
-@click.option("--rounds", default=4, show_default=True, help="throughput rounds (alternating)")
+@click.option("--seconds", default=3.0, show_default=True, help="length of a throughput round")
+@click.option("--rounds", default=6, show_default=True, help="throughput rounds (alternating)")
 @click.option("--json-out", type=click.Path(path_type=Path), help="also write the numbers here")
 def main(
     models_dir,
@@ -181,6 +182,12 @@ def main(
                     cold.append(took)
                     cold_resps.append(resp)
                 rtt = redis_rtt(Path(state) / "a" / "redis" / "redis.sock")
+                listed = requests.get(
+                    f"{url}/system/functions",
+                    timeout=10,
+                    headers={"Authorization": f"Bearer {token}"},
+                ).json()
+                memory = {f["model"]: f for f in listed["functions"]}  # fmt: skip
             rates: dict[str, dict[str, list[float]]] = {}
             cpu: dict[str, dict[str, list[float]]] = {}
             with agent_process(
@@ -312,6 +319,14 @@ def main(
             floatfmt=".2f",
         )
     )
+    click.echo("\nmemory: profiled loaded bytes vs. what the worker's RSS did (MiB)")
+    click.echo(
+        tabulate(
+            [[m, sizes[m] / 2**20, memory[m].get("observed_bytes", 0) / 2**20,
+              memory[m].get("freed_bytes", 0) / 2**20] for m in (tensor, evictor)],
+            headers=["model", "profiled", "RSS + at load", "RSS - at eviction"], floatfmt=".2f",
+        )
+    )  # fmt: skip
     decode_s = [_timed(lambda: image.decode(jpeg, JPEG)) for _ in range(runs)]
     click.echo(
         f"\nJPEG decode + resize + normalise alone: {statistics.median(decode_s) * 1e3:.2f} "

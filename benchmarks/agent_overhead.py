@@ -1,7 +1,10 @@
 """What the agent adds to a model's own cost, against the simplest server and the interpreter
 in-process, all measured in the same run.
 
-    python benchmarks/agent_overhead.py --models DIR [--runs 200] [--workers 2]
+    brulee models build --out zoo/bench --arch digits-cnn,mobilenetv2,mobilenetv3small,resnet50
+    brulee models build --out zoo/bench --arch efficientnetb0
+    brulee models profile --models zoo/bench
+    nice -n -15 python benchmarks/agent_overhead.py [--models zoo/bench] [--runs 200]
 
 Starts the real agent (``brulee up``: its own redis-server, gunicorn, ``--workers`` workers) and
 the simplest server (``benchmarks/simple_server.py``: one gunicorn + Flask process holding
@@ -84,13 +87,13 @@ def headers_s(resps: list, header: str) -> list[float]:
     "--models",
     "models_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=Path("zoo/edge"),
+    default=Path("zoo/bench"),
     show_default=True,
 )
 @click.option("--tiny", default="digits-cnn", show_default=True, help="JSON in (digits handler)")
 @click.option("--tensor", default="mobilenetv2", show_default=True, help="a 224x224x3 float input")
 @click.option("--evictor", default="resnet50", show_default=True, help="a model that fills the cap")
-@click.option("--fast-model", default="mobilenetv2-mini", show_default=True, help="a ~1 ms model")
+@click.option("--fast-model", default="mobilenetv3small", show_default=True, help="a ~1 ms model")
 @click.option("--compute-model", default="efficientnetb0", show_default=True)
 @click.option("--runs", default=200, show_default=True, help="warm calls per path")
 @click.option("--workers", default=2, show_default=True)

@@ -17,6 +17,7 @@ queue (:mod:`agent.waiting`, rule in :mod:`agent.admission`) in the same transac
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -163,11 +164,7 @@ class Placement:
         self.r = conn
         self.policy_name = policy
         self.policy_options = policy_options
-        # a bad name or option fails here, not later; whether a hit must recompute a priority
-        # (GDSF) is known from the class: a hit builds no policy object (0.1 ms each)
-        self.rescores_hits = (
-            type(make_policy(policy, **policy_options)).on_hit is not EvictionPolicy.on_hit
-        )
+        make_policy(policy, **policy_options)  # a bad name or option fails here, not later
         self.max_waiting = max_waiting
         self.scripts = Scripts(conn)
         self.copies = Copies(conn, self.scripts)
@@ -182,6 +179,12 @@ class Placement:
 
     def policy(self, clock: float = 0.0) -> EvictionPolicy:
         return policy_for(self.policy_name, self.policy_options, clock)
+
+    @functools.cached_property
+    def rescores_hits(self) -> bool:
+        """Whether a hit must recompute the copy's priority (GDSF), known from the policy's
+        class once: a hit builds no policy object (``make_policy``, 0.1 ms each)."""
+        return type(self.policy()).on_hit is not EvictionPolicy.on_hit
 
     # -- the warm-hit fast path --------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import io
 import multiprocessing
+import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,8 @@ from urllib.parse import urlsplit
 import click
 import numpy as np
 import requests
+
+from benchmarks.footprint import children, title
 
 
 def p99(values: list[float]) -> float:
@@ -146,11 +149,15 @@ def in_process_rate(path: Path, shape: list[int], workers: int, seconds: float) 
         return sum(pool.starmap(_spin, [(str(path), shape, seconds)] * workers))
 
 
-def _role(proc) -> str:
-    try:
-        name = " ".join(proc.cmdline())
-    except Exception:  # noqa: BLE001 (gone meanwhile)
-        return "gone"
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (all its threads), from ``/proc/PID/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _role(pid: int) -> str:
+    # redis-server rewrites its title, leaving /proc/PID/cmdline empty: its comm has the name
+    name = f"{title(pid)} {Path(f'/proc/{pid}/comm').read_text()}"
     for role in ("redis-server", "brulee worker", "brulee gateway"):
         if role in name:
             return role.removeprefix("brulee ")
@@ -159,18 +166,17 @@ def _role(proc) -> str:
 
 def cpu_by_role() -> dict[str, float]:
     """CPU seconds used so far by this process (the clients) and each role of the agent it
-    started (the children of ``brulee up``: redis-server, gateway, workers)."""
-    import psutil
-
-    me = psutil.Process()
-    out = {"client": sum(me.cpu_times()[:2])}
-    for proc in me.children(recursive=True):
+    started (the processes under ``brulee up``: redis-server, gateway, workers)."""
+    out = {"client": _cpu_s(os.getpid())}
+    todo = children(os.getpid())
+    while todo:
+        pid = todo.pop()
         try:
-            used = sum(proc.cpu_times()[:2])
-        except psutil.Error:
+            used, role = _cpu_s(pid), _role(pid)
+        except (OSError, IndexError):  # gone meanwhile
             continue
-        role = _role(proc)
         out[role] = out.get(role, 0.0) + used
+        todo += children(pid)
     return out
 
 

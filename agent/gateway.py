@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry, generate_latest
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from agent import jobs
 from agent.callbacks import ENV, CallbackPolicy, CallbackRefused
@@ -103,7 +103,7 @@ def create_app(
         wrong method), up to the limit: a server answering before reading it closes the
         keep-alive connection, and the client's next request on it fails unanswered."""
         if request.content_length and request.content_length <= body_limit:
-            request.get_data()
+            body()
         return resp
 
     @app.errorhandler(ApiError)
@@ -147,6 +147,28 @@ def create_app(
         app.logger.exception("unexpected error on %s %s", request.method, request.path)
         return jsonify(error=f"unexpected error ({type(exc).__name__}); see the agent's log"), 500
 
+    def body() -> bytes:
+        """The request body, read once. With a ``Content-Length`` it is one read of the
+        server's input stream: Werkzeug's ``get_data`` under a body limit reads it through
+        ``LimitedStream`` 8 KiB at a time, 1.1 ms for a 588 KiB tensor here against 0.1 ms.
+        Without one (chunked), Werkzeug's reader."""
+        if "brulee.body" in request.environ:
+            return request.environ["brulee.body"]
+        length = request.content_length
+        if length is None:
+            data = request.get_data()
+        elif length > body_limit:
+            raise RequestEntityTooLarge()
+        else:
+            data = request.environ["wsgi.input"].read(length) if length else b""
+            request.environ["brulee.body"] = data  # read once, whatever it holds
+            if len(data) != length:
+                raise ApiError(
+                    400, f"body ended after {len(data)} of its {length} bytes (Content-Length)"
+                )
+        request.environ["brulee.body"] = data
+        return data
+
     def require_token() -> None:
         if token is None:
             raise ApiError(503, "no management token configured (BRULEE_TOKEN or state dir)")
@@ -164,7 +186,7 @@ def create_app(
                 400, f"wrong content type {request.mimetype or '(none)'!r}: send application/json"
             )
         try:
-            return parse_json(request.get_data(), what)
+            return parse_json(body(), what)
         except BadInput as exc:
             raise ApiError(exc.status, str(exc)) from exc
 
@@ -190,9 +212,7 @@ def create_app(
     @app.post("/function/<name>")
     def invoke(name: str):
         deadline = deadline_header()
-        return respond(
-            *invocations.call(name, request.get_data(), request.content_type or "", deadline)
-        )
+        return respond(*invocations.call(name, body(), request.content_type or "", deadline))
 
     @app.post("/async-function/<name>")
     def invoke_async(name: str):
@@ -209,7 +229,7 @@ def create_app(
         except ValueError as exc:
             raise ApiError(400, str(exc)) from exc
         job_id = invocations.submit(
-            name, request.get_data(), request.content_type or "", callback, attempts, idempotency
+            name, body(), request.content_type or "", callback, attempts, idempotency
         )
         resp = jsonify(id=job_id, status="queued", location=f"/jobs/{job_id}")
         resp.status_code = 202

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.keys import decode, key, lane, load_lane, rq_queue, slot
 from agent.membership import Worker
-from agent.policies import Entry, EvictionPolicy
+from agent.policies import Entry
 
 if TYPE_CHECKING:
     from agent.placement import Decision, Placement
@@ -82,8 +82,8 @@ def try_hit(
         raise FunctionFailed(f"function {function!r} failed: {found[1]}")
     worker, dev_index, requests, priority, clock, raw = found
     device = devices[int(dev_index) - 1]
-    policy = placement.policy(float(clock))
-    if type(policy).on_hit is not EvictionPolicy.on_hit:  # GDSF: recompute the priority
+    if placement.rescores_hits:  # GDSF: recompute the priority
+        policy = placement.policy(float(clock))
         doc = json.loads(raw)
         stats = decode(placement.r.hgetall(key("stats", model)))
         entry = Entry(

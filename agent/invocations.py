@@ -25,7 +25,7 @@ import redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from agent import admission, jobs, waiting
+from agent import admission, durable, jobs, waiting
 from agent.dispatch import ASYNC, SYNC, submit, with_facts
 from agent.errors import ApiError
 from agent.keys import key, route
@@ -79,6 +79,7 @@ class Invocations:
         self.body_limit, self.sync_timeout = body_limit, sync_timeout
         self._spool_seen: tuple[float, bool] = (0.0, False)
         self._facts: dict[str, tuple[float, ModelFacts, bool]] = {}
+        self.aof = durable.from_env()
 
     # -- shared steps ------------------------------------------------------------------------
 
@@ -265,7 +266,9 @@ class Invocations:
     ) -> str:
         """An asynchronous invocation; returns its job id (with ``idempotency_key``: the id of
         the first submission that used the key for this function, which runs only once).
-        Under ``--durability strict`` the job is on disk when this returns."""
+        Under ``--durability strict`` the job is on disk when this returns (the embedded
+        Redis' file forced here, :mod:`agent.durable`; a Redis of the user's forces every
+        write itself)."""
         doc, batch = self.decode(name, body, content_type)
         job_id = uuid.uuid4().hex
         if idempotency_key is not None:
@@ -292,6 +295,15 @@ class Invocations:
             if idempotency_key is not None:
                 jobs.release_key(self.r, name, idempotency_key, job_id)
             raise placement_error(exc, self.facts(doc)[0]) from exc
+        if self.aof is not None:  # strict: on disk before the 202 (agent/durable.py)
+            try:
+                self.aof.force()
+            except OSError as exc:
+                raise ApiError(
+                    503,
+                    f"job {job_id} was queued but could not be forced to disk ({exc}); it may "
+                    f"still run: GET /jobs/{job_id}",
+                ) from exc
         return job_id
 
     def job(self, job_id: str) -> dict[str, Any]:

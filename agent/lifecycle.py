@@ -155,11 +155,10 @@ class Copies:
         names = ("pins", "stats", "waiting", "entries", "queued", "used", "priority",
                  "releasing", "evictions")  # fmt: skip
         keys = [key("stats", model) if n == "stats" else key(n, device) for n in names]
-        return self.scripts.unpin(
-            keys=keys,
-            args=[slot(model, worker), "" if exec_s is None else repr(exec_s), policy],
-            client=pipe if pipe is not None else self.r,
-        )
+        args = [slot(model, worker), "" if exec_s is None else repr(exec_s), policy]
+        if pipe is not None:
+            return self.scripts.in_pipeline(pipe, "unpin", keys, args)
+        return self.scripts.unpin(keys=keys, args=args)
 
     @staticmethod
     def drain(pipe, device: str, slots: list[str], now: float, entries: dict[str, dict]) -> None:

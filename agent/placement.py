@@ -17,6 +17,7 @@ queue (:mod:`agent.waiting`, rule in :mod:`agent.admission`) in the same transac
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -181,6 +182,12 @@ class Placement:
 
     def policy(self, clock: float = 0.0) -> EvictionPolicy:
         return policy_for(self.policy_name, self.policy_options, clock)
+
+    @functools.cached_property
+    def rescores_hits(self) -> bool:
+        """Whether a hit must recompute the copy's priority (GDSF), known from the policy's
+        class once: a hit builds no policy object (``make_policy``, 0.1 ms each)."""
+        return type(self.policy()).on_hit is not EvictionPolicy.on_hit
 
     # -- the warm-hit fast path --------------------------------------------------------------
 

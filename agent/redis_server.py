@@ -3,8 +3,9 @@
 It listens on a Unix socket in its own directory (no TCP port at all unless one is asked for,
 and then only on loopback), with append-only persistence so that accepted async jobs survive
 a restart of the agent. How often the append-only file is forced to disk is the agent's
-``--durability`` (:data:`DURABILITY`): ``strict`` before every reply (an accepted job is on
-disk before its 202), ``fast`` once a second (a power loss or an OS crash may lose the last
+``--durability``: ``strict`` at the agent's promises (an accepted job is on disk before its
+202: :mod:`agent.durable`; a Redis of the user's must force every write, :data:`DURABILITY`),
+``fast`` once a second (a power loss or an OS crash may lose the last
 second or two of writes; a crash of redis-server alone loses nothing that was answered:
 the file was written, only not yet forced to disk).
 """
@@ -21,7 +22,9 @@ from urllib.parse import quote
 
 import redis
 
-DURABILITY = {"strict": "always", "fast": "everysec"}  # --durability -> appendfsync
+DURABILITY = {"strict": "always", "fast": "everysec"}  # --durability -> a user's appendfsync
+# the embedded server's: under strict the agent forces the file at its promises (agent/durable.py)
+EMBEDDED_APPENDFSYNC = {"strict": "no", "fast": "everysec"}
 DEFAULT_DURABILITY = "strict"
 
 
@@ -79,6 +82,11 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
+    def aof_dir(self) -> Path:
+        """Its append-only files (Redis 7's ``appenddirname``, default ``appendonlydir``)."""
+        return self.dir / "appendonlydir"
+
+    @property
     def config_path(self) -> Path:
         return self.dir / "redis.conf"
 
@@ -95,7 +103,7 @@ class RedisServer:
             ("logfile", str(self.dir / "redis.log")),
             ("save", ""),
             ("appendonly", "yes" if self.persist else "no"),
-            ("appendfsync", DURABILITY[self.durability]),
+            ("appendfsync", EMBEDDED_APPENDFSYNC[self.durability]),
         ]
         if self.password:
             settings.append(("requirepass", self.password))

@@ -28,6 +28,15 @@ class Scripts:
         for name in self.NAMES:
             setattr(self, name, conn.register_script(source(name)))
 
+    @staticmethod
+    def in_pipeline(pipe, name: str, keys: list, args: list):
+        """Queue script ``name`` in ``pipe`` as ``EVAL`` of its source: redis-py sends
+        ``SCRIPT EXISTS`` ahead of every pipeline that holds a registered script — one more
+        round trip on each synchronous call's answer (0.26 ms here) — while ``EVAL`` costs
+        Redis a SHA1 of 1-2 KB (it keeps the compiled script) and works after a restart of
+        Redis too."""
+        return pipe.eval(source(name), len(keys), *keys, *args)
+
     hit: Script
     claim: Script
     unpin: Script

@@ -24,7 +24,9 @@ from typing import Any
 
 import redis
 
+from agent import durable
 from agent.dispatch import counted_as
+from agent.durable import AppendOnlyFile
 from agent.interpreters import InterpreterCache
 from agent.keys import key
 from agent.lane import Spool
@@ -57,6 +59,8 @@ class Context:
     lock: threading.RLock = field(default_factory=threading.RLock)
     # set when this worker may have freed memory: its admission thread tries the waiters
     admit_now: threading.Event = field(default_factory=threading.Event)
+    # strict durability with the embedded Redis: forced at a job's end (agent/durable.py)
+    aof: AppendOnlyFile | None = field(default_factory=durable.from_env)
 
     @property
     def copies(self):

@@ -23,7 +23,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from agent import forked
+from agent import durable, forked
 from agent.redis_server import DEFAULT_DURABILITY, DURABILITY, RedisServer
 from agent.sizes import device_ram, parse_size
 from agent.supervisor import (
@@ -232,6 +232,7 @@ def run_up(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    server = None
     try:
         if not redis_url:
             server = RedisServer(state_dir / "redis", durability=durability).start()
@@ -251,6 +252,8 @@ def run_up(
         }
         if functions_file:
             env["BRULEE_FUNCTIONS"] = str(functions_file)
+        if server is not None and durability == "strict":  # the agent forces its own Redis' file
+            env[durable.ENV] = str(server.aof_dir)
         # the supervisor's own connection: fail fast rather than retry while Redis is away
         conn = redis.Redis.from_url(
             redis_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)

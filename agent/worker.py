@@ -87,6 +87,7 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
                         pipe.execute()
 
                 through_outage(moved, f"moving job {req.get('job_id')}")
+                _force(ctx)
                 return {"moved_to": req["moved_to"]}
 
         def answer() -> list:
@@ -98,9 +99,20 @@ def invoke(req: dict[str, Any]) -> dict[str, Any]:
                 return pipe.execute()
 
         replies = through_outage(answer, f"answering job {req.get('job_id')}")
+        _force(ctx)
         _unpinned(ctx, req, replies[1] if pinned else None)
     ctx.admit_now.set()
     return result
+
+
+def _force(ctx: Context) -> None:
+    """Strict durability: a job's end (its answer, or where it moved) is on disk before the
+    worker takes more work (:mod:`agent.durable`)."""
+    if ctx.aof is not None:
+        try:
+            ctx.aof.force()
+        except OSError as exc:
+            log.warning("could not force the append-only file to disk: %s", exc)
 
 
 def evict(models: list[str]) -> dict[str, int]:

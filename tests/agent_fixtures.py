@@ -80,7 +80,9 @@ def running_agent(
     real HTTP by werkzeug in a thread. Yields ``{"url", "redis_url", "token", "server",
     "workers"}``. ``spool_dir``: the gateway's input spool root (default as the workers':
     ``BRULEE_SPOOL_DIR``, else /dev/shm). ``durability``: Redis keeps its append-only file,
-    forced to disk as ``brulee up --durability`` says (default: no persistence)."""
+    configured as ``brulee up --durability`` configures it (default: no persistence); strict's
+    forcing at the agent's promises (``BRULEE_AOF_DIR``, agent/durable.py) is ``brulee up``'s,
+    not done here."""
     from werkzeug.serving import make_server
 
     from agent.gateway import create_app

@@ -134,6 +134,26 @@ def test_body_over_limit_is_413(agent):
     assert resp.status_code == 413 and "limit" in resp.json()["error"]
 
 
+def test_body_shorter_than_its_content_length_is_400(agent):
+    """The gateway reads a body in one read of the server's stream (not Werkzeug's 8 KiB
+    steps): a client that stops early is told so, and a large body arrives whole."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(agent["url"])
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /function/digits-cnn HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{}"
+        )
+        sock.shutdown(socket.SHUT_WR)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    assert answer.startswith(b"HTTP/1.1 400") and b"body ended after 2 of its 100 bytes" in answer
+    big = {"inputs": [[[[0.5]] * 8] * 8] * 300}  # 300 images, ~100 KiB of JSON: wrong shape
+    resp = requests.post(f"{agent['url']}/function/digits-cnn", json=big, timeout=30)
+    assert resp.status_code == 400 and "[300, 8, 8, 1]" in resp.json()["error"]
+
+
 def test_failed_models_answer_503_while_others_serve(agent):
     missing = post_json(agent, "missing", digits_input())
     assert missing.status_code == 503 and "does not exist" in missing.json()["error"]

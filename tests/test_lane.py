@@ -31,6 +31,24 @@ def test_spool_reuses_answered_slots_and_deletes_abandoned_ones(tmp_path):
     assert not list(spool.dir.iterdir())
 
 
+def test_spool_round_trip_copies_nothing_it_need_not(tmp_path):
+    """The gateway's side writes the array's own memory (no ``.npy`` bytes built first); the
+    worker's side reads into one reused buffer and parses it as a view (``np.frombuffer``),
+    which stays right for the call it was read for."""
+    gateway, worker = Spool(tmp_path), Spool(tmp_path)
+    fortran = np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4))
+    a, b = np.arange(50_000, dtype=np.float32).reshape(1, 250, 200), fortran
+    (name_a, size_a), (name_b, size_b) = gateway.put(a), gateway.put(b)
+    first = worker.read(name_a, size_a)
+    batch = from_npy(first)
+    assert (batch == a).all()
+    assert np.shares_memory(batch, np.frombuffer(first, dtype=np.uint8))  # parsed in place
+    assert (from_npy(worker.read(name_b, size_b)) == b).all()  # the next read reuses it
+    assert (from_npy(worker.read(name_a, size_a), copy=True) == a).all()
+    assert worker.read(name_a, size_a + 1) is None  # a short file is no input
+    gateway.close()
+
+
 @pytest.mark.parametrize("name", ["../escape.npy", "/etc/passwd", "sub/x.npy", "x.txt"])
 def test_spool_names_cannot_leave_its_directory(tmp_path, name):
     with pytest.raises(ValueError, match="not a spool file name"):

@@ -290,3 +290,16 @@ def test_calls_queued_on_a_dead_worker_are_served_by_another(test_models: Path):
         assert codes == [200, 200, 503], [a.text for a in answers]
         assert all(a.headers["X-Worker"] != holder for a in answers if a.status_code == 200)
         assert all("died" in a.json()["error"] for a in answers if a.status_code == 503)
+
+
+def test_answers_unpin_after_redis_forgot_its_scripts(agent):
+    """The answer's pipeline runs the unpin as EVAL of its source (no SCRIPT EXISTS round trip
+    first): it still unpins after Redis forgot every script (a restart, SCRIPT FLUSH)."""
+    _evict_all(agent)
+    x = to_npy(np.zeros((1, 8, 8, 1), dtype=np.float32))
+    for _ in range(2):  # a miss, then a hit
+        agent["conn"].script_flush()
+        head = _sync(agent, _req(agent, "digits-cnn", reply=key("reply", uuid.uuid4().hex)), x)
+        assert "error" not in head, head
+        _assert_ready_and_unpinned(agent, "digits-cnn")
+    assert head["cache"] == "hit"

@@ -101,6 +101,12 @@ class ByteGate:
             self.held -= size
             self._cond.notify_all()
 
+    def open_wide(self) -> None:
+        """Admit every load from now on (the run they were for has ended)."""
+        with self._cond:
+            self.budget = float("inf")
+            self._cond.notify_all()
+
 
 def _spec(stage: dict[str, Any], side: str) -> TensorSpec:
     return TensorSpec(side, tuple(stage[f"{side}_shape"]), np.dtype(stage[f"{side}_dtype"]))
@@ -177,12 +183,15 @@ class StagedModel:
 
         thread = threading.Thread(target=loader, name="stage-loader", daemon=True)
         thread.start()
-        for _ in range(len(self.files)):
-            i, stage = ready.get()
-            if isinstance(stage, Exception):
-                raise stage
-            yield i, stage
-        thread.join()
+        try:
+            for _ in range(len(self.files)):
+                i, stage = ready.get()
+                if isinstance(stage, Exception):
+                    raise stage
+                yield i, stage
+        finally:  # a stage that raised: let the loader finish instead of waiting for memory
+            self._gate.open_wide()
+            thread.join()
 
     def close(self) -> None:
         for stage in self.open.values():

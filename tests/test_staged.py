@@ -185,3 +185,33 @@ def test_a_stages_key_without_stage_files_is_refused(test_models):
         build_function("d", {"model": "digits-cnn", "stages": "linear"}, test_models, catalog)
     with pytest.raises(ValueError, match="stages 'sideways' is not a loading policy"):
         build_function("d", {"model": "digits-cnn", "stages": "sideways"}, test_models, catalog)
+
+
+def test_stage_loads_wait_for_their_memory_and_executions_do_not():
+    """MemA's rule: a load that does not fit the budget waits for a stage to be dropped; a
+    stage larger than the whole budget still gets in, alone."""
+    import threading
+
+    from agent.staged import ByteGate
+
+    gate = ByteGate(100)
+    gate.acquire(60)
+    admitted = threading.Event()
+    thread = threading.Thread(target=lambda: (gate.acquire(50), admitted.set()))
+    thread.start()
+    assert not admitted.wait(0.2)  # 60 + 50 > 100: waits
+    gate.release(60)  # the executed stage is dropped
+    assert admitted.wait(5)
+    thread.join()
+    gate.release(50)
+    gate.acquire(500)  # alone, larger than the budget: admitted
+    assert gate.held == 500
+
+
+def test_a_failing_stage_does_not_leave_its_loader_waiting(staged_dir):
+    from agent.staged import StagedModel
+
+    model = StagedModel(staged_dir, "tiny-cnn.stages/manifest.json", "interleaved")
+    with pytest.raises(ValueError, match="input shape"):
+        model.predict(np.zeros((1, 8, 8, 1), dtype=np.float32))
+    np.testing.assert_allclose(model.predict(_input()), _whole(staged_dir), atol=1e-6)

@@ -156,7 +156,7 @@ class StagedModel:
         for i, stage in self._stages():
             value = stage.predict(value)
             self._done(i, stage)
-            if self.policy == "interleaved":
+            if self.policy == "interleaved" and i not in self.open:  # dropped: memory free
                 self._gate.release(self.sizes[i])
         return value
 
@@ -168,12 +168,17 @@ class StagedModel:
         yield from self._interleaved()
 
     def _interleaved(self) -> Iterator[tuple[int, LoadedModel]]:
-        """Stages opened ahead by a loader thread, within the two largest stages' bytes."""
+        """Stages opened ahead by a loader thread, within the two largest stages' bytes
+        (plus the kept ones', which stay held once opened)."""
         self._gate = ByteGate(reservation(self.manifest, "interleaved", self.keep))
+        self._gate.held = sum(self.sizes[i] for i in self.open)
         ready: queue.Queue = queue.Queue()
 
         def loader() -> None:
             for i in range(len(self.files)):
+                if i in self.open:  # a kept stage: open already, its bytes held already
+                    ready.put((i, self.open[i]))
+                    continue
                 self._gate.acquire(self.sizes[i])
                 try:
                     ready.put((i, self._load(i)))

@@ -165,6 +165,14 @@ def test_a_model_larger_than_the_cap_is_streamed_from_its_stages(staged_dir, tmp
             got = np.asarray(resp.json()["outputs"], dtype=np.float32)
             np.testing.assert_allclose(got.reshape(expected.shape), expected, atol=1e-6)
         assert conn.exists(key("stats", "tiny-cnn@stages-interleaved"))
+        cache = requests.get(
+            f"{agent['url']}/system/cache", headers={"Authorization": "Bearer test-token"}
+        ).json()["devices"]["dev"]
+        copies = [m for w in cache["workers"].values() for m in w["models"]]
+        assert [(c["model"], c["bytes"]) for c in copies] == [
+            ("tiny-cnn@stages-interleaved", streamed)  # its two largest stages, within the cap
+        ]
+        assert cache["used_bytes"] == streamed <= cache["cap_bytes"] == cap
         shutil.move(staged_dir / "tiny-cnn.stages", tmp_path / "moved")
         try:  # without its stages, the same model is refused, as before
             conn.delete(key("stats", "tiny-cnn"))

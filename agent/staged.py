@@ -70,10 +70,13 @@ def stage_bytes(manifest: dict[str, Any]) -> list[int]:
     return [2 * int(s["file_bytes"]) for s in manifest["stages"]]
 
 
-def reservation(manifest: dict[str, Any], policy: str, keep: int = 0) -> int:
+def reservation(
+    manifest: dict[str, Any], policy: str, keep: int = 0, per_file_byte: float = 2.0
+) -> int:
     """Bytes a staged copy holds at its peak under ``policy`` (plus ``keep`` cached first
-    stages): what placement reserves for it."""
-    sizes = stage_bytes(manifest)
+    stages): what placement reserves for it. ``per_file_byte``: what a stage holds per byte of
+    its file; the agent passes the whole model's ratio (from its profile when it has one)."""
+    sizes = [int(per_file_byte * int(s["file_bytes"])) for s in manifest["stages"]]
     if policy == "bulk":
         return sum(sizes)
     kept = sum(sizes[:keep])
@@ -233,7 +236,8 @@ def staged_facts(conn, doc: dict[str, Any], models_dir: Path, facts):
     unless the function is served staged — its stack entry names a policy (``stages``), or
     its whole model is larger than every device's cap and stage files exist (then streamed,
     :data:`STREAMING`). A staged copy is named ``MODEL@stages-POLICY`` and reserves the
-    policy's peak bytes (:func:`reservation`)."""
+    policy's peak bytes (:func:`reservation`), each stage at the whole model's accounted
+    bytes per file byte (its profile's when it has one, else twice the file)."""
     policy = doc.get("stages")
     path = models_dir / manifest_file(doc["file"])
     if policy is None:
@@ -244,4 +248,6 @@ def staged_facts(conn, doc: dict[str, Any], models_dir: Path, facts):
             return facts
         policy = STREAMING
     manifest = read_manifest(path)
-    return replace(facts, name=staged_name(facts.name, policy), bytes=reservation(manifest, policy))
+    ratio = facts.bytes / int(manifest["whole_bytes"])  # measured when the model is profiled
+    size = reservation(manifest, policy, per_file_byte=ratio)
+    return replace(facts, name=staged_name(facts.name, policy), bytes=size)

@@ -223,3 +223,20 @@ def test_a_failing_stage_does_not_leave_its_loader_waiting(staged_dir):
     with pytest.raises(ValueError, match="input shape"):
         model.predict(np.zeros((1, 8, 8, 1), dtype=np.float32))
     np.testing.assert_allclose(model.predict(_input()), _whole(staged_dir), atol=1e-6)
+
+
+def test_a_profiled_model_reserves_its_stages_at_its_measured_ratio(staged_dir):
+    """Stages are accounted at the whole model's bytes per file byte: twice the file without
+    a profile, the profile's ratio (here three times) with one."""
+    from agent.placement import ModelFacts
+    from agent.staged import staged_facts
+    from models.stages import read_manifest
+
+    manifest = read_manifest(staged_dir / "tiny-cnn.stages" / "manifest.json")
+    largest = max(s["file_bytes"] for s in manifest["stages"])
+    doc = {"model": "tiny-cnn", "file": "tiny-cnn.tflite", "stages": "linear"}
+    whole = (staged_dir / "tiny-cnn.tflite").stat().st_size
+    for ratio in (2, 3):
+        facts = ModelFacts("tiny-cnn", ratio * whole, 0.05, 0.01)
+        staged = staged_facts(None, doc, staged_dir, facts)
+        assert (staged.name, staged.bytes) == ("tiny-cnn@stages-linear", ratio * largest)

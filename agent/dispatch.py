@@ -33,6 +33,7 @@ def facts_of(req: dict[str, Any]) -> ModelFacts:
 
 
 def with_facts(req: dict[str, Any], facts: ModelFacts, profiled: bool) -> dict[str, Any]:
+    req["model"] = facts.name  # a staged copy's name (agent.staged) when served from stages
     req["facts"] = {
         "bytes": facts.bytes,
         "load_s": facts.load_s,

@@ -12,6 +12,7 @@ import numpy as np
 
 from agent.memory import release_memory, rss_bytes
 from agent.runtime import LoadedModel, load_model
+from agent.staged import open_staged
 from functions.stack import model_path
 
 
@@ -26,7 +27,9 @@ class InterpreterCache:
     def load(self, model: str, file: str) -> tuple[LoadedModel, float]:
         """Load ``file`` (inside the model directory) and return it with the seconds taken."""
         t0 = time.perf_counter()
-        loaded = load_model(model_path(self.models_dir, file), num_threads=self.threads)
+        loaded = open_staged(self.models_dir, model, file, self.threads) or load_model(
+            model_path(self.models_dir, file), num_threads=self.threads
+        )
         self.models[model] = loaded
         return loaded, time.perf_counter() - t0
 

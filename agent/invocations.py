@@ -78,7 +78,7 @@ class Invocations:
         self.spool = spool
         self.body_limit, self.sync_timeout = body_limit, sync_timeout
         self._spool_seen: tuple[float, bool] = (0.0, False)
-        self._facts: dict[str, tuple[float, ModelFacts, bool]] = {}
+        self._facts: dict[tuple, tuple[float, ModelFacts, bool]] = {}
         self.aof = durable.from_env()
 
     # -- shared steps ------------------------------------------------------------------------
@@ -102,10 +102,11 @@ class Invocations:
 
     def facts(self, doc: dict[str, Any]) -> tuple[ModelFacts, bool]:
         model = doc["model"]
-        cached = self._facts.get(model)
+        facts_key = (model, doc.get("stages"))  # a staged function's copy is not the model's
+        cached = self._facts.get(facts_key)
         if cached is None or time.monotonic() - cached[0] > FACTS_TTL_S:
             facts, profiled = model_facts(self.r, doc, self.models, self.profiles.get(model))
-            cached = self._facts[model] = (time.monotonic(), facts, profiled)
+            cached = self._facts[facts_key] = (time.monotonic(), facts, profiled)
         return cached[1], cached[2]
 
     def request(self, name: str, doc: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -140,7 +141,7 @@ class Invocations:
             req = self.request(name, doc, reply=reply, deadline=deadline, **via)
             try:
                 decision = self.placement.try_hit(
-                    doc["model"],
+                    req["model"],  # the copy's name: a staged copy's is not the model's
                     lane_message(req, inline),
                     function=name,
                     registry_version=self.registry.version,

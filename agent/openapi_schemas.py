@@ -159,6 +159,13 @@ def schemas(models: list[str] | None) -> dict[str, Any]:
                     "description": "attempts of an async job whose worker dies running it "
                     f"(default {DEFAULT_MAX_ATTEMPTS}; a request's X-Max-Attempts overrides it)",
                 },
+                "stages": {
+                    "type": "string",
+                    "nullable": True,
+                    "enum": ["bulk", "linear", "interleaved", None],
+                    "description": "serve from the model's stage files (brulee models build "
+                    "--stages K) under this loading policy",
+                },
                 "options": {
                     "type": "object",
                     "nullable": True,
@@ -182,6 +189,7 @@ def schemas(models: list[str] | None) -> dict[str, Any]:
                 "handler": {"type": "string"},
                 "memory": nullable_int,
                 "max_attempts": nullable_int,
+                "stages": {"type": "string", "nullable": True},
                 "options": {"type": "object"},
                 "record": {"type": "object"},
             },

@@ -14,6 +14,7 @@ import redis
 from agent.errors import ApiError
 from agent.keys import key
 from agent.placement import ModelFacts
+from agent.staged import staged_facts
 
 
 def _function_doc(fn: Any) -> dict[str, Any]:
@@ -196,4 +197,7 @@ def model_facts(
         float(stats.get("load_s") or profile.get("avg_load_latency") or 0.05),
         float(stats.get("exec_s") or profile.get("exec_s") or record.get("exec_s") or 0.01),
     )
+    staged = staged_facts(conn, doc, models_dir, facts)  # served from stage files instead?
+    if staged is not facts:
+        return staged, True  # its bytes are the manifest's, not a guess to correct
     return facts, bool(profile.get("loaded_bytes"))

@@ -22,7 +22,7 @@ from functions.tensors import json_type
 
 log = logging.getLogger(__name__)
 
-FUNCTION_KEYS = {"model", "handler", "memory", "options", "file", "max_attempts"}
+FUNCTION_KEYS = {"model", "handler", "memory", "options", "file", "max_attempts", "stages"}
 API_REQUIRED = ["name", "model"]  # what POST /system/functions needs (and the schema says)
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_MAX = 128
@@ -42,6 +42,7 @@ class Function:
     options: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
     max_attempts: int | None = None  # async attempts if a worker dies running one
+    stages: str | None = None  # serve from the model's stage files under this loading policy
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /system/functions`` lists (the gateway adds state and loaded bytes)."""
@@ -165,7 +166,25 @@ def build_function(
     from agent.jobs import parse_max_attempts
 
     attempts = parse_max_attempts(spec.get("max_attempts"), "max_attempts")
-    return Function(name, model, str(file), handler, memory, options, record, attempts)
+    stages = _check_stages(spec.get("stages"), models_dir, str(file))
+    return Function(name, model, str(file), handler, memory, options, record, attempts, stages)
+
+
+def _check_stages(policy: Any, models_dir: str | os.PathLike, file: str) -> str | None:
+    """A function's ``stages`` (a loading policy of :mod:`agent.staged`), checked: the stage
+    files must have been built (``brulee models build --stages K``)."""
+    from agent.staged import POLICIES, manifest_file
+
+    if policy is None:
+        return None
+    if policy not in POLICIES:
+        raise ValueError(f"stages {policy!r:.40} is not a loading policy; valid: {POLICIES}")
+    if not model_path(models_dir, manifest_file(file)).is_file():
+        raise ValueError(
+            f"stages: {policy} needs {manifest_file(file)}; build it with "
+            "`brulee models build --stages K`"
+        )
+    return policy
 
 
 def load_stack(

@@ -202,17 +202,36 @@ def convert(spec: BuildSpec, open_batch: bool = False) -> bytes:
     version 1 did (the baseline of ``benchmarks/zoo_delegation.py`` and the tests).
     """
     tf = _tf()
+    model = keras_model(spec)
+    if open_batch:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        return _finish(tf, converter, spec)
+    return to_tflite(model, spec.arch.input_shape, spec)
+
+
+def keras_model(spec: BuildSpec):
+    """The Keras model of ``spec``, with its seeded weights (the same weights every time)."""
+    tf = _tf()
     tf.keras.backend.clear_session()  # resets layer-name counters, which end up in the file
     tf.keras.utils.set_random_seed(spec.weight_seed)
     tf.config.experimental.enable_op_determinism()
-    model = _keras_model(tf, spec)
-    signature = tf.TensorSpec((spec.batch, *spec.arch.input_shape), tf.float32, name="input")
+    return _keras_model(tf, spec)
+
+
+def to_tflite(model, input_shape: tuple[int, ...], spec: BuildSpec) -> bytes:
+    """Convert a Keras model (a whole model or one stage of it) taking ``spec.batch`` rows of
+    ``input_shape`` through a function of that fixed shape, in ``spec.dtype``."""
+    tf = _tf()
+    signature = tf.TensorSpec((spec.batch, *input_shape), tf.float32, name="input")
     run = tf.function(lambda x: model(x, training=False), input_signature=[signature])
-    converter = (
-        tf.lite.TFLiteConverter.from_keras_model(model)
-        if open_batch
-        else tf.lite.TFLiteConverter.from_concrete_functions([run.get_concrete_function()], model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [run.get_concrete_function()], model
     )
+    return _finish(tf, converter, spec)
+
+
+def _finish(tf, converter, spec: BuildSpec) -> bytes:
+    """Apply ``spec.dtype``'s optimisations to ``converter`` and convert."""
     if spec.dtype == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -329,14 +348,18 @@ def build(
     out: str | os.PathLike,
     progress: bool = True,
     allow_partial: bool = False,
+    stages: int = 1,
 ) -> Iterator[tuple[str, bool]]:
     """Build what is missing or stale; yields ``(name, built)``, ``built`` False if skipped.
 
     The catalog is rewritten after each model, so an interrupted build keeps what it finished.
     Models that are not delegated as they should be are left out and, once the others are
-    built, raised together as NotDelegated.
+    built, raised together as NotDelegated. ``stages`` > 1 also cuts each model into that
+    many stage files (:mod:`models.stages`), kept while the whole model is unchanged.
     """
     from tqdm import tqdm
+
+    from models import stages as staging
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -346,15 +369,17 @@ def build(
     bar = tqdm(specs, unit="model", disable=None if progress else True, desc="building")
     for spec in bar:
         bar.set_postfix_str(spec.name)
-        if _up_to_date(records.get(spec.name), spec, out):
-            yield spec.name, False
-            continue
+        fresh = not _up_to_date(records.get(spec.name), spec, out)
         try:
-            records[spec.name] = build_one(spec, out, allow_partial)
-        except NotDelegated as exc:
+            if fresh:
+                records[spec.name] = build_one(spec, out, allow_partial)
+                write_catalog(out, records)
+            if stages > 1 and not staging.up_to_date(spec, out, stages, records[spec.name]):
+                staging.build_stages(spec, out, stages, records[spec.name], allow_partial)
+                fresh = True
+        except (NotDelegated, staging.StagingFailed) as exc:
             failures.append(str(exc))
             continue
-        write_catalog(out, records)
-        yield spec.name, True
+        yield spec.name, fresh
     if failures:
         raise NotDelegated("\n".join(failures))

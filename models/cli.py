@@ -52,6 +52,11 @@ def models_group() -> None:
     "compute) or int8-full (int8 weights and activations, calibrated; int8 input and output).",
 )
 @_count("--batch", "Rows per call, fixed in the file (static shapes let XNNPACK run it whole).")
+@_count(
+    "--stages",
+    "Also cut each model at single-tensor boundaries into this many stage files (NAME.stages/, "
+    "with a manifest), checked to chain to the whole model's output; 1: no stages.",
+)
 @click.option(
     "--allow-partial",
     is_flag=True,
@@ -69,7 +74,7 @@ def models_group() -> None:
 )
 @click.option("--list", "list_only", is_flag=True, help="Print what would be built, build nothing.")
 def build_cmd(
-    set_name, archs, out, variants, dtypes, batch, allow_partial, seed, weights, list_only
+    set_name, archs, out, variants, dtypes, batch, stages, allow_partial, seed, weights, list_only
 ) -> None:
     """Build real Keras architectures and convert them to .tflite, with a catalog.
 
@@ -101,11 +106,13 @@ def build_cmd(
 
     built, skipped, failures = [], 0, None
     try:
-        for name, did_build in build(specs, out, allow_partial=allow_partial):
+        for name, did_build in build(specs, out, allow_partial=allow_partial, stages=stages):
             built += [name] if did_build else []
             skipped += not did_build
     except NotDelegated as exc:
         failures = str(exc).splitlines()
+    except ValueError as exc:  # e.g. --stages on a quantised model, or too few boundaries
+        raise click.UsageError(str(exc)) from exc
     records = load_catalog(out)
     for name in built:
         click.echo(f"{name}: {summary(records[name]['delegation'])}")

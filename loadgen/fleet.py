@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,10 @@ class Fleet:
 
     ``devices``: what each device runs; ``redis_host``: the device whose namespace runs Redis
     (default: a controller namespace of its own); ``gateway_env``: more environment for the
-    gateway (``BRULEE_*`` settings of ``agent.gateway.create_app``)."""
+    gateway (``BRULEE_*`` settings of ``agent.gateway.create_app``); ``prepare``: called once
+    the hosts and their network exist, before anything starts (it may fill in ``devices``);
+    ``redis_settings``: redis.conf lines (``bind``, ``port``, ``requirepass``) instead of
+    the defaults (the Redis host's address, :data:`REDIS_PORT`, ``password``)."""
 
     def __init__(
         self,
@@ -129,11 +133,14 @@ class Fleet:
         redis_host: str | None = None,
         gateway_env: dict[str, str] | None = None,
         client_threads: int = 32,
+        prepare: Callable[[Fleet], None] | None = None,
+        redis_settings: dict[str, str] | None = None,
     ) -> None:
         self.devices = {d.name: d for d in devices}
         self.models, self.policy, self.token = Path(models), policy, token
         self.password = password or secrets.token_hex(16)
         self.gateway_env = gateway_env or {}
+        self.prepare, self.redis_settings = prepare, redis_settings or {}
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="brulee-fleet-")
         self.dir = Path(workdir or self._tmp.name)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -165,6 +172,8 @@ class Fleet:
         remove_stale()
         try:
             self._network()
+            if self.prepare is not None:
+                self.prepare(self)
             self._redis()
             for device in self.devices:
                 self.start_device(device)
@@ -214,6 +223,8 @@ class Fleet:
         _run("ip", "-n", hub.ns, "link", "add", "br0", "type", "bridge")
         _run("ip", "-n", hub.ns, "addr", "add", f"{hub.addr}/24", "dev", "br0")
         _run("ip", "-n", hub.ns, "link", "set", "br0", "up")
+        # default routes lead only onto the bridge (hosts' facts name their address by them)
+        _run("ip", "-n", hub.ns, "route", "add", "default", "dev", "br0")
         for n, host in enumerate(h for h in self.hosts.values() if h is not hub):
             a, b = f"bf{os.getpid()}{n}a"[-15:], f"bf{os.getpid()}{n}b"[-15:]
             _run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
@@ -223,6 +234,7 @@ class Fleet:
             _run("ip", "-n", host.ns, "addr", "add", f"{host.addr}/24", "dev", "eth0")
             _run("ip", "-n", host.ns, "link", "set", "eth0", "up")
             _run("ip", "-n", hub.ns, "link", "set", b, "master", "br0", "up")
+            _run("ip", "-n", host.ns, "route", "add", "default", "via", hub.addr)
 
     def spawn(self, host: str, argv: list[str], env: dict[str, str] | None = None,
               log: str | None = None) -> subprocess.Popen:  # fmt: skip
@@ -256,11 +268,13 @@ class Fleet:
 
     def _redis(self) -> None:
         conf = self.dir / "redis.conf"
-        conf.write_text(
-            f"bind {self.redis_host.addr} 127.0.0.1\nport {REDIS_PORT}\n"
-            f"requirepass {self.password}\nunixsocket {self.socket}\nunixsocketperm 700\n"
-            f'save ""\nappendonly no\ndir {self.dir}\n'
-        )
+        settings = {"bind": f"{self.redis_host.addr} 127.0.0.1", "port": str(REDIS_PORT),
+                    "requirepass": self.password, **self.redis_settings}  # fmt: skip
+        self.password = settings["requirepass"]
+        lines = [f"{k} {v}" for k, v in settings.items()]
+        lines += [f"unixsocket {self.socket}", "unixsocketperm 700", 'save ""', "appendonly no",
+                  f"dir {self.dir}"]  # fmt: skip
+        conf.write_text("\n".join(lines) + "\n")
         conf.chmod(0o600)
         self._server = self.spawn(self.redis_host.name, ["redis-server", str(conf)], log="redis")
         deadline = time.monotonic() + 10
@@ -302,7 +316,8 @@ class Fleet:
 
     def start_device(self, device: str) -> None:
         d = self.devices[device]
-        env = {"BRULEE_REDIS_URL": self.redis_url, **d.env}
+        own = {"BRULEE_REDIS_URL", "REDIS_URL"} & set(d.env)  # its own (rendered) URL
+        env = {**({} if own else {"BRULEE_REDIS_URL": self.redis_url}), **d.env}
         for argv in d.argv:
             self.spawn(device, argv, env)
 
@@ -337,9 +352,16 @@ class Fleet:
             devices = list(self.workers().values())
             if (devices.count(device) if device else len(devices)) >= n:
                 return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{n} workers did not register within {timeout:g} s")
+            dead = [h.name for h in self.hosts.values() for p in h.procs if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                tails = "\n".join(f"== {h}.log:\n{self.log_tail(h)}" for h in self.devices)
+                why = f"processes of {dead} exited" if dead else f"not within {timeout:g} s"
+                raise TimeoutError(f"{n} workers did not register: {why}\n{tails}")
             time.sleep(0.1)
+
+    def log_tail(self, host: str, chars: int = 1500) -> str:
+        path = self.dir / f"{host}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     # -- clients --------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from typing import Any
 import redis
 import requests
 
-PREFIX = "brf"  # namespaces brf<pid>-<host>; veth pairs bf<pid><n>a/b while they are created
+PREFIX = "brf"  # namespaces brf<pid>-<fleet>-<host>; veth pairs bf<pid><fleet><n>a/b at first
 SUBNET = "198.18.0"  # /24 inside 198.18.0.0/15 (RFC 2544 benchmarking range)
 CONTROLLER_ADDR = f"{SUBNET}.1"
 GATEWAY_ADDR = f"{SUBNET}.2"
@@ -122,6 +122,8 @@ class Fleet:
     ``redis_settings``: redis.conf lines (``bind``, ``port``, ``requirepass``) instead of
     the defaults (the Redis host's address, :data:`REDIS_PORT`, ``password``)."""
 
+    _made = 0  # fleets made by this process (their namespaces' names differ)
+
     def __init__(
         self,
         devices: list[Device],
@@ -145,7 +147,9 @@ class Fleet:
         self.dir = Path(workdir or self._tmp.name)
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
-        tag = f"{PREFIX}{os.getpid()}"
+        Fleet._made += 1
+        tag = f"{PREFIX}{os.getpid()}-{Fleet._made}"
+        self._veth = f"bf{os.getpid()}{Fleet._made}"
         names = ["controller"] if redis_host is None else []
         names += [*self.devices, "gateway"]
         self.hosts: dict[str, Host] = {}
@@ -226,7 +230,7 @@ class Fleet:
         # default routes lead only onto the bridge (hosts' facts name their address by them)
         _run("ip", "-n", hub.ns, "route", "add", "default", "dev", "br0")
         for n, host in enumerate(h for h in self.hosts.values() if h is not hub):
-            a, b = f"bf{os.getpid()}{n}a"[-15:], f"bf{os.getpid()}{n}b"[-15:]
+            a, b = f"{self._veth}{n}a"[-15:], f"{self._veth}{n}b"[-15:]
             _run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
             _run("ip", "link", "set", a, "netns", host.ns)
             _run("ip", "link", "set", b, "netns", hub.ns)

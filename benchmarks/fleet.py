@@ -14,7 +14,7 @@ Caveat printed with the table: every device here shares this machine's CPU cores
 device adds memory (room for more warm models) and a worker, but no cores; real devices would
 add their own.
 
-    nice -n -15 python benchmarks/fleet.py --models zoo/edge --minutes 2 --cap 30%
+    nice -n -15 python benchmarks/fleet.py --models zoo/edge --minutes 3 --cap 30%
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def row(devices: int, cap: int, summary: dict, cache: dict, base: dict | None) -
 @click.option("--models", default="zoo/edge", show_default=True, type=click.Path(exists=True))
 @click.option("--profiles", default=None, help="[default: MODELS/profiles.json]")
 @click.option("--trace", default=BUNDLED_TRACE, show_default=True)
-@click.option("--minutes", default=2.0, show_default=True, type=click.FloatRange(min=0.1))
+@click.option("--minutes", default=3.0, show_default=True, type=click.FloatRange(min=0.1))
 @click.option(
     "--cap", default="30%", show_default=True, help="per device: PCT% of the working set, or a size"
 )

@@ -124,15 +124,38 @@ def _wait(check, timeout: float, what: str):
     return found
 
 
+def taken_by_stopped_worker(fleet: Fleet, device: str, model: str):
+    """A call of ``model`` that the device's worker has taken (popped) but not run: the worker
+    is stopped (SIGSTOP) while blocked in its pop, so Redis hands the call to it. Returns the
+    call's future; the worker stays stopped."""
+    conn = fleet.redis()
+    worker = next(w for w, d in fleet.workers().items() if d == device)
+    lanes = [f"brulee:lane:{worker}", f"brulee:lane:{worker}:loads"]
+    for _ in range(10):
+        fleet.signal_device(device, signal.SIGSTOP)
+        pending = invoke(fleet, model)
+        time.sleep(0.3)
+        if not any(conn.llen(k) for k in lanes):
+            return pending  # popped: on its way to the device
+        fleet.signal_device(device, signal.SIGCONT)  # its pop had timed out: try again
+        assert pending.result().status_code == 200
+    pytest.fail("the stopped worker never received a call")
+
+
 def test_killed_device_is_detected_released_served_elsewhere_and_rejoins(fleet: Fleet) -> None:
-    """SIGKILL of a device's worker (no goodbye): a call routed to it meanwhile is placed
-    again on another device; within seconds it is forgotten and its copies released; started
-    again, it rejoins with nothing accounted, and the next miss goes to it (most free)."""
-    victim = next(iter(holders(fleet, "mobilenet-micro")))
+    """SIGKILL of a device's worker (no goodbye): the call it had taken is answered 503 naming
+    the device, a call routed to it meanwhile is placed again on another device; within
+    seconds it is forgotten and its copies released; started again, it rejoins with nothing
+    accounted, and the next copy goes to it (most free)."""
+    model = "mobilenet-micro"
+    victim = next(iter(holders(fleet, model)))
+    taken = taken_by_stopped_worker(fleet, victim, model)
     fleet.kill_device(victim)
     killed = time.monotonic()
-    resp = invoke(fleet, "mobilenet-micro").result()
+    resp = invoke(fleet, model).result()
     assert resp.status_code == 200 and device_of(fleet, resp) != victim, resp.text
+    answer = taken.result()
+    assert answer.status_code == 503 and f"device {victim!r}" in answer.json()["error"]
     _wait(lambda: victim not in fleet.workers().values(), DETECT_S, f"{victim} not forgotten")
     assert time.monotonic() - killed < DETECT_S
     assert not fleet.redis().hlen(f"brulee:entries:{victim}")  # its copies are released
@@ -155,18 +178,7 @@ def test_device_whose_link_is_cut_answers_in_flight_call_with_its_name(fleet: Fl
     if victim is None or len(holders(fleet, model)) > 1:
         pytest.fail(f"{model} should be warm on one device: {holders(fleet, model)}")
     conn = fleet.redis()
-    worker = next(w for w, d in fleet.workers().items() if d == victim)
-    lanes = [f"brulee:lane:{worker}", f"brulee:lane:{worker}:loads"]
-    for _ in range(10):  # stopped while blocked in its pop: Redis hands it the call
-        fleet.signal_device(victim, signal.SIGSTOP)
-        pending = invoke(fleet, model)
-        time.sleep(0.3)
-        if not any(conn.llen(k) for k in lanes):
-            break  # popped: on its way to the device
-        fleet.signal_device(victim, signal.SIGCONT)  # its pop had timed out: try again
-        assert pending.result().status_code == 200
-    else:
-        pytest.fail("the stopped worker never received a call")
+    pending = taken_by_stopped_worker(fleet, victim, model)
     fleet.link(victim, up=False)
     fleet.signal_device(victim, signal.SIGCONT)
     cut = time.monotonic()

@@ -190,10 +190,14 @@ class Invocations:
         if worker is not None and not self.r.exists(key("alive", worker)):
             # forgetting it moves the calls it had queued to be placed again: if this one
             # was among them it is orphaned now, and this caller keeps waiting
+            known = self.r.hget(key("worker", worker), "device")  # gone: forgotten already
+            device = known.decode() if known else decision.device
             self.placement.members.forget_worker(worker)
             if self._route(reply, decision) == worker:  # it had started it
                 raise ApiError(
-                    503, f"worker {worker} died before finishing the job for {name!r}; retry"
+                    503,
+                    f"worker {worker} of device {device!r} died (or lost its link) before "
+                    f"finishing the job for {name!r}; retry",
                 )
         if time.time() < deadline:
             return None

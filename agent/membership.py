@@ -153,7 +153,22 @@ class Membership:
             pipe.incr(key("members", "version"))
             pipe.execute()
         self._orphan(worker, device)
+        self._rehome(device)
         return released
+
+    def _rehome(self, device: str) -> None:
+        """Only a device's own workers adopt its orphans (their admission pass); when its last
+        worker is gone — a device that died or lost its link — they move to a device that has
+        workers, whose placement puts them anywhere in the fleet. With no worker anywhere they
+        stay: the next worker to start adopts them."""
+        if not device or not self.r.llen(key("orphans", device)):
+            return
+        devices = {w.device for w in self.workers()[0].values()}
+        if device in devices or not devices:
+            return
+        heir = key("orphans", min(devices))
+        while self.r.lmove(key("orphans", device), heir) is not None:
+            pass
 
     def _orphan(self, worker: str, device: str) -> None:
         if not device:

@@ -150,6 +150,14 @@ def move_count(client, device: str, model: str, old: str | None, new: str | None
             client.hincrby(key("hits" if outcome == "hit" else "misses", device), model, step)
 
 
+def _cheapest(option: tuple) -> tuple:
+    """Where a miss costs least, across devices: first where it evicts the fewest bytes (0:
+    it fits in free memory; else the bytes of the victims the device's policy chose), then
+    where the most memory stays free (misses spread over the fleet instead of filling one
+    device while others idle), then the least backed-up worker, then the device's name."""
+    return option[:4]
+
+
 class Placement:
     """The decisions (see the module's docstring); ``members`` and ``copies`` are the state
     they act on, ``max_waiting`` the admission queue's bound per device."""
@@ -346,7 +354,9 @@ class Placement:
             device = next(d for d in fits if state.waiting[d])
             return Decision(device, ticket=""), None
         holding = {w for _, w, _ in copies}  # one copy per worker (its slot), draining or not
-        options = []  # (bytes evicted, device, worker, victims, policy)
+        # (bytes evicted, bytes short of free memory, backlog, device, worker, victims, policy):
+        # see _cheapest
+        options = []
         compared = {}  # per device: what its policy compared (for the eviction log)
         drains: dict[str, list[str]] = {}  # per device: copies to drain so that it fits
         for device in fits:
@@ -365,9 +375,10 @@ class Placement:
             held = Counter(w for _, w, _ in state.entries[device])
             target = min(candidates, key=lambda w: (backlog[w.name], held[w.name], w.name))
             need = model.bytes - (state.caps[device] - used_bytes(state.entries[device]))
+            rank = (need, backlog[target.name], device)
             if best_hit is not None:  # a second copy only into free memory
                 if need <= 0:
-                    options.append((0, device, target, [], None))
+                    options.append((0, *rank, target, [], None))
                 continue
             policy = self.policy(state.clocks[device])
             facts = policy_entries(self.r, device, state.entries[device], state.pins[device])
@@ -389,13 +400,13 @@ class Placement:
             by_id = {id(e): s for e, s in facts}
             victims = [(e, by_id[id(e)]) for e in chosen]
             compared[device] = (facts, incoming, need)
-            options.append((sum(e.bytes for e in chosen), device, target, victims, policy))
+            options.append((sum(e.bytes for e in chosen), *rank, target, victims, policy))
         if best_hit is not None and not options:
             return self._hit(best_hit, alive, state), None
         if not options:
             device = next((d for d in fits if drains.get(d)), fits[0])
             return Decision(device, ticket="", drain=drains.get(device, [])), None
-        _, device, target, victims, policy = min(options, key=lambda o: (o[0], o[1]))
+        *_, device, target, victims, policy = min(options, key=_cheapest)
         decision = Decision(device, target.name, target.queue, hit=False)
         if victims:
             facts, incoming, need = compared[device]

@@ -375,7 +375,7 @@ def test_shipped_units_are_the_playbook_rendering(tmp_path: Path) -> None:
 
 def test_playbook_syntax_check(tmp_path: Path) -> None:
     inventory = ANSIBLE / "inventory.example.yml"
-    for book in ("site.yml", "render-units.yml"):
+    for book in ("site.yml", "render-units.yml", "render-fleet.yml"):
         proc = subprocess.run(
             [str(BIN / "ansible-playbook"), "--syntax-check", "-i", str(inventory), book],
             env=ansible_env(tmp_path),

@@ -97,7 +97,17 @@ def test_hot_model_gets_a_second_copy_on_another_device(fleet: Fleet) -> None:
     before = holders(fleet, model)
     assert len(before) == 1
     evictions = {d: sum(v["evictions"].values()) for d, v in fleet.cache()["devices"].items()}
-    served = burst_until(fleet, model, lambda: len(holders(fleet, model)) >= 2)
+    # back the holder's queue up for sure: pause its worker (a burst alone may be drained as
+    # fast as it comes on a quiet machine, or sent too slowly on a loaded one)
+    (holder,) = before
+    fleet.signal_device(holder, signal.SIGSTOP)
+    try:
+        pending = [invoke(fleet, model) for _ in range(8)]
+        _wait(lambda: len(holders(fleet, model)) >= 2, 30, "no second copy")
+    finally:
+        fleet.signal_device(holder, signal.SIGCONT)
+    answers = [f.result() for f in pending]
+    served = {device_of(fleet, a) for a in answers}
     assert len(holders(fleet, model)) >= 2 and len(served) >= 2, served
     after = {d: sum(v["evictions"].values()) for d, v in assert_caps_hold(fleet).items()}
     assert after == evictions  # replicas only into free memory

@@ -4,12 +4,18 @@ Azure 2019 rows, and the simulator on the same workload."""
 
 from __future__ import annotations
 
+import ctypes
+import io
 import json
+import mmap
+import os
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import requests
 from click.testing import CliRunner
 
 from agent.cli import main as brulee
@@ -103,3 +109,79 @@ def test_testbed_without_profile_says_how_to_make_one(test_models: Path, tmp_pat
     result = CliRunner().invoke(brulee, ["testbed", "--models", str(models)])
     assert result.exit_code == 2
     assert "brulee models profile" in result.output
+
+
+def resident_fraction(path: Path) -> float:
+    """The share of ``path``'s pages in the OS page cache, by ``mincore(2)`` on a mapping of it
+    (what util-linux's ``fincore`` reports)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]  # fmt: skip
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size, page = path.stat().st_size, os.sysconf("SC_PAGE_SIZE")
+    pages = (size + page - 1) // page
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vec = (ctypes.c_ubyte * pages)()
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+            return sum(b & 1 for b in vec) / pages
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("cold", [True, False], ids=["cold-loads", "warm-loads"])
+def test_cold_loads_drop_an_evicted_models_file_from_the_page_cache(
+    profiled_models: Path, tmp_path: Path, cold: bool
+):
+    """`brulee up --cold-loads`: when placement evicts a copy (here to make room for another
+    model under the cap), the worker that drops it also drops its file from the page cache, so
+    the next load reads storage; without the option the file stays cached."""
+    from models.profile import read_profiles
+    from tests.agent_fixtures import start_up, stop_up, wait_for_up
+
+    a, b = "mobilenetv2-mini", "mobilenetv3small-mini"
+    sizes = [
+        int(read_profiles(profiled_models / "profiles.json")[m]["loaded_bytes"]) for m in (a, b)
+    ]
+    cap = max(sizes) + min(sizes) // 2  # one of them at a time
+    os.sync()  # freshly copied files: dirty pages are never dropped, written ones are
+    options = ["--workers", "1", "--memory-cap", str(cap)] + ["--cold-loads"] * cold
+    up = start_up(profiled_models, tmp_path / "state", *options)
+    image = _png(96)
+
+    def call(model: str) -> str:
+        resp = requests.post(f"{up.url}/function/{model}", data=image,
+                             headers={"Content-Type": "image/png"}, timeout=60)  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        return resp.headers["X-Cache"]
+
+    try:
+        wait_for_up(up, workers=1)
+        assert call(a) == "miss"
+        assert resident_fraction(profiled_models / f"{a}.tflite") > 0.9  # loading read it
+        assert call(b) == "miss"  # a is evicted to make room, and dropped by its worker
+        deadline = time.monotonic() + 10
+        while cold and resident_fraction(profiled_models / f"{a}.tflite") > 0.1:
+            assert time.monotonic() < deadline, "the evicted model's file stayed cached"
+            time.sleep(0.1)
+        cached = resident_fraction(profiled_models / f"{a}.tflite")
+        assert cached < 0.1 if cold else cached > 0.9
+        assert resident_fraction(profiled_models / f"{b}.tflite") > 0.9  # the held one stays
+        assert call(a) == "miss"  # it really was evicted in both runs
+    finally:
+        stop_up(up)
+
+
+def _png(side: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 30, 200)).save(buf, format="PNG")
+    return buf.getvalue()

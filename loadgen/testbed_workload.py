@@ -35,7 +35,6 @@ VARIANT_ARCHS = (
     "mobilenetv2-mini",
     "mobilenetv3small-mini",
     "mobilenet",
-    "mobilenetv2",
     "mobilenetv3small",
 )
 
@@ -97,28 +96,32 @@ def check_workload(workload: Path, catalog: dict, profiled: dict, models: str,
             )
 
 
-def variant_names(archs: Sequence[str], n: int) -> list[str]:
-    """The ``n`` models of a variant zoo a synthetic workload uses: variant 0 of every
-    architecture, then variant 1 of every one, ... (so every architecture is represented)."""
+def variant_specs(archs: Sequence[str], n: int) -> list:
+    """The ``n`` models (build specs) of a variant zoo a synthetic workload uses: variant 0 of
+    every architecture, then variant 1 of every one, ... (so every architecture is represented
+    and none is built more than needed)."""
     from models.build import plan
-    from models.zoo import resolve
-
-    specs = plan(resolve(names=list(archs)), variants=math.ceil(n / len(archs)))
-    return [s.name for s in sorted(specs, key=lambda s: s.variant)][:n]
-
-
-def ensure_variant_zoo(models_dir: Path, n: int, archs: Sequence[str], echo=click.echo) -> Path:
-    """Build (once: the builder skips what exists) ``ceil(n / len(archs))`` variants of each
-    architecture into ``models_dir``, and profile the zoo if its profile lacks any of them;
-    returns the profile's path."""
-    from models.build import NotDelegated, build, plan
-    from models.profile import profile_dir, read_profiles
     from models.zoo import UnknownName, resolve
 
     try:
         specs = plan(resolve(names=list(archs)), variants=math.ceil(n / len(archs)))
     except (UnknownName, ValueError) as exc:
         raise click.BadParameter(str(exc), param_hint="--archs") from None
+    return sorted(specs, key=lambda s: s.variant)[:n]
+
+
+def variant_names(archs: Sequence[str], n: int) -> list[str]:
+    return [s.name for s in variant_specs(archs, n)]
+
+
+def ensure_variant_zoo(models_dir: Path, n: int, archs: Sequence[str], echo=click.echo) -> Path:
+    """Build (once: the builder skips what exists) the :func:`variant_specs` into
+    ``models_dir``, and profile the zoo if its profile lacks any of them; returns the profile's
+    path."""
+    from models.build import NotDelegated, build
+    from models.profile import profile_dir, read_profiles
+
+    specs = variant_specs(archs, n)
     missing = [s for s in specs if not (models_dir / f"{s.name}.tflite").exists()]
     if missing:
         echo(f"building {len(missing)} model(s) of the variant zoo in {models_dir} (once)")

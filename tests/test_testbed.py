@@ -119,7 +119,9 @@ def test_testbed_replays_a_workload_file_with_repetitions(profiled_models: Path,
     for row in doc["policies"]:
         assert row["requests"] == 30
         if row["policy"] == "random":
-            assert row["load vs random"] == 1.0  # against itself, in the same round
+            assert row["load vs random"] == row["costed vs random"] == 1.0  # against itself
+        else:
+            assert row["costed vs random"] > 0  # the same round's random run is the base
     spread = {r["policy"]: r for r in doc["spread"]}
     assert set(spread) == {"random", "lru"} and spread["lru"]["runs"] == 2
     values = [r["hit ratio"] for r in doc["policies"] if r["policy"] == "lru"]

@@ -142,14 +142,17 @@ def plot_policies(rows: list[dict], path: Path, title: str = "testbed") -> None:
         ax.bar([i + offset for i in x], med, width, yerr=[lo, hi], capsize=4, **kw)
 
     bars(axes[0], "load/exec", color="tab:orange")
+    axes[0].axhline(0.92, color="grey", lw=0.8, ls=":", label="paper: below 0.92")
+    axes[0].legend(loc="lower right", fontsize=8)
     axes[0].set_ylabel("mean load delay / mean exec")
     axes[0].set_title(f"{title}: model-load delay")
     bars(axes[1], "load vs random", -0.2, 0.4, label="measured")
     bars(axes[1], "costed vs random", 0.2, 0.4, label="at each model's mean load time")
     axes[1].axhline(1.0, color="grey", lw=0.8, ls="--")
+    axes[1].axhline(0.36, color="grey", lw=0.8, ls=":", label="paper (CremeBrulee): below 0.36")
     axes[1].set_ylabel("mean load delay / random's")
     axes[1].set_title("load penalty vs random")
-    axes[1].legend(loc="upper left", fontsize=8)
+    axes[1].legend(loc="lower right", fontsize=7)
     for ax in axes[:2]:
         ax.set_xticks(x, names, rotation=20)
     bars(axes[2], "hit ratio", -0.2, 0.4, label="testbed")

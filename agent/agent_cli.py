@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from agent.admission import max_waiting_option
+from agent.memory import COLD_LOADS_ENV
 from agent.redis_server import DEFAULT_DURABILITY, DURABILITY
 from agent.supervisor import RestartPolicy
 from agent.up import AlreadyRunning, parse_cap, run_up
@@ -27,6 +28,15 @@ state_dir_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     default=Path(".brulee"),
     show_default=True,
+)
+
+cold_loads_option = click.option(
+    "--cold-loads",
+    is_flag=True,
+    envvar=COLD_LOADS_ENV,
+    help="When a model copy is released, drop its file from the OS page cache too, as a device "
+    "whose memory is full would: its next load reads from storage, not from RAM "
+    f"[env: {COLD_LOADS_ENV}=1].",
 )
 
 
@@ -157,6 +167,7 @@ policy_option = click.option(
     "every write to disk); fast: forced once a second, so a power loss or OS crash may lose "
     "the last second or two of accepted jobs (see docs/agent.md).",
 )
+@cold_loads_option
 def up_command(
     port,
     host,
@@ -175,6 +186,7 @@ def up_command(
     sync_timeout,
     callback_allow,
     durability,
+    cold_loads,
 ) -> None:
     """Start Redis, the gateway and the workers, restart any that dies (with backoff); stop all
     of them on SIGTERM/SIGINT."""
@@ -183,6 +195,8 @@ def up_command(
     os.environ["BRULEE_SYNC_TIMEOUT"] = str(sync_timeout)
     if callback_allow is not None:
         os.environ["BRULEE_CALLBACK_ALLOW"] = callback_allow
+    if cold_loads:
+        os.environ[COLD_LOADS_ENV] = "1"
     try:
         sys.exit(
             run_up(
@@ -224,13 +238,15 @@ def up_command(
 )
 @policy_option
 @models_dir_option
-def worker_command(redis_url, device, name, memory_cap, policy, models_dir) -> None:
+@cold_loads_option
+def worker_command(redis_url, device, name, memory_cap, policy, models_dir, cold_loads) -> None:
     """Run one RQ worker that keeps interpreters warm (for systemd or other devices)."""
     import socket
 
     from agent.worker import run_worker
 
-    run_worker(redis_url, device or socket.gethostname(), models_dir, policy, memory_cap, name=name)
+    run_worker(redis_url, device or socket.gethostname(), models_dir, policy, memory_cap,
+               name=name, cold_loads=cold_loads)  # fmt: skip
 
 
 @click.command("invoke")

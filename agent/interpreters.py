@@ -1,6 +1,6 @@
 """The TFLite interpreters one worker process holds, by model name: load (inside the model
-directory only), drop (giving the memory back to the system) and the runtime's one-time
-warm-up."""
+directory only), drop (giving the memory back to the system, and with ``cold_loads`` the file's
+pages in the OS page cache too) and the runtime's one-time warm-up."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.memory import release_memory, rss_bytes
+from agent.memory import COLD_LOADS_ENV, forget_cached_file, release_memory, rss_bytes
 from agent.runtime import LoadedModel, load_model
 from agent.staged import open_staged
 from functions.stack import model_path
@@ -19,9 +19,17 @@ from functions.stack import model_path
 class InterpreterCache:
     """The interpreters this process holds, by model name."""
 
-    def __init__(self, models_dir: str | os.PathLike, threads: int = 1) -> None:
+    def __init__(
+        self, models_dir: str | os.PathLike, threads: int = 1, cold_loads: bool | None = None
+    ) -> None:
+        """``cold_loads``: a dropped model's file leaves the page cache too, so its next load
+        reads from storage, as on a memory-starved device (None: ``$BRULEE_COLD_LOADS``, which
+        ``brulee up --cold-loads`` sets for its workers)."""
         self.models_dir = Path(models_dir)
         self.threads = threads
+        if cold_loads is None:
+            cold_loads = os.environ.get(COLD_LOADS_ENV, "") not in ("", "0")
+        self.cold_loads = cold_loads
         self.models: dict[str, LoadedModel] = {}
 
     def load(self, model: str, file: str) -> tuple[LoadedModel, float]:
@@ -55,7 +63,11 @@ class InterpreterCache:
         if loaded is None:
             return 0
         before = rss_bytes()
-        loaded.close()
+        path = loaded.path
+        loaded.close()  # unmaps the file: its pages are no longer pinned by this process
         del loaded
         release_memory()
-        return before - rss_bytes()
+        freed = before - rss_bytes()
+        if self.cold_loads:
+            forget_cached_file(path)
+        return freed

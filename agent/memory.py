@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import logging
 import os
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+COLD_LOADS_ENV = "BRULEE_COLD_LOADS"  # `brulee up --cold-loads` sets it for its workers
 
 
 def rss_bytes(pid: int | str = "self") -> int:
@@ -35,3 +37,21 @@ def release_memory(collect: bool = False) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
         pass
+
+
+log = logging.getLogger("brulee.worker")
+
+
+def forget_cached_file(path: str | os.PathLike) -> None:
+    """Ask the OS to drop ``path``'s pages from its page cache (``POSIX_FADV_DONTNEED``), as a
+    device whose memory is full would lose them: the next load of the file reads from storage.
+    Pages still mapped (another worker's copy of the model) stay; a file gone is no error."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        log.warning("cold loads: cannot open %s to drop its cached pages: %s", path, exc)
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

@@ -411,12 +411,15 @@ def run_worker(
     cap: int | None = None,
     threads: int = 1,
     name: str | None = None,
+    cold_loads: bool | None = None,
 ) -> None:
-    """Run one worker until SIGTERM/SIGINT (RQ finishes the current job first)."""
+    """Run one worker until SIGTERM/SIGINT (RQ finishes the current job first). ``cold_loads``:
+    see :class:`~agent.interpreters.InterpreterCache`."""
     conn = redis.Redis.from_url(redis_url)
     name = name or new_worker_name(device)
     placement = Placement(conn, policy)
-    context = Context(name, device, placement, InterpreterCache(models_dir, threads), conn, Spool())
+    interpreters = InterpreterCache(models_dir, threads, cold_loads)
+    context = Context(name, device, placement, interpreters, conn, Spool())
     queue = Queue(worker_queue(name), connection=conn, serializer=JSONSerializer)
     worker = BruleeWorker(
         [queue], connection=conn, name=name, device=device, context=context, cap=cap

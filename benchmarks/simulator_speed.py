@@ -69,6 +69,9 @@ def speed_table(workload: str, sizes: str, policies, workers, cap: str, repeat: 
     rows = []
     with CompactWorkload(workload) as wl:
         cb = simulator.parse_cap(cap, simulator.workload_bytes(wl, profs))
+        t = time.process_time()  # numba compiles the loop (or loads it from its cache) once
+        simulator.run(wl, profs, policies[0], cb, 1)
+        print(f"first run, with the compiled loop's set-up: {time.process_time() - t:.1f} s CPU")
         for pol in policies:
             for w in workers:
                 rates: dict[str, list[float]] = {"old": [], "new": []}

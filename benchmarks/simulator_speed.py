@@ -9,7 +9,9 @@ Baseline: ``loadgen/simulator.py`` as of commit ``BASELINE`` (one 314-line ``run
 at a time), read with ``git show`` and loaded as a module; its one line that unpacks
 ``CompactWorkload.chunks`` is adapted to the 5-tuple chunks now yield. Each (policy, workers)
 runs old then new on the same compacted workload, ``--repeat`` times; the table gives median
-requests/s of ``run`` (compaction excluded) and checks the two ``SimResult`` are equal.
+requests/s of ``run`` (compaction excluded) and checks the two ``SimResult`` are equal. One
+run before the table loads (or compiles) the numba loop, ``loadgen/sim/fastloop.py``; its CPU
+time is printed first.
 
 The RQ part: ``brulee simulate --redis`` over ``--rq-policies`` x 25/50/75 % with 1, then 2
 ``brulee simulate-worker`` processes on a private redis-server; wall time of the command.
@@ -71,7 +73,8 @@ def speed_table(workload: str, sizes: str, policies, workers, cap: str, repeat: 
         cb = simulator.parse_cap(cap, simulator.workload_bytes(wl, profs))
         t = time.process_time()  # numba compiles the loop (or loads it from its cache) once
         simulator.run(wl, profs, policies[0], cb, 1)
-        print(f"first run, with the compiled loop's set-up: {time.process_time() - t:.1f} s CPU")
+        print(f"first run (with the compiled loop's set-up if {policies[0]} takes it): "
+              f"{time.process_time() - t:.1f} s CPU")  # fmt: skip
         for pol in policies:
             for w in workers:
                 rates: dict[str, list[float]] = {"old": [], "new": []}

@@ -193,7 +193,8 @@ class FastLoop:
     def run(self, progress) -> None:
         """Every chunk, then the finishes after the last arrival."""
         for tarr, _, _, _, farr in self.sim.workload.chunks():
-            self._chunk(tarr, farr.astype(np.int64), False)
+            # (writable copies: a read-only array would be a second type to compile for)
+            self._chunk(np.array(tarr, dtype=np.float64), farr.astype(np.int64), False)
             if progress is not None:
                 progress(len(tarr))
         self._chunk(np.zeros(0), np.zeros(0, dtype=np.int64), True)

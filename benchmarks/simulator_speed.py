@@ -9,10 +9,13 @@ Baseline: ``loadgen/simulator.py`` as of commit ``BASELINE`` (one 314-line ``run
 at a time), read with ``git show`` and loaded as a module; its one line that unpacks
 ``CompactWorkload.chunks`` is adapted to the 5-tuple chunks now yield. Each (policy, workers)
 runs old then new on the same compacted workload, ``--repeat`` times; the table gives median
-requests/s of ``run`` (compaction excluded) and checks the two ``SimResult`` are equal.
+requests/s of ``run`` (compaction excluded) and checks the two ``SimResult`` are equal. One
+run before the table loads (or compiles) the numba loop, ``loadgen/sim/fastloop.py``; its CPU
+time is printed first.
 
-The RQ part: ``brulee simulate --redis`` over ``--rq-policies`` x 25/50/75 % with 1, then 2
-``brulee simulate-worker`` processes on a private redis-server; wall time of the command.
+The RQ part: ``brulee simulate --redis`` over ``--rq-policies`` x 25/50/75 % x ``--rq-seeds``
+with 1, then 2 ``brulee simulate-worker`` processes on a private redis-server; wall time of
+the command.
 """
 
 from __future__ import annotations
@@ -69,6 +72,10 @@ def speed_table(workload: str, sizes: str, policies, workers, cap: str, repeat: 
     rows = []
     with CompactWorkload(workload) as wl:
         cb = simulator.parse_cap(cap, simulator.workload_bytes(wl, profs))
+        t = time.process_time()  # numba compiles the loop (or loads it from its cache) once
+        simulator.run(wl, profs, policies[0], cb, 1)
+        print(f"first run (with the compiled loop's set-up if {policies[0]} takes it): "
+              f"{time.process_time() - t:.1f} s CPU")  # fmt: skip
         for pol in policies:
             for w in workers:
                 rates: dict[str, list[float]] = {"old": [], "new": []}
@@ -88,7 +95,7 @@ def speed_table(workload: str, sizes: str, policies, workers, cap: str, repeat: 
     )
 
 
-def rq_table(workload: str, sizes: str, policies: str, workers: int, out: Path):
+def rq_table(workload: str, sizes: str, policies: str, seeds: int, workers: int, out: Path):
     from tabulate import tabulate
 
     from tests.agent_fixtures import redis_server
@@ -110,7 +117,8 @@ def rq_table(workload: str, sizes: str, policies: str, workers: int, out: Path):
                 subprocess.run(
                     [brulee, "simulate", "--workload", workload, "--profiles", str(PROFILES),
                      "--sizes", sizes, "--policies", policies, "--memory-cap", "25%,50%,75%",
-                     "--workers", str(workers), "--out", str(out / f"rq-{n}"),
+                     "--workers", str(workers), "--seeds", str(seeds),
+                     "--out", str(out / f"rq-{n}"),
                      "--redis", server.url],
                     check=True, capture_output=True,
                 )  # fmt: skip
@@ -120,7 +128,7 @@ def rq_table(workload: str, sizes: str, policies: str, workers: int, out: Path):
                     p.terminate()
                 for p in procs:
                     p.wait(timeout=30)
-        runs = 3 * len(policies.split(","))
+        runs = 3 * len(policies.split(",")) * seeds
         for n in (1, 2):
             rows.append([n, runs, f"{times[n]:.1f}", f"{times[1] / times[n]:.2f}x"])
     csv1 = (out / "rq-1" / "results.csv").read_text()
@@ -140,8 +148,11 @@ def rq_table(workload: str, sizes: str, policies: str, workers: int, out: Path):
 @click.option("--baseline", "ref", default=BASELINE, show_default=True)
 @click.option("--rq-workload", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--rq-policies", default="lru,cremebrulee,gdsf,belady", show_default=True)
+@click.option("--rq-seeds", default=3, show_default=True, help="--seeds of the RQ sweep")
 @click.option("--out", default=None, type=click.Path(file_okay=False))
-def main(workload, sizes, policies, workers, cap, repeat, ref, rq_workload, rq_policies, out):
+def main(
+    workload, sizes, policies, workers, cap, repeat, ref, rq_workload, rq_policies, rq_seeds, out
+):
     """Simulator speed vs the baseline; RQ sweep on 1 vs 2 worker processes."""
     pols = [p for p in policies.split(",") if p]
     ws = [int(w) for w in workers.split(",") if w]
@@ -149,7 +160,7 @@ def main(workload, sizes, policies, workers, cap, repeat, ref, rq_workload, rq_p
     if rq_workload:
         outp = Path(out or tempfile.mkdtemp(prefix="brulee-rq-bench-"))
         click.echo("")
-        click.echo(rq_table(rq_workload, sizes, rq_policies, 32, outp))
+        click.echo(rq_table(rq_workload, sizes, rq_policies, rq_seeds, 32, outp))
 
 
 if __name__ == "__main__":

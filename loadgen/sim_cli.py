@@ -34,6 +34,7 @@ from loadgen.workload_file import WorkloadError
 TABLE_COLUMNS = (
     "policy",
     "cap",
+    "seed",
     "hit_ratio",
     "cold_starts",
     "rejected",
@@ -79,32 +80,63 @@ def validate_policies(specs: Sequence[str]) -> None:
             )
 
 
-def write_outputs(out: Path, rows: list[tuple[str, SimResult]], meta: dict) -> None:
+Row = tuple[str, int, SimResult]  # (cap, seed, result)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: a comma-separated list (``0,1,2``; ``5,`` is the one seed 5) or a count
+    ``N`` (the seeds 0 … N-1)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts if p]
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: a count (3) or comma-separated integer seeds (0,1,2)",
+            param_hint="--seeds",
+        ) from None
+    if len(parts) == 1:  # a count
+        if values[0] < 1:
+            raise click.BadParameter(f"a count of seeds must be >= 1, not {values[0]}",
+                                     param_hint="--seeds")  # fmt: skip
+        return list(range(values[0]))
+    if not values or len(set(values)) != len(values):
+        raise click.BadParameter(f"{text!r}: give each seed once", param_hint="--seeds")
+    return values
+
+
+def write_outputs(out: Path, rows: list[Row], meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    summaries = [{"cap": cap, **r.summary()} for cap, r in rows]
+    summaries = [{"cap": cap, "seed": seed, **r.summary()} for cap, seed, r in rows]
     with open(out / "results.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(summaries[0]))
         writer.writeheader()
         writer.writerows(summaries)
     full = [
         {**s, "memory_timeline": r.memory_timeline, "response_cdf": r.response_cdf}
-        for s, (_, r) in zip(summaries, rows)
+        for s, (_, _, r) in zip(summaries, rows)
     ]
     (out / "results.json").write_text(json.dumps({"meta": meta, "runs": full}, indent=1))
     plot(out, rows)
 
 
-def plot(out: Path, rows: list[tuple[str, SimResult]]) -> None:
-    """sim-load-delay.png, sim-hit-ratio.png (vs cap, one line per policy) and
-    sim-response-cdf.png (one curve per policy at the middle cap)."""
+def plot(out: Path, rows: list[Row]) -> None:
+    """sim-load-delay.png, sim-hit-ratio.png (vs cap, one line per policy: the median over
+    the seeds, shaded from the lowest to the highest) and sim-response-cdf.png (one curve per
+    policy at the middle cap, first seed)."""
+    import statistics
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    caps = list(dict.fromkeys(cap for cap, _ in rows))
-    policies = list(dict.fromkeys(r.policy for _, r in rows))
-    by = {(cap, r.policy): r for cap, r in rows}
+    caps = list(dict.fromkeys(cap for cap, _, _ in rows))
+    policies = list(dict.fromkeys(r.policy for _, _, r in rows))
+    runs: dict[tuple[str, str], list[SimResult]] = {}
+    for cap, _, r in rows:
+        runs.setdefault((cap, r.policy), []).append(r)
+    by = {key: rs[0] for key, rs in runs.items()}
+    seeds = len(runs[(caps[0], policies[0])])
     xs = list(range(len(caps)))
     for fname, attr, label in (
         ("sim-load-delay.png", "load_delay_ratio", "mean load delay / mean exec latency"),
@@ -112,10 +144,17 @@ def plot(out: Path, rows: list[tuple[str, SimResult]]) -> None:
     ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for i, p in enumerate(policies):
-            ys = [getattr(by[(c, p)], attr) for c in caps]
-            ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], ls=LINES[i // 10 % 2], label=p)
+            vals = [[getattr(r, attr) for r in runs[(c, p)]] for c in caps]
+            ys = [statistics.median(v) for v in vals]
+            line = ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], ls=LINES[i // 10 % 2],
+                           label=p)  # fmt: skip
+            if seeds > 1:
+                ax.fill_between(xs, [min(v) for v in vals], [max(v) for v in vals],
+                                color=line[0].get_color(), alpha=0.2, lw=0)  # fmt: skip
+        if seeds > 1:
+            ax.set_title(f"median of {seeds} seeds, shaded: min-max", fontsize=9)
         if attr == "load_delay_ratio" and all(
-            getattr(r, attr) > 0 for _, r in rows
+            getattr(r, attr) > 0 for _, _, r in rows
         ):  # ratios span decades across caps
             ax.set_yscale("log")
         ax.set_xticks(xs, caps)
@@ -167,6 +206,13 @@ def fmt(v: object) -> object:
 )
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seeds",
+    default=None,
+    help="Run every (cap, policy) with several seeds: a count N (seeds 0..N-1) or a "
+    "comma-separated list (0,1,2); the table and CSV get a row per seed, the plots the "
+    "median and min-max. Instead of --seed.",
+)
 @click.option("--proactive", default=None, help="Proactive policy (e.g. ttl:ttl_s=600).")
 @click.option(
     "--placement",
@@ -215,6 +261,7 @@ def simulate_command(
     memory_cap,
     workers,
     seed,
+    seeds,
     proactive,
     placement,
     deadline,
@@ -233,11 +280,16 @@ def simulate_command(
         raise click.BadParameter("no policy given", param_hint="--policies")
     validate_policies(specs)
     caps = [c.strip() for c in memory_cap.split(",") if c.strip()]
+    if seeds is not None:
+        ctx = click.get_current_context()
+        if ctx.get_parameter_source("seed") is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("give --seed or --seeds, not both")
+    seed_list = [seed] if seeds is None else parse_seeds(seeds)
     try:
         profs = load_profiles(profiles, sizes=read_sizes(sizes) if sizes else None)
     except ProfileError as exc:
         raise click.ClickException(str(exc)) from None
-    rows: list[tuple[str, SimResult]] = []
+    rows: list[Row] = []
     try:
         with CompactWorkload(workload) as wl:
             check_models(wl, profs)
@@ -249,27 +301,24 @@ def simulate_command(
                 from loadgen.sim_sweep import make_jobs, sweep
 
                 jobs = make_jobs(
-                    caps, specs, workload=workload, profiles=profiles, sizes=sizes,
-                    workers=workers, seed=seed, proactive=proactive, placement=placement,
+                    caps, specs, seed_list, workload=workload, profiles=profiles, sizes=sizes,
+                    workers=workers, proactive=proactive, placement=placement,
                     deadline_s=deadline, max_waiting=max_waiting,
                 )  # fmt: skip
                 with tqdm(total=len(jobs), unit="run", disable=len(jobs) < 2) as bar:
                     results, ran_on = sweep(redis_url, jobs, job_timeout, bar.update)
-                rows = [(job["cap"], r) for job, r in zip(jobs, results)]
+                rows = [(job["cap"], job["seed"], r) for job, r in zip(jobs, results)]
             else:
-                with tqdm(
-                    total=wl.n * len(specs) * len(caps),
-                    unit="req",
-                    unit_scale=True,
-                    disable=wl.n * len(specs) * len(caps) < 200_000,
-                ) as bar:
+                todo = wl.n * len(specs) * len(caps) * len(seed_list)
+                with tqdm(total=todo, unit="req", unit_scale=True, disable=todo < 200_000) as bar:
                     for cap, cb in zip(caps, cap_bytes):
                         for spec in specs:
-                            r = run(
-                                wl, profs, spec, cb, workers, seed, proactive, bar.update,
-                                placement, deadline, max_waiting,
-                            )  # fmt: skip
-                            rows.append((cap, r))
+                            for sd in seed_list:
+                                r = run(
+                                    wl, profs, spec, cb, workers, sd, proactive, bar.update,
+                                    placement, deadline, max_waiting,
+                                )  # fmt: skip
+                                rows.append((cap, sd, r))
             elapsed = time.perf_counter() - started
             meta = {
                 "workload": str(workload),
@@ -279,7 +328,7 @@ def simulate_command(
                 "functions": len(wl.names),
                 "total_model_bytes": total_bytes,
                 "workers": workers,
-                "seed": seed,
+                "seeds": seed_list,
                 "proactive": proactive,
                 "placement": placement,
                 "deadline_s": deadline if math.isfinite(deadline) else "inf",
@@ -295,7 +344,9 @@ def simulate_command(
     if placement == "arrival":
         at = columns.index("rejected") + 1
         columns[at:at] = ADMISSION_COLUMNS
-    table = [[r.policy, cap, *(fmt(r.summary()[k]) for k in columns[2:])] for cap, r in rows]
+    table = [
+        [r.policy, cap, sd, *(fmt(r.summary()[k]) for k in columns[3:])] for cap, sd, r in rows
+    ]
     click.echo(tabulate(table, headers=columns))
     click.echo(
         f"{meta['requests']} requests x {len(rows)} runs in {meta['elapsed_s']:.1f}s "

@@ -1,4 +1,4 @@
-"""A ``brulee simulate`` sweep over RQ: one job per (cap, policy), run by any number of
+"""A ``brulee simulate`` sweep over RQ: one job per (cap, policy, seed), run by any number of
 ``brulee simulate-worker`` processes on any number of machines sharing one Redis.
 
 Nothing is pickled: a job's arguments are JSON values (``rq``'s ``JSONSerializer``) and its
@@ -52,7 +52,7 @@ atexit.register(lambda: [wl.close() for wl in _WORKLOADS.values()])
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """The RQ job: one (policy, cap) run from files named in ``job`` (see ``make_jobs``);
+    """The RQ job: one (policy, cap, seed) run from files named in ``job`` (see ``make_jobs``);
     returns the ``SimResult`` as a JSON object."""
     from loadgen.sim_cli import read_sizes
 
@@ -69,13 +69,20 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return asdict(res)
 
 
-def make_jobs(caps: Sequence[str], specs: Sequence[str], **common: Any) -> list[dict[str, Any]]:
-    """One job description per (cap, policy), in the local sweep's order. File paths are made
-    absolute (a worker may run in another directory)."""
+def make_jobs(
+    caps: Sequence[str], specs: Sequence[str], seeds: Sequence[int], **common: Any
+) -> list[dict[str, Any]]:
+    """One job description per (cap, policy, seed), in the local sweep's order. File paths are
+    made absolute (a worker may run in another directory)."""
     for key in ("workload", "profiles", "sizes"):
         if common.get(key):
             common[key] = os.path.abspath(common[key])
-    return [{"cap": cap, "policy": spec, **common} for cap in caps for spec in specs]
+    return [
+        {"cap": cap, "policy": spec, "seed": seed, **common}
+        for cap in caps
+        for spec in specs
+        for seed in seeds
+    ]
 
 
 def result_from(d: dict[str, Any]) -> SimResult:
@@ -138,7 +145,8 @@ def sweep(
                 text = (result.exc_string if result is not None else "") or ""
                 last = text.strip().splitlines()[-1:] or [str(status)]
                 raise click.ClickException(
-                    f"simulation job {jobs[i]['policy']} at {jobs[i]['cap']} failed on "
+                    f"simulation job {jobs[i]['policy']} at {jobs[i]['cap']} (seed "
+                    f"{jobs[i]['seed']}) failed on "
                     f"worker {job.worker_name}: {last[0]}"
                 )
     return [done[i] for i in range(len(enq))], workers

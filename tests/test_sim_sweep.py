@@ -52,9 +52,10 @@ def wait_for_workers(url: str, n: int, timeout: float = 60.0) -> None:
 
 
 def test_rq_sweep_on_two_workers_equals_the_local_sweep(tmp_path):
+    """policies x caps x seeds: 3 x 2 x 3 jobs on two worker processes."""
     wl, prof = synthetic(tmp_path), profile_file(tmp_path, PROFILES)
-    common = ["--workload", wl, "--profiles", prof, "--policies", "cremebrulee,lru,gdsf",
-              "--memory-cap", "150,250", "--workers", "2"]  # fmt: skip
+    common = ["--workload", wl, "--profiles", prof, "--policies", "random,lru,gdsf",
+              "--memory-cap", "150,250", "--workers", "2", "--seeds", "3"]  # fmt: skip
     local = simulate([*common, "--out", str(tmp_path / "local")])
     with redis_server() as server:
         workers = [start_worker(server.url, f"sim-{i}") for i in range(2)]
@@ -68,18 +69,51 @@ def test_rq_sweep_on_two_workers_equals_the_local_sweep(tmp_path):
                 w.wait(timeout=30)
 
     def table(out: str) -> list[str]:
-        heads = ("---", "cremebrulee", "lru", "gdsf")  # (the header shares a line with tqdm)
+        heads = ("---", "random", "lru", "gdsf")  # (the header shares a line with tqdm)
         return [ln for ln in out.splitlines() if ln.startswith(heads)]
 
-    assert table(local) == table(remote) and len(table(local)) == 1 + 6
+    assert table(local) == table(remote) and len(table(local)) == 1 + 18
     assert (tmp_path / "local" / "results.csv").read_text() == (
         tmp_path / "rq" / "results.csv"
     ).read_text()
+    import csv
     import json
 
+    rows = list(csv.DictReader(open(tmp_path / "rq" / "results.csv")))
+    assert [(r["cap"], r["policy"], r["seed"]) for r in rows[:4]] == [
+        ("150", "random", "0"), ("150", "random", "1"), ("150", "random", "2"), ("150", "lru", "0")
+    ]  # fmt: skip
+
+    def evictions(policy: str) -> set[str]:
+        return {r["evictions"] for r in rows if r["policy"] == policy and r["cap"] == "250"}
+
+    assert len(evictions("random")) > 1 and len(evictions("lru")) == 1  # the seeds matter
     meta = json.loads((tmp_path / "rq" / "results.json").read_text())["meta"]
     assert meta["rq_workers"] == ["sim-0", "sim-1"]  # both real workers ran jobs
+    assert meta["seeds"] == [0, 1, 2]
     assert (tmp_path / "rq" / "sim-hit-ratio.png").stat().st_size > 0
+
+
+def test_seeds_option_and_its_errors(tmp_path):
+    """``--seeds`` takes a count or a list; the one-seed run keeps its numbers; bad input is
+    refused naming the option."""
+    import csv
+
+    wl, prof = synthetic(tmp_path), profile_file(tmp_path, PROFILES)
+    common = ["--workload", wl, "--profiles", prof, "--policies", "random",
+              "--memory-cap", "150"]  # fmt: skip
+    simulate([*common, "--seeds", "4,7", "--out", str(tmp_path / "two")])
+    simulate([*common, "--seed", "7", "--out", str(tmp_path / "one")])
+    two = list(csv.DictReader(open(tmp_path / "two" / "results.csv")))
+    (one,) = csv.DictReader(open(tmp_path / "one" / "results.csv"))
+    assert [r["seed"] for r in two] == ["4", "7"] and two[1] == one
+    for bad, msg in (("x", "a count"), ("0", ">= 1"), ("1,1", "each seed once"), (",", "once")):
+        res = CliRunner().invoke(main, ["simulate", *common, "--seeds", bad, "--out", "o"])
+        assert res.exit_code != 0 and "--seeds" in res.output and msg in res.output, res.output
+    res = CliRunner().invoke(
+        main, ["simulate", *common, "--seed", "1", "--seeds", "2", "--out", "o"]
+    )
+    assert res.exit_code != 0 and "not both" in res.output
 
 
 def test_rq_sweep_reports_a_worker_missing_the_file(tmp_path):
@@ -92,8 +126,8 @@ def test_rq_sweep_reports_a_worker_missing_the_file(tmp_path):
 
     prof = profile_file(tmp_path, PROFILES)
     jobs = make_jobs(
-        ["50%"], ["lru"], workload=str(tmp_path / "nowhere.csv"), profiles=prof, sizes=None,
-        workers=1, seed=0, proactive=None, placement="start", deadline_s=60.0, max_waiting=8,
+        ["50%"], ["lru"], [0], workload=str(tmp_path / "nowhere.csv"), profiles=prof,
+        sizes=None, workers=1, proactive=None, placement="start", deadline_s=60.0, max_waiting=8,
     )  # fmt: skip
     with redis_server() as server:
         worker = start_worker(server.url, "sim-x")

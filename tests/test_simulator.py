@@ -464,10 +464,11 @@ def test_hit_runs_in_bulk_equal_one_request_at_a_time(tmp_path, monkeypatch, pol
     import random
     from dataclasses import asdict
 
-    from loadgen.sim import hitrun
+    from loadgen.sim import fastloop, hitrun
     from loadgen.sim_workload import CompactWorkload
     from loadgen.simulator import run
 
+    monkeypatch.setattr(fastloop.FastLoop, "applies", staticmethod(lambda sim: False))
     rng = random.Random(3)
     t, reqs = 0.0, []
     for _ in range(4000):
@@ -486,3 +487,38 @@ def test_hit_runs_in_bulk_equal_one_request_at_a_time(tmp_path, monkeypatch, pol
         monkeypatch.setattr(hitrun.HitRuns, "applies", staticmethod(lambda sim: False))
         loop = [asdict(run(wl, PROFILES, policy, 250, w)) for w in (1, 8)]
     assert bulk == loop
+
+
+@pytest.mark.parametrize("policy", ["lru", "cremebrulee", "lfu", "random"])
+def test_compiled_loop_equals_the_python_loop(tmp_path, monkeypatch, policy):
+    """``loadgen.sim.fastloop`` runs start placement compiled; every result field must equal
+    the Python loop's: misses (two of three models fit), load waits (8 workers), rejections
+    (BIG > cap), a burst that grows a queue past its first capacity (256), unload times."""
+    import random
+    from dataclasses import asdict
+
+    from loadgen.sim import fastloop, hitrun
+    from loadgen.sim_workload import CompactWorkload
+    from loadgen.simulator import run
+
+    rng = random.Random(5)
+    t, reqs = 0.0, []
+    for k in range(6000):
+        t += rng.expovariate(2.5)
+        reqs.append((t, rng.choice("AAAAAABBC") if k % 997 else "BIG"))
+    reqs += [(t + 1, rng.choice("AB")) for _ in range(700)]  # one instant: queues grow
+    profiles = {**PROFILES, "C": ModelCost(1.0, 0.3, 100, 0.25)}
+    runs = []
+    real_run = fastloop.FastLoop.run
+    monkeypatch.setattr(
+        fastloop.FastLoop, "run", lambda self, p: runs.append(1) or real_run(self, p)
+    )
+    with CompactWorkload(workload(tmp_path, reqs)) as wl:
+        fast = [asdict(run(wl, profiles, policy, 250, w, seed=2)) for w in (1, 2, 8)]
+        assert len(runs) == 3  # the compiled loop ran
+        monkeypatch.setattr(fastloop.FastLoop, "applies", staticmethod(lambda sim: False))
+        monkeypatch.setattr(hitrun.HitRuns, "applies", staticmethod(lambda sim: False))
+        loop = [asdict(run(wl, profiles, policy, 250, w, seed=2)) for w in (1, 2, 8)]
+    assert fast == loop
+    assert all(r["rejected"] and r["cold_starts"] > 50 for r in fast)
+    assert fast[2]["load_waits"] > 0

@@ -16,6 +16,7 @@ from agent import admission
 from agent.policies import Entry, make_policy
 from loadgen.profiles import ModelCost
 from loadgen.sim.device import Device
+from loadgen.sim.fastloop import FastLoop
 from loadgen.sim.hitrun import HitRuns
 from loadgen.sim.inputs import (
     DEFAULT_DEADLINE_S,
@@ -177,6 +178,9 @@ class Simulation:
     def run(self, progress: Callable[[int], None] | None = None) -> SimResult:
         pro, dev, place = self.pro, self.dev, self.place
         requests, pending = self.requests, self.pending
+        if FastLoop.applies(self):
+            FastLoop(self).run(progress)
+            return self.finish()
         hit_runs = HitRuns(self) if HitRuns.applies(self) else None
         for tarr, times, funcs, nexts, farr in self.workload.chunks(
             with_next=self.pol.needs_oracle

@@ -49,56 +49,64 @@ class StartPlacement:
     def start(self, w: int, now: float) -> None:
         """Worker ``w`` is free at ``now``: serve the head of its queue (skipping rejects)."""
         sim = self.sim
-        dev, res, pol = sim.dev, sim.res, sim.pol
-        cached, ready_at, requests = dev.cached, dev.ready_at, sim.requests
         q, qhead = sim.queues[w], sim.qhead
         while qhead[w] < len(q):
             arrival, m = q[qhead[w]]
             qhead[w] += 1
-            sim.pending[m] -= 1
-            e = cached.get(m)
-            t = now
-            if e is not None:
-                e.requests = requests[m]
-                e.last_used = now
-                if ready_at[m] <= now:
-                    res.hits += 1
-                else:
-                    res.load_waits += 1
-                    res.total_load_delay_s += ready_at[m] - now
-                    t = ready_at[m]
-                pol.on_hit(e, now)
-            else:
-                size = dev.size[m]
-                incoming = dev.new_entry(m, requests[m], now)
-                need = size - dev.free
-                sim.oracle.ref = arrival  # the oracle's distances count from this request
-                victims = (
-                    None
-                    if size > dev.cap_bytes
-                    else pol.victims(dev.refresh_pins(now), incoming, need, sim.total, now)
-                )
-                if victims is None:
-                    res.rejected += 1
-                    sim.outstanding[w] -= 1
-                    continue
-                t = dev.evict_victims(victims, sim.index, now)
-                res.evictions += len(victims)
-                if size > dev.free:
-                    raise RuntimeError(f"policy {pol.name} freed too little for {dev.names[m]}")
-                res.cold_starts += 1
-                incoming.inserted_at = now
-                dev.insert(m, incoming, now)
-                load_s = sim.cost[m].load_s
-                t += load_s
-                ready_at[m] = t
-                res.total_load_delay_s += load_s
-            dev.pins[m] += 1
-            sim.execute(w, m, t, arrival)
-            return
+            if self.serve(w, arrival, m, now):
+                return
         if qhead[w] > 1024:  # drop the served prefix
             del q[: qhead[w]]
             qhead[w] = 0
+
+    def serve(self, w: int, arrival: float, m: int, now: float) -> bool:
+        """Worker ``w`` starts the request (``arrival``, ``m``) at ``now``: a hit, a wait for a
+        load, or a miss the policy decides (False: rejected). The compiled loop
+        (``loadgen.sim.fastloop``) calls it for its misses."""
+        sim = self.sim
+        dev, res, pol = sim.dev, sim.res, sim.pol
+        sim.pending[m] -= 1
+        e = dev.cached.get(m)
+        t = now
+        if e is not None:
+            e.requests = sim.requests[m]
+            e.last_used = now
+            ready = dev.ready_at[m]
+            if ready <= now:
+                res.hits += 1
+            else:
+                res.load_waits += 1
+                res.total_load_delay_s += ready - now
+                t = ready
+            pol.on_hit(e, now)
+        else:
+            size = dev.size[m]
+            incoming = dev.new_entry(m, sim.requests[m], now)
+            need = size - dev.free
+            sim.oracle.ref = arrival  # the oracle's distances count from this request
+            victims = (
+                None
+                if size > dev.cap_bytes
+                else pol.victims(dev.refresh_pins(now), incoming, need, sim.total, now)
+            )
+            if victims is None:
+                res.rejected += 1
+                sim.outstanding[w] -= 1
+                return False
+            t = dev.evict_victims(victims, sim.index, now)
+            res.evictions += len(victims)
+            if size > dev.free:
+                raise RuntimeError(f"policy {pol.name} freed too little for {dev.names[m]}")
+            res.cold_starts += 1
+            incoming.inserted_at = now
+            dev.insert(m, incoming, now)
+            load_s = sim.cost[m].load_s
+            t += load_s
+            dev.ready_at[m] = t
+            res.total_load_delay_s += load_s
+        dev.pins[m] += 1
+        sim.execute(w, m, t, arrival)
+        return True
 
 
 class ArrivalPlacement:

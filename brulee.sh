@@ -71,7 +71,7 @@ litert_venv() {
 
 cmd_demo() {
     system_packages
-    venv .venv zoo,loadtest
+    venv .venv zoo,loadtest,sim
     local zoo=${BRULEE_ZOO:-zoo/edge}
     say "building the edge model set into $zoo (first run: a few minutes)"
     .venv/bin/brulee models build --set edge --out "$zoo"

@@ -88,6 +88,7 @@ def schemas(models: list[str] | None) -> dict[str, Any]:
                 "X-Exec-Seconds": {"type": "number", "nullable": True},
                 "X-Queue-Seconds": {"type": "number", "nullable": True},
                 "X-Worker": {"type": "string", "nullable": True},
+                "X-Variant": {"type": "string", "nullable": True},
                 "waiting_for_memory": {"type": "boolean"},
                 "attempts": {
                     "type": "integer",
@@ -159,6 +160,33 @@ def schemas(models: list[str] | None) -> dict[str, Any]:
                     "description": "attempts of an async job whose worker dies running it "
                     f"(default {DEFAULT_MAX_ATTEMPTS}; a request's X-Max-Attempts overrides it)",
                 },
+                "variants": {
+                    "type": "array",
+                    "minItems": 1,
+                    "description": "models to serve under memory pressure, best first (the "
+                    "function's model first), each a name or {model, accuracy}",
+                    "items": {
+                        "oneOf": [
+                            {"type": "string"},
+                            {
+                                "type": "object",
+                                "required": ["model"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "model": {"type": "string"},
+                                    "accuracy": {"type": "number", "minimum": 0, "maximum": 1},
+                                },
+                            },
+                        ]
+                    },
+                },
+                "min_accuracy": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 1,
+                    "nullable": True,
+                    "description": "variants less accurate than this are never served",
+                },
                 "options": {
                     "type": "object",
                     "nullable": True,
@@ -184,6 +212,8 @@ def schemas(models: list[str] | None) -> dict[str, Any]:
                 "max_attempts": nullable_int,
                 "options": {"type": "object"},
                 "record": {"type": "object"},
+                "variants": {"type": "array", "items": {"type": "object"}},
+                "min_accuracy": {"type": "number", "nullable": True},
             },
         },
         "FunctionList": {

@@ -321,7 +321,7 @@ class Placement:
         only_worker: str | None,
         hits_only: bool = False,
     ) -> tuple[Decision, EvictionPolicy | None]:
-        if model.variants and not hits_only and only_worker is None:
+        if model.variants and not (hits_only or admitting) and only_worker is None:
             from agent import variant_placement  # the memory-adaptive rule (agent.variants)
 
             return variant_placement.decide(

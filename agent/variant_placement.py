@@ -27,8 +27,9 @@ def decide(
     admitting: bool,
     only_worker: str | None,
 ):
-    """``Placement._decide`` for a function with variants: the rule picks the variant, the
-    usual decision places it. A variant other than the best is marked ``served`` (placement
+    """``Placement._decide`` for a function with variants (not for a request admitted from
+    the admission queue: it waited for its own model): the rule picks the variant, the usual
+    decision places it. A variant other than the best is marked ``served`` (placement
     commits it, :func:`served_request` rewrites the request for it)."""
     from agent.placement import ModelFacts, ModelTooLarge
 

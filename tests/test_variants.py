@@ -192,6 +192,11 @@ def test_agent_serves_a_smaller_variant_under_pressure_and_upgrades_it(tmp_path,
         upgraded = _call(agent, "digits")
         assert (upgraded.headers["X-Variant"], upgraded.headers["X-Cache"]) == ("digits-cnn", "hit")
         assert "digits-cnn-fp16" in _entries_models(conn)  # nothing was evicted for it
+        doc = requests.get(f"{agent['url']}/openapi.json", timeout=10).json()
+        ok = doc["paths"]["/function/{name}"]["post"]["responses"]["200"]
+        assert ok["headers"]["X-Variant"]["required"] is True
+        deploy = doc["components"]["schemas"]["DeployRequest"]["properties"]
+        assert {"variants", "min_accuracy"} <= set(deploy)
 
 
 def _entries(conn) -> dict[str, bytes]:
@@ -202,3 +207,64 @@ def _entries(conn) -> dict[str, bytes]:
 
 def _entries_models(conn) -> set[str]:
     return {s.split("|")[0] for s in _entries(conn)}
+
+
+# --- the simulator runs the same rule -----------------------------------------------------
+
+
+def _simulate(tmp_path: Path, spec, reqs, profiles, cap: int):
+    from loadgen.sim.engine import Simulation
+    from loadgen.sim_workload import CompactWorkload
+    from tests.test_simulator import workload
+
+    with CompactWorkload(workload(tmp_path, reqs)) as wl:
+        sim = Simulation(wl, profiles, "lru", cap, 1, 0, None, "arrival", 30.0, 100, None, spec)
+        return sim.run(), sim.place.variants
+
+
+def _profiles(a_load: float) -> dict:
+    from loadgen.profiles import ModelCost
+
+    return {
+        "A": ModelCost(a_load, 0.1, 300, 0.0),
+        "A-i8": ModelCost(0.5, 0.1, 100, 0.0),
+        "B": ModelCost(1.0, 0.1, 200, 0.0),
+    }
+
+
+@pytest.mark.parametrize(("a_load", "int8_accuracy"), [(1.0, 0.90), (5.0, 0.50)])
+def test_simulator_chooses_as_the_rule(tmp_path, a_load, int8_accuracy):
+    """A arrives with B cached and room for A's int8 only: the rule weighs (0.99 - a) x 1
+    request x A's load against evicting B (1 request x 1 s); the simulator does what
+    ``agent.variants.choose`` says for those numbers (0.09 <= 1: the variant, then warm;
+    2.45 > 1: evict B for A)."""
+    from loadgen.sim.variants import VariantSpec
+
+    spec = VariantSpec({"A": ["A", "A-i8"]}, {"A": 0.99, "A-i8": int8_accuracy})
+    reqs = [(0, "B"), (10, "A"), (20, "A"), (30, "B")]
+    profiles = _profiles(a_load)
+    res, used = _simulate(tmp_path, spec, reqs, profiles, 350)
+    vs = [
+        Variant(n, profiles[n].bytes, profiles[n].load_s, 0.1, spec.accuracy[n])
+        for n in spec.of["A"]
+    ]
+    expected = choose(vs, set(), 150, 1, lambda: [Copy(1, 1.0)]).name
+    assert expected == ("A-i8" if int8_accuracy == 0.90 else "A")
+    if expected == "A-i8":
+        assert used.served == {"A-i8": 2}  # chosen, then served warm
+        assert (res.cold_starts, res.evictions, res.hits) == (2, 0, 2)
+    else:
+        assert used.served == {}
+        assert (res.cold_starts, res.evictions, res.hits) == (3, 2, 1)
+    plain, _ = _simulate(tmp_path, None, reqs, profiles, 350)
+    assert (plain.cold_starts, plain.evictions) == (3, 2)  # without variants: A and B swap
+
+
+def test_simulator_refuses_variants_without_profiles(tmp_path):
+    from loadgen.sim.inputs import SimulationError
+    from loadgen.sim.variants import VariantSpec
+
+    with pytest.raises(SimulationError, match=r"variant\(s\) of 'A' without a sized profile"):
+        VariantSpec({"A": ["A", "A-fp16"]}).check(_profiles(1.0))
+    with pytest.raises(SimulationError, match="must start with 'A'"):
+        VariantSpec({"A": ["A-i8", "A"]}).check(_profiles(1.0))

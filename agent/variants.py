@@ -119,6 +119,10 @@ def upgrade_target(variants: Sequence[Variant], held: Iterable[str], free: int) 
 # -- declarations (functions/stack.yml) -------------------------------------------------------
 
 
+def _fraction(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 1
+
+
 def declared(
     spec: dict[str, Any], model: str, catalog: dict[str, dict], profiles: dict[str, dict]
 ) -> tuple[list[dict[str, Any]], float | None]:
@@ -134,9 +138,7 @@ def declared(
         return [], None
     if not isinstance(raw, list) or not raw:
         raise ValueError("variants must be a non-empty list of model names, best first")
-    if floor is not None and (
-        isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1
-    ):
+    if floor is not None and not _fraction(floor):
         raise ValueError(f"min_accuracy must be a fraction between 0 and 1, got {floor!r}")
     out = []
     for item in raw:
@@ -148,6 +150,8 @@ def declared(
         name = item["model"]
         if name not in catalog:
             raise ValueError(f"variant model {name!r} is not in the catalog ({sorted(catalog)})")
+        if "accuracy" in item and not _fraction(item["accuracy"]):
+            raise ValueError(f"variant {name!r}: accuracy must be a fraction 0..1")
         accuracy = item.get("accuracy", (profiles.get(name) or {}).get("digits_accuracy"))
         out.append({"model": name, "file": catalog[name]["file"], "accuracy": accuracy})
     names = [v["model"] for v in out]

@@ -34,8 +34,6 @@ from loadgen.sim.variants import VariantSpec
 from loadgen.sim_workload import CompactWorkload
 from models.profile import read_profiles
 
-DTYPE_SUFFIX = "-int8-full"
-
 
 def brulee(*args: str) -> None:
     cmd = [str(Path(sys.executable).parent / "brulee"), *args]
@@ -67,13 +65,17 @@ def run_one(workload: Path, profiles, cap: int, spec: VariantSpec | None, worker
 @click.option("--functions", default=200, show_default=True)
 @click.option("--hours", default=6.0, show_default=True)
 @click.option("--workers", default=2, show_default=True)
-def main(zoo, variants_zoo, digits, out, functions, hours, workers):
+@click.option("--dtype", default="int8-full", show_default=True, help="The variants' dtype.")
+def main(zoo, variants_zoo, digits, out, functions, hours, workers, dtype):
     """Hit ratio, load delay and variant shares with and without variants at 25/50/75 %."""
+    from models.build import _DTYPE_SUFFIX
+
+    suffix = _DTYPE_SUFFIX[dtype]
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     accuracy = digits_accuracy(Path(digits))
     base, small = (read_profiles(Path(d) / "profiles.json") for d in (zoo, variants_zoo))
-    models = sorted(m for m in base if f"{m}{DTYPE_SUFFIX}" in small)
+    models = sorted(m for m in base if f"{m}{suffix}" in small)
     combined = outp / "profiles.json"
     combined.write_text(json.dumps({"models": [*base.values(), *small.values()]}))
     synth = outp / "synth.csv.gz"
@@ -82,18 +84,18 @@ def main(zoo, variants_zoo, digits, out, functions, hours, workers):
            "--pairing", "quantiles")  # fmt: skip
     profiles = load_profiles(combined)
     spec = VariantSpec(
-        {m: [m, f"{m}{DTYPE_SUFFIX}"] for m in models},
+        {m: [m, f"{m}{suffix}"] for m in models},
         {
             **{m: accuracy[""] for m in models},
-            **{f"{m}{DTYPE_SUFFIX}": accuracy[DTYPE_SUFFIX] for m in models},
+            **{f"{m}{suffix}": accuracy[suffix] for m in models},
         },
     )
     with CompactWorkload(str(synth)) as wl:
         total = workload_bytes(wl, profiles)
-    lost_points = 100 * (accuracy[""] - accuracy[DTYPE_SUFFIX])
+    lost_points = 100 * (accuracy[""] - accuracy[suffix])
     rows = []
     for pct in (25, 50, 75):
-        for label, used in (("off", None), ("int8-full", spec)):
+        for label, used in (("off", None), (dtype, spec)):
             res, chosen = run_one(synth, profiles, total * pct // 100, used, workers)
             small_share = sum(chosen.served.values()) / res.served if chosen else 0.0
             rows.append(
@@ -110,15 +112,15 @@ def main(zoo, variants_zoo, digits, out, functions, hours, workers):
                     res.evictions,
                 )
             )
-    headers = ["cap", "variants", "hit %", "load delay ms", "response ms", "float32 %", "int8-full %",
-               "upgrades", "accuracy cost (pts)", "evictions"]  # fmt: skip
+    headers = ["cap", "variants", "hit %", "load delay ms", "response ms", "float32 %",
+               f"{dtype} %", "upgrades", "accuracy cost (pts)", "evictions"]  # fmt: skip
     table = tabulate(rows, headers, tablefmt="github", floatfmt=".3f")
     click.echo(
         f"{len(models)} models, {functions} functions, {hours:g} h; digits accuracy "
-        f"float32 {100 * accuracy['']:.2f} %, int8-full {100 * accuracy[DTYPE_SUFFIX]:.2f} %"
+        f"float32 {100 * accuracy['']:.2f} %, {dtype} {100 * accuracy[suffix]:.2f} %"
     )
     click.echo(table)
-    (outp / "variants.md").write_text(table + "\n")
+    (outp / f"variants-{dtype}.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":

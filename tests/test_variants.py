@@ -105,6 +105,7 @@ def test_variants_are_declared_with_measured_accuracy(tmp_path, variant_models):
         ({"variants": []}, "non-empty list"),
         ({"variants": ["digits-cnn", "digits-cnn"]}, "list a model twice"),
         ({"variants": ["digits-cnn", {"model": "digits-cnn-int8", "acc": 1}]}, "unknown key"),
+        ({"variants": [{"model": "digits-cnn", "accuracy": "high"}]}, "a fraction 0..1"),
     ],
 )
 def test_bad_variant_declarations_are_named(tmp_path, variant_models, spec, message):

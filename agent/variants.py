@@ -8,22 +8,25 @@ This module is the rule, and nothing else decides it: the agent's placement
 it as it is.
 
 The rule, for a request of a function whose variants are ``v0`` (its model, the best) to
-``vn``, best first, each with bytes, load seconds and accuracy ``a`` (a fraction):
+``vn``, best first, each with bytes, load seconds ``L``, exec seconds ``x`` and accuracy ``a``
+(a fraction):
 
-1. A variant already held (not draining) serves it: the best one held (a warm hit).
-2. Else, if ``v0`` fits in the free memory, ``v0`` (no pressure).
-3. Else let ``vk`` be the best variant that fits in the free memory. If there is none,
-   ``v0`` (evict for it, or wait, as without variants). If evicting for ``v0`` is impossible
-   now (its memory is pinned, or ``v0`` is larger than the cap), ``vk``. Otherwise, with
-   ``E`` the copies the eviction policy would evict for ``v0``, serve ``vk`` iff
+1. ``v0`` held (not draining): it serves (the ordinary warm hit).
+2. Else the candidate ``vk`` is the best variant held, if any (it serves warm; when ``v0``
+   fits in the free memory it serves while the upgrade loads ``v0``), else the best variant
+   that fits in the free memory; if ``v0`` fits in the free memory and nothing is held, or
+   there is no candidate, ``v0`` (as without variants).
+3. If evicting for ``v0`` is impossible now (its memory is pinned, or ``v0`` is larger than
+   the cap), ``vk``. Otherwise, with ``E`` the copies the eviction policy would evict for
+   ``v0`` (a held ``vk`` among them, maybe), serve ``vk`` iff
 
-       (a0 - ak) * n_f * L0  <=  sum over e in E of n_e * L_e
+       n_f * ((a0 - ak) * L0 + max(0, xk - x0))  <=  sum over e in E of n_e * L_e
 
-   where ``n`` counts requests (the function's over all its variants) and ``L`` is load
-   seconds: CremeBrulee's popularity x miss cost (its ``1 / (1 + R)`` cancels), the
-   function's weighted by the accuracy its requests would lose. Evicting throws away what
-   the victims' next requests would save; the variant throws away accuracy on this
-   function's requests.
+   where ``n`` counts requests (the function's over all its variants). The right side is
+   CremeBrulee's popularity x miss cost of the victims (its ``1 / (1 + R)`` cancels): the
+   reload time their next requests would pay. The left side is what the function's requests
+   pay for the variant: its extra execution time, and its wrong answers priced at a reload
+   of ``v0`` each. As the function's requests grow, a held variant gives way to ``v0``.
 
 Upgrades (:func:`upgrade_target`): when free memory fits a better variant than the best one
 held, it is loaded in the background (the keep-alive loop), never evicting for it.
@@ -59,10 +62,11 @@ def _accuracy(v: Variant, best: Variant) -> float:
     return best.accuracy if best.accuracy is not None else 1.0
 
 
-def accuracy_cost(best: Variant, candidate: Variant, function_requests: int) -> float:
-    """The rule's left side: ``(a0 - ak) * n_f * L0``."""
+def variant_cost(best: Variant, candidate: Variant, function_requests: int) -> float:
+    """The rule's left side: ``n_f * ((a0 - ak) * L0 + max(0, xk - x0))``."""
     lost = max(_accuracy(best, best) - _accuracy(candidate, best), 0.0)
-    return lost * function_requests * best.load_s
+    slower = max(candidate.exec_s - best.exec_s, 0.0)
+    return function_requests * (lost * best.load_s + slower)
 
 
 def eviction_cost(victims: Iterable[Victim]) -> float:
@@ -77,7 +81,7 @@ def prefers_variant(
     ``victims`` for ``best``; ``victims`` None: evicting for ``best`` is impossible now."""
     if victims is None:
         return True
-    return accuracy_cost(best, candidate, function_requests) <= eviction_cost(victims)
+    return variant_cost(best, candidate, function_requests) <= eviction_cost(victims)
 
 
 def choose(
@@ -93,16 +97,19 @@ def choose(
     ``victims()``: what evicting for ``variants[0]`` would evict (None: impossible now),
     asked only when the answer depends on it."""
     held = set(held)
-    for v in variants:
-        if v.name in held:
-            return v
     best = variants[0]
+    if best.name in held:
+        return best
+    candidate = next((v for v in variants[1:] if v.name in held), None)
+    if candidate is not None and best.bytes <= free:
+        return candidate  # warm now; the background upgrade loads the best
     if best.bytes <= free:
         return best
-    smaller = next((v for v in variants[1:] if v.bytes <= free), None)
-    if smaller is None:
+    if candidate is None:
+        candidate = next((v for v in variants[1:] if v.bytes <= free), None)
+    if candidate is None:
         return best
-    return smaller if prefers_variant(best, smaller, function_requests, victims()) else best
+    return candidate if prefers_variant(best, candidate, function_requests, victims()) else best
 
 
 def upgrade_target(variants: Sequence[Variant], held: Iterable[str], free: int) -> Variant | None:

@@ -102,6 +102,7 @@ def main(zoo, variants_zoo, digits, out, functions, hours, workers, dtype):
                 (
                     f"{pct} %",
                     label,
+                    100 * res.served / res.requests,
                     100 * res.hit_ratio,
                     1e3 * res.mean_load_delay_s,
                     1e3 * res.mean_response_s,
@@ -112,7 +113,7 @@ def main(zoo, variants_zoo, digits, out, functions, hours, workers, dtype):
                     res.evictions,
                 )
             )
-    headers = ["cap", "variants", "hit %", "load delay ms", "response ms", "float32 %",
+    headers = ["cap", "variants", "served %", "hit %", "load delay ms", "response ms", "float32 %",
                f"{dtype} %", "upgrades", "accuracy cost (pts)", "evictions"]  # fmt: skip
     table = tabulate(rows, headers, tablefmt="github", floatfmt=".3f")
     click.echo(

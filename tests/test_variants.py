@@ -28,22 +28,25 @@ class Copy:
     load_s: float
 
 
-def test_rule_serves_a_held_variant_then_the_best_that_fits():
+def test_rule_serves_the_best_held_or_what_fits():
     never = lambda: pytest.fail("victims asked although the answer does not depend on them")  # noqa: E731
-    assert choose(ALL, {"m-int8"}, 0, 5, never) is I8  # warm: the best one held
-    assert choose(ALL, {"m-int8", "m"}, 0, 5, never) is F32
+    assert choose(ALL, {"m-int8", "m"}, 0, 5, never) is F32  # the best held: a hit
+    assert choose(ALL, {"m-int8"}, 500, 5, never) is I8  # warm; the upgrade loads the best
     assert choose(ALL, set(), 500, 5, never) is F32  # no pressure
     assert choose(ALL, set(), 50, 5, never) is F32  # nothing fits: evict for the best
 
 
-def test_rule_weighs_accuracy_lost_against_what_eviction_throws_away():
-    # (0.99 - 0.985) * 10 requests * 0.5 s = 0.025 vs one victim of 1 request * 1 s: variant
+def test_rule_weighs_what_the_variant_costs_against_what_eviction_throws_away():
+    # F16: 10 requests x (0.005 x 0.5 s + 0) = 0.025 vs one victim of 1 request x 1 s
     assert choose(ALL, set(), 350, 10, lambda: [Copy(1, 1.0)]) is F16
-    # the int8 loses 0.09 * 10 * 0.5 = 0.45 > 0.1: evict for the best instead
+    # I8: 10 x (0.09 x 0.5 + 0.01 s slower) = 0.55 > 0.1: evict for the best instead
     assert choose(ALL, set(), 150, 10, lambda: [Copy(1, 0.1)]) is F32
-    assert choose(ALL, set(), 150, 10, lambda: [Copy(1, 0.45)]) is I8  # equal: the variant
+    assert choose(ALL, set(), 150, 10, lambda: [Copy(1, 0.56)]) is I8
     assert choose(ALL, set(), 150, 10, lambda: None) is I8  # the best cannot be placed now
     assert prefers_variant(F32, I8, 10, []) is False  # nothing to evict (it fits elsewhere)
+    # a held variant serves warm while it is worth it, and gives way as requests grow
+    assert choose(ALL, {"m-int8"}, 0, 10, lambda: [Copy(50, 1.0)]) is I8
+    assert choose(ALL, {"m-int8"}, 0, 1000, lambda: [Copy(50, 1.0)]) is F32
 
 
 def test_upgrade_only_into_free_memory_and_only_when_served_smaller():

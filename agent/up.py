@@ -73,9 +73,10 @@ def keep_alive_loop(
     last_id, last_t = None, 0.0
     while not stop.wait(period):
         try:
+            upgrade_variants(conn, placement, models_dir, profiles)
             if proactive is None:
-                pass
-            elif last_id is None:  # start with what arrives from now on
+                continue
+            if last_id is None:  # start with what arrives from now on
                 newest = conn.xrevrange(key("arrivals"), count=1)
                 last_id = newest[0][0] if newest else "0-0"
             for _, arrivals in conn.xread({key("arrivals"): last_id}, count=10_000) or []:
@@ -84,9 +85,6 @@ def keep_alive_loop(
                     last_t = max(last_t, float(fields[b"t"]))
                     proactive.on_invocation(fields[b"m"].decode(), last_t)
                     last_id = arrival_id
-            upgrade_variants(conn, placement, models_dir, profiles)
-            if proactive is None:
-                continue
             expire_idle(placement, proactive)
             facts, files = {}, {}
             failed = {name.decode() for name in conn.hkeys(key("failed"))}

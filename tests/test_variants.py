@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,7 @@ def test_agent_serves_a_smaller_variant_under_pressure_and_upgrades_it(tmp_path,
     from agent.keys import key
     from agent.placement import Placement
     from agent.registry import Profiles, model_facts
-    from agent.up import upgrade_variants
+    from agent.up import keep_alive_loop, upgrade_variants
 
     stack = _stack(
         tmp_path,
@@ -185,14 +186,24 @@ def test_agent_serves_a_smaller_variant_under_pressure_and_upgrades_it(tmp_path,
         placement = Placement(conn)
         assert upgrade_variants(conn, placement, variant_models, profiles) == []  # no room
         conn.hset(key("device", "dev"), "cap", 64 << 20)  # memory frees
-        queued = upgrade_variants(conn, placement, variant_models, profiles)
-        assert [m for m, _ in queued] == ["digits-cnn"]
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            states = {m.split("|")[0]: json.loads(v)["state"] for m, v in _entries(conn).items()}
-            if states.get("digits-cnn") == "ready":
-                break
-            time.sleep(0.05)
+        stop = threading.Event()  # the loop `brulee up` runs, without a keep-alive policy
+        loop = threading.Thread(
+            target=keep_alive_loop, args=(agent["redis_url"], None, stop, variant_models, 0.1)
+        )
+        loop.start()
+        try:
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                states = {
+                    m.split("|")[0]: json.loads(v)["state"] for m, v in _entries(conn).items()
+                }
+                if states.get("digits-cnn") == "ready":
+                    break
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            loop.join(10)
+        assert int(conn.hget(key("upgrades", "dev"), "digits-cnn")) == 1
         upgraded = _call(agent, "digits")
         assert (upgraded.headers["X-Variant"], upgraded.headers["X-Cache"]) == ("digits-cnn", "hit")
         assert "digits-cnn-fp16" in _entries_models(conn)  # nothing was evicted for it

@@ -207,6 +207,16 @@ def test_agent_serves_a_smaller_variant_under_pressure_and_upgrades_it(tmp_path,
         upgraded = _call(agent, "digits")
         assert (upgraded.headers["X-Variant"], upgraded.headers["X-Cache"]) == ("digits-cnn", "hit")
         assert "digits-cnn-fp16" in _entries_models(conn)  # nothing was evicted for it
+        auth = {"Authorization": f"Bearer {agent['token']}"}
+        bad = {"name": "d2", "model": "digits-cnn", "variants": ["digits-cnn", "digits-cnn-x"]}
+        resp = requests.post(f"{agent['url']}/system/functions", json=bad, headers=auth, timeout=10)
+        assert resp.status_code == 400 and "variant model 'digits-cnn-x'" in resp.json()["error"]
+        good = {**bad, "variants": ["digits-cnn", "digits-cnn-int8"], "min_accuracy": 0.9}
+        resp = requests.post(
+            f"{agent['url']}/system/functions", json=good, headers=auth, timeout=10
+        )
+        assert resp.status_code == 201 and resp.json()["min_accuracy"] == 0.9, resp.text
+        assert _call(agent, "d2").headers["X-Variant"] == "digits-cnn"  # room: the best
         doc = requests.get(f"{agent['url']}/openapi.json", timeout=10).json()
         ok = doc["paths"]["/function/{name}"]["post"]["responses"]["200"]
         assert ok["headers"]["X-Variant"]["required"] is True

@@ -178,7 +178,16 @@ def build_function(
     attempts = parse_max_attempts(spec.get("max_attempts"), "max_attempts")
     variants, floor = _variants(spec, model, record, models_dir, catalog)
     return Function(
-        name, model, str(file), handler, memory, options, record, attempts, variants, floor
+        name,
+        model,
+        str(file),
+        handler,
+        memory,
+        options,
+        record,
+        attempts,
+        variants=variants,
+        min_accuracy=floor,
     )
 
 

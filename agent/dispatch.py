@@ -22,14 +22,16 @@ from agent.keys import lane, load_lane, route
 from agent.lane import lane_message
 from agent.membership import ROUTE_TTL_S
 from agent.placement import Decision, ModelFacts, Placement, Wait
+from agent.variant_placement import as_facts, served_request
 
 JOB_TTL_S = 3600  # how long RQ keeps an async job's result (and failure)
 SYNC, ASYNC = "lane", "job"
 
 
 def facts_of(req: dict[str, Any]) -> ModelFacts:
-    f = req["facts"]
-    return ModelFacts(req["model"], int(f["bytes"]), float(f["load_s"]), float(f["exec_s"]))
+    """What placement accounts ``req`` with (a function with variants: its best one's, and
+    the variants to choose from, :mod:`agent.variants`)."""
+    return as_facts(req["model"], req["facts"], req.get("variants") or [])
 
 
 def with_facts(req: dict[str, Any], facts: ModelFacts, profiled: bool) -> dict[str, Any]:
@@ -49,8 +51,10 @@ def counted_as(req: dict[str, Any]) -> str:
 
 
 def placed(req: dict[str, Any], decision: Decision) -> dict[str, Any]:
-    """``req`` with what placement decided: a miss (reserve, load), the victims to wait for."""
-    return {**req, "miss": not decision.hit, "wait_for": decision.wait_for}
+    """``req`` with what placement decided: a miss (reserve, load), the victims to wait for,
+    the variant placed (its model and file)."""
+    served = served_request(req, decision)
+    return {**served, "miss": not decision.hit, "wait_for": decision.wait_for}
 
 
 def push_lane(

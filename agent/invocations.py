@@ -34,6 +34,7 @@ from agent.membership import PlacementError
 from agent.placement import ModelFacts, Placement, RegistryChanged
 from agent.registry import Profiles, Registry, model_facts
 from agent.txn import Contended
+from agent.variant_placement import variant_list, with_variants
 from functions.tensors import to_npy
 
 INPUT_TTL_S = jobs.RECORD_TTL_S  # an accepted job's input lives as long as the job
@@ -46,6 +47,7 @@ HEADERS = {
     "X-Exec-Seconds": "exec_s",
     "X-Queue-Seconds": "queue_s",
     "X-Worker": "worker",
+    "X-Variant": "variant",
 }
 
 
@@ -122,6 +124,7 @@ class Invocations:
             "enqueued_at": time.time(),
             **extra,
         }
+        with_variants(req, variant_list(doc, lambda d: self.facts(d)[0]))
         return with_facts(req, facts, profiled)
 
     # -- synchronous ---------------------------------------------------------------------------

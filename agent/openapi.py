@@ -42,6 +42,12 @@ INVOCATION_HEADERS = {
     "X-Exec-Seconds": SECONDS,
     "X-Queue-Seconds": SECONDS,
     "X-Worker": {"schema": {"type": "string"}, "required": True},
+    "X-Variant": {
+        "description": "the model that served: the function's, or a smaller variant of it "
+        "served because memory was short (agent.variants)",
+        "schema": {"type": "string"},
+        "required": True,
+    },
 }
 
 

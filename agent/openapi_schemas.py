@@ -88,6 +88,7 @@ def schemas(models: list[str] | None) -> dict[str, Any]:
                 "X-Exec-Seconds": {"type": "number", "nullable": True},
                 "X-Queue-Seconds": {"type": "number", "nullable": True},
                 "X-Worker": {"type": "string", "nullable": True},
+                "X-Variant": {"type": "string", "nullable": True},
                 "waiting_for_memory": {"type": "boolean"},
                 "attempts": {
                     "type": "integer",
@@ -166,6 +167,33 @@ def schemas(models: list[str] | None) -> dict[str, Any]:
                     "description": "serve from the model's stage files (brulee models build "
                     "--stages K) under this loading policy",
                 },
+                "variants": {
+                    "type": "array",
+                    "minItems": 1,
+                    "description": "models to serve under memory pressure, best first (the "
+                    "function's model first), each a name or {model, accuracy}",
+                    "items": {
+                        "oneOf": [
+                            {"type": "string"},
+                            {
+                                "type": "object",
+                                "required": ["model"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "model": {"type": "string"},
+                                    "accuracy": {"type": "number", "minimum": 0, "maximum": 1},
+                                },
+                            },
+                        ]
+                    },
+                },
+                "min_accuracy": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 1,
+                    "nullable": True,
+                    "description": "variants less accurate than this are never served",
+                },
                 "options": {
                     "type": "object",
                     "nullable": True,
@@ -192,6 +220,8 @@ def schemas(models: list[str] | None) -> dict[str, Any]:
                 "stages": {"type": "string", "nullable": True},
                 "options": {"type": "object"},
                 "record": {"type": "object"},
+                "variants": {"type": "array", "items": {"type": "object"}},
+                "min_accuracy": {"type": "number", "nullable": True},
             },
         },
         "FunctionList": {

@@ -89,6 +89,7 @@ class ModelFacts:
     bytes: int
     load_s: float
     exec_s: float
+    variants: tuple = ()  # agent.variants.Variant, best first (this model's first), if any
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Decision:
     arrived: float = 0.0  # when it joined the admission queue
     drain: list[str] = field(default_factory=list)  # copies to drain while it waits
     why: dict[str, Any] | None = None  # the eviction decision, for the log (agent.evictions)
+    served: ModelFacts | None = None  # a smaller variant placed instead (agent.variants)
 
     @property
     def wait_for(self) -> list[str]:
@@ -275,7 +277,7 @@ class Placement:
             pipe.multi()
             if recount is None:
                 self._record_arrival(pipe, model.name, now)
-            self._commit(pipe, model, decision, now, state, policy, recount)
+            self._commit(pipe, decision.served or model, decision, now, state, policy, recount)
             return decision, enqueue(pipe, decision)
 
         try:
@@ -327,6 +329,12 @@ class Placement:
         only_worker: str | None,
         hits_only: bool = False,
     ) -> tuple[Decision, EvictionPolicy | None]:
+        if model.variants and not (hits_only or admitting) and only_worker is None:
+            from agent import variant_placement  # the memory-adaptive rule (agent.variants)
+
+            return variant_placement.decide(
+                self, model, alive, devices, now, state, admitting, only_worker
+            )
         backlog = state.backlog
         copies = [
             (d, w, doc["state"])

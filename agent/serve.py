@@ -150,6 +150,7 @@ def _run(ctx: Context, req: dict[str, Any], read_input, started: float) -> dict[
         "exec_s": exec_s,
         "queue_s": queue_s,
         "worker": ctx.worker,
+        "variant": model,  # the model that served: a smaller variant's (agent.variants)
     }
 
 

@@ -58,7 +58,8 @@ def keep_alive_loop(
 ) -> None:
     """Drive a proactive policy once a ``period`` until ``stop``: tell it of every arrival
     (the ``arrivals`` stream placement writes), unload what it finds idle, and load what it
-    wants warm into free memory."""
+    wants warm into free memory. With or without one, functions served by a smaller variant
+    are upgraded into free memory (``agent.variant_placement.upgrade``)."""
     import redis
 
     from agent.keepalive import expire_idle, prewarm
@@ -72,6 +73,9 @@ def keep_alive_loop(
     last_id, last_t = None, 0.0
     while not stop.wait(period):
         try:
+            upgrade_variants(conn, placement, models_dir, profiles)
+            if proactive is None:
+                continue
             if last_id is None:  # start with what arrives from now on
                 newest = conn.xrevrange(key("arrivals"), count=1)
                 last_id = newest[0][0] if newest else "0-0"
@@ -99,6 +103,21 @@ def keep_alive_loop(
                 prewarm(placement, proactive, facts, files)
         except redis.RedisError:  # Redis away for a moment: try again next period
             continue
+
+
+def upgrade_variants(conn, placement, models_dir: Path, profiles) -> list:
+    """Upgrade, into free memory, every function served by a smaller variant (its better
+    variant loaded in the background, nothing evicted): ``agent.variant_placement``."""
+    from agent.keys import key
+    from agent.registry import model_facts
+    from agent.variant_placement import upgrade, variant_list
+
+    def facts(doc: dict):
+        return model_facts(conn, doc, models_dir, profiles.get(doc["model"]))[0]
+
+    docs = [json.loads(raw) for raw in conn.hvals(key("functions"))]
+    functions = [(d["name"], variant_list(d, facts)) for d in docs if d.get("variants")]
+    return upgrade(placement, functions) if functions else []
 
 
 def worker_argv(
@@ -287,12 +306,12 @@ def run_up(
             )
         slots.append(Slot("gateway", "gateway", spawn_gateway, vital=True))
         supervisor.start_all()
-        if proactive is not None:
-            threading.Thread(
-                target=keep_alive_loop,
-                args=(redis_url, proactive, keeper_stop, models_dir),
-                daemon=True,
-            ).start()
+        # with a proactive policy or not: functions served smaller are upgraded there
+        threading.Thread(
+            target=keep_alive_loop,
+            args=(redis_url, proactive, keeper_stop, models_dir),
+            daemon=True,
+        ).start()
         echo(f"brulee up: http://{host}:{port} ({workers} workers, cap {cap} bytes, {policy})")
         echo(f"brulee up: status page http://{host}:{port}/status (asks for the token)")
         while not stopping:

@@ -22,7 +22,17 @@ from functions.tensors import json_type
 
 log = logging.getLogger(__name__)
 
-FUNCTION_KEYS = {"model", "handler", "memory", "options", "file", "max_attempts", "stages"}
+FUNCTION_KEYS = {
+    "model",
+    "handler",
+    "memory",
+    "options",
+    "file",
+    "max_attempts",
+    "variants",
+    "min_accuracy",
+    "stages",
+}
 API_REQUIRED = ["name", "model"]  # what POST /system/functions needs (and the schema says)
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_MAX = 128
@@ -43,6 +53,8 @@ class Function:
     record: dict[str, Any] = field(default_factory=dict)
     max_attempts: int | None = None  # async attempts if a worker dies running one
     stages: str | None = None  # serve from the model's stage files under this loading policy
+    variants: list[dict[str, Any]] = field(default_factory=list)  # agent.variants.declared
+    min_accuracy: float | None = None
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /system/functions`` lists (the gateway adds state and loaded bytes)."""
@@ -167,7 +179,40 @@ def build_function(
 
     attempts = parse_max_attempts(spec.get("max_attempts"), "max_attempts")
     stages = _check_stages(spec.get("stages"), models_dir, str(file))
-    return Function(name, model, str(file), handler, memory, options, record, attempts, stages)
+    variants, floor = _variants(spec, model, record, models_dir, catalog)
+    return Function(
+        name,
+        model,
+        str(file),
+        handler,
+        memory,
+        options,
+        record,
+        attempts,
+        stages,
+        variants=variants,
+        min_accuracy=floor,
+    )
+
+
+def _variants(
+    spec: dict[str, Any], model: str, record: dict, models_dir: str | os.PathLike, catalog: dict
+) -> tuple[list[dict[str, Any]], float | None]:
+    """The entry's variants (agent.variants.declared), each with the model's signature: the
+    gateway decodes a request once, for whichever variant serves it."""
+    from agent.variants import declared
+    from models.profile import read_profiles
+
+    profiles_path = Path(models_dir) / "profiles.json"
+    profiles = read_profiles(profiles_path) if profiles_path.is_file() else {}
+    variants, floor = declared(spec, model, catalog, profiles)
+    for v in variants:
+        if _signature(catalog[v["model"]]) != _signature(record):
+            raise ValueError(
+                f"variant {v['model']!r} has another input/output signature than {model!r} "
+                f"({_signature(catalog[v['model']])} vs {_signature(record)})"
+            )
+    return variants, floor
 
 
 def _check_stages(policy: Any, models_dir: str | os.PathLike, file: str) -> str | None:

@@ -28,6 +28,7 @@ from loadgen.sim.inputs import (
 )
 from loadgen.sim.placement import ArrivalPlacement, StartPlacement
 from loadgen.sim.results import LogHistogram, SimResult, finish_responses
+from loadgen.sim.variants import SimVariants, VariantSpec
 from loadgen.sim_workload import CompactWorkload
 
 
@@ -49,9 +50,12 @@ class Simulation:
         deadline_s: float,
         max_waiting: int,
         on_served: Callable[[str, float, float], None] | None,
+        variants: VariantSpec | None = None,
     ) -> None:
         self.workload = workload
         self.names = names = workload.names
+        if variants is not None:  # the variant models are on the device too
+            self.names = names = [*names, *variants.extra_names(names)]
         self.nm = nm = len(names)
         self.index = {n: i for i, n in enumerate(names)}
         self.cost = [profiles[n] for n in names]
@@ -88,6 +92,10 @@ class Simulation:
             if placement == "arrival"
             else StartPlacement(self)
         )
+        if variants is not None:
+            if placement != "arrival":
+                raise SimulationError("variants need the arrival placement (the agent's)")
+            self.place.variants = SimVariants(self, variants)
 
     # -- workers ------------------------------------------------------------------------------
 
@@ -243,6 +251,7 @@ def run(
     deadline_s: float = DEFAULT_DEADLINE_S,
     max_waiting: int = admission.DEFAULT_MAX_WAITING,
     on_served: Callable[[str, float, float], None] | None = None,
+    variants: VariantSpec | None = None,
 ) -> SimResult:
     """Simulate one (policy, cap) over an already-compacted workload. ``policy`` may carry
     options (``parse_policy_spec``); ``progress(n)`` is called with requests done per chunk;
@@ -251,7 +260,9 @@ def run(
     ``placement``: "start" (the cache decides when a worker starts a request) or "arrival"
     (as the live agent does; see ``loadgen.simulator``). Arrival placement only:
     ``deadline_s`` (the agent's sync timeout; ``math.inf``: no deadline, as for async jobs)
-    and ``max_waiting`` (the admission queue's bound) rule the admission queue."""
+    and ``max_waiting`` (the admission queue's bound) rule the admission queue.
+    ``variants``: models served by a smaller variant under pressure (``loadgen.sim.variants``,
+    arrival placement only)."""
     if placement not in PLACEMENTS:
         raise SimulationError(
             f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}"
@@ -265,8 +276,10 @@ def run(
     if cap_bytes <= 0:
         raise SimulationError(f"memory cap must be > 0 bytes, not {cap_bytes}")
     check_models(workload, profiles)
+    if variants is not None:
+        variants.check(profiles)
     sim = Simulation(
         workload, profiles, policy, cap_bytes, workers, seed, proactive, placement,
-        deadline_s, max_waiting, on_served,
+        deadline_s, max_waiting, on_served, variants,
     )  # fmt: skip
     return sim.run(progress)

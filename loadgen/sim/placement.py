@@ -122,7 +122,11 @@ class ArrivalPlacement:
         self.wait_hist = LogHistogram()
         self.tickets = 0
 
+    variants = None  # loadgen.sim.variants.SimVariants: the agent's variant rule, if any
+
     def arrive(self, t: float, m: int) -> None:
+        if self.variants is not None:
+            m = self.variants.pick(self, t, m)
         w = self.place_on_arrival(t, m)
         if w is not None:
             self.enqueue(w, t, m, t)

@@ -1,0 +1,295 @@
+"""Memory-adaptive variants (agent.variants): the rule, the stack file's declarations, and the
+real agent serving a smaller variant under pressure and upgrading it when memory frees."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from agent.variants import Variant, choose, prefers_variant, upgrade_target
+from tests.agent_fixtures import running_agent
+
+F32 = Variant("m", 400, 0.5, 0.01, 0.99, "m.tflite")
+F16 = Variant("m-fp16", 300, 0.4, 0.01, 0.985, "m-fp16.tflite")
+I8 = Variant("m-int8", 100, 0.3, 0.02, 0.90, "m-int8.tflite")
+ALL = [F32, F16, I8]
+
+
+@dataclass
+class Copy:
+    requests: int
+    load_s: float
+
+
+def test_rule_serves_the_best_held_or_what_fits():
+    never = lambda: pytest.fail("victims asked although the answer does not depend on them")  # noqa: E731
+    assert choose(ALL, {"m-int8", "m"}, 0, 5, never) is F32  # the best held: a hit
+    assert choose(ALL, {"m-int8"}, 500, 5, never) is I8  # warm; the upgrade loads the best
+    assert choose(ALL, set(), 500, 5, never) is F32  # no pressure
+    assert choose(ALL, set(), 50, 5, never) is F32  # nothing fits: evict for the best
+
+
+def test_rule_weighs_what_the_variant_costs_against_what_eviction_throws_away():
+    # F16: 10 requests x (0.005 x 0.5 s + 0) = 0.025 vs one victim of 1 request x 1 s
+    assert choose(ALL, set(), 350, 10, lambda: [Copy(1, 1.0)]) is F16
+    # I8: 10 x (0.09 x 0.5 + 0.01 s slower) = 0.55 > 0.1: evict for the best instead
+    assert choose(ALL, set(), 150, 10, lambda: [Copy(1, 0.1)]) is F32
+    assert choose(ALL, set(), 150, 10, lambda: [Copy(1, 0.56)]) is I8
+    assert choose(ALL, set(), 150, 10, lambda: None) is I8  # the best cannot be placed now
+    assert prefers_variant(F32, I8, 10, []) is False  # nothing to evict (it fits elsewhere)
+    # a held variant serves warm while it is worth it, and gives way as requests grow
+    assert choose(ALL, {"m-int8"}, 0, 10, lambda: [Copy(50, 1.0)]) is I8
+    assert choose(ALL, {"m-int8"}, 0, 1000, lambda: [Copy(50, 1.0)]) is F32
+
+
+def test_upgrade_only_into_free_memory_and_only_when_served_smaller():
+    assert upgrade_target(ALL, {"m-int8"}, 1000) is F32
+    assert upgrade_target(ALL, {"m-int8"}, 350) is F16
+    assert upgrade_target(ALL, {"m-int8"}, 200) is None  # never evicting for it
+    assert upgrade_target(ALL, {"m"}, 1000) is None  # the best is held
+    assert upgrade_target(ALL, set(), 1000) is None  # nothing was served smaller
+
+
+# --- declarations in functions/stack.yml --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def variant_models(dtype_models: Path, tmp_path_factory) -> Path:
+    """The digits model in every dtype, profiled by ``brulee models profile`` (bytes, load,
+    exec, held-out digits accuracy) in a scratch directory."""
+    from models.profile import profile_dir
+
+    out = tmp_path_factory.mktemp("variant-models")
+    for f in dtype_models.iterdir():
+        shutil.copy(f, out / f.name)
+    profile_dir(out, out / "profiles.json", runs=3, progress=False)
+    return out
+
+
+def _stack(tmp_path: Path, functions: dict) -> Path:
+    path = tmp_path / "stack.yml"
+    path.write_text(json.dumps({"version": 1, "functions": functions}))  # JSON is YAML
+    return path
+
+
+def _load(tmp_path: Path, models: Path, spec: dict):
+    from functions.stack import load_stack
+    from models.catalog import load_catalog
+
+    return load_stack(_stack(tmp_path, {"digits": spec}), models, load_catalog(models))
+
+
+def test_variants_are_declared_with_measured_accuracy(tmp_path, variant_models):
+    spec = {"model": "digits-cnn", "variants": ["digits-cnn", "digits-cnn-int8-full"]}
+    fn = _load(tmp_path, variant_models, {**spec, "min_accuracy": 0.5})["digits"]
+    assert [v["model"] for v in fn.variants] == ["digits-cnn", "digits-cnn-int8-full"]
+    assert all(0.9 < v["accuracy"] <= 1 for v in fn.variants)  # a trained digits model
+    assert fn.min_accuracy == 0.5
+    declared = {**spec, "variants": ["digits-cnn", {"model": "digits-cnn-int8", "accuracy": 0.4}]}
+    fn = _load(tmp_path, variant_models, {**declared, "min_accuracy": 0.5})["digits"]
+    assert [v["model"] for v in fn.variants] == ["digits-cnn"]  # below the floor: never served
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"variants": ["digits-cnn", "digits-cnn-int4"]}, "variant model 'digits-cnn-int4'"),
+        ({"variants": ["digits-cnn-int8", "digits-cnn"]}, "must start with the function's model"),
+        ({"variants": ["digits-cnn"], "min_accuracy": 1.0}, "above the best variant's accuracy"),
+        ({"variants": ["digits-cnn"], "min_accuracy": 2}, "between 0 and 1"),
+        ({"min_accuracy": 0.9}, "min_accuracy needs variants"),
+        ({"variants": []}, "non-empty list"),
+        ({"variants": ["digits-cnn", "digits-cnn"]}, "list a model twice"),
+        ({"variants": ["digits-cnn", {"model": "digits-cnn-int8", "acc": 1}]}, "unknown key"),
+        ({"variants": [{"model": "digits-cnn", "accuracy": "high"}]}, "a fraction 0..1"),
+    ],
+)
+def test_bad_variant_declarations_are_named(tmp_path, variant_models, spec, message):
+    with pytest.raises(ValueError, match="function 'digits'.*" + message):
+        _load(tmp_path, variant_models, {"model": "digits-cnn", **spec})
+
+
+def test_a_floor_needs_every_variants_accuracy(tmp_path, dtype_models):
+    spec = {"model": "digits-cnn", "variants": ["digits-cnn"], "min_accuracy": 0.9}
+    with pytest.raises(ValueError, match=r"needs every variant's accuracy; \['digits-cnn'\]"):
+        _load(tmp_path, dtype_models, spec)  # no profiles.json there
+
+
+def test_a_variant_with_another_signature_is_refused(tmp_path, test_models):
+    spec = {"model": "digits-cnn", "variants": ["digits-cnn", "tiny-cnn"]}
+    with pytest.raises(ValueError, match="variant 'tiny-cnn' has another input/output"):
+        _load(tmp_path, test_models, spec)
+
+
+# --- the real agent -----------------------------------------------------------------------
+
+
+def _call(agent: dict, name: str) -> requests.Response:
+    x = np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)
+    resp = requests.post(f"{agent['url']}/function/{name}", json={"inputs": x.tolist()}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    return resp
+
+
+def test_agent_serves_a_smaller_variant_under_pressure_and_upgrades_it(tmp_path, variant_models):
+    """Memory gets short (the device's cap lowered in Redis, as a worker registering with a
+    smaller ``--memory-cap`` would): the digits function is answered by its int8 variant
+    instead of evicting the other function's model; once memory frees, the keep-alive loop's
+    upgrade loads float32 in the background and the next answer is a float32 hit."""
+    import redis
+
+    from agent.keys import key
+    from agent.placement import Placement
+    from agent.registry import Profiles, model_facts
+    from agent.up import keep_alive_loop, upgrade_variants
+
+    stack = _stack(
+        tmp_path,
+        {
+            "digits": {
+                "model": "digits-cnn",
+                "handler": "digits",
+                "variants": ["digits-cnn", "digits-cnn-int8-full"],
+                "min_accuracy": 0.9,
+            },
+            "other": {"model": "digits-cnn-fp16", "handler": "digits"},
+        },
+    )
+    with running_agent(variant_models, 64 << 20, functions_file=str(stack)) as agent:
+        conn = redis.Redis.from_url(agent["redis_url"])
+        assert _call(agent, "other").headers["X-Variant"] == "digits-cnn-fp16"
+        used = sum(json.loads(v)["bytes"] for v in conn.hvals(key("entries", "dev")))
+        profiles = Profiles(variant_models)
+
+        def facts(model: str):
+            doc = {"name": model, "model": model, "file": f"{model}.tflite"}
+            return model_facts(conn, doc, variant_models, profiles.get(model))[0]
+
+        f32, i8 = facts("digits-cnn").bytes, facts("digits-cnn-int8-full").bytes
+        assert i8 < f32
+        conn.hset(key("device", "dev"), "cap", used + (f32 + i8) // 2)  # memory is short
+        first = _call(agent, "digits")
+        assert (first.headers["X-Variant"], first.headers["X-Cache"]) == (
+            "digits-cnn-int8-full",
+            "miss",
+        )
+        assert _call(agent, "digits").headers["X-Variant"] == "digits-cnn-int8-full"  # warm
+        assert _call(agent, "other").headers["X-Cache"] == "hit"  # not evicted for it
+        placement = Placement(conn)
+        assert upgrade_variants(conn, placement, variant_models, profiles) == []  # no room
+        conn.hset(key("device", "dev"), "cap", 64 << 20)  # memory frees
+        stop = threading.Event()  # the loop `brulee up` runs, without a keep-alive policy
+        loop = threading.Thread(
+            target=keep_alive_loop, args=(agent["redis_url"], None, stop, variant_models, 0.1)
+        )
+        loop.start()
+        try:
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                states = {
+                    m.split("|")[0]: json.loads(v)["state"] for m, v in _entries(conn).items()
+                }
+                if states.get("digits-cnn") == "ready":
+                    break
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            loop.join(10)
+        assert int(conn.hget(key("upgrades", "dev"), "digits-cnn")) == 1
+        upgraded = _call(agent, "digits")
+        assert (upgraded.headers["X-Variant"], upgraded.headers["X-Cache"]) == ("digits-cnn", "hit")
+        assert "digits-cnn-fp16" in _entries_models(conn)  # nothing was evicted for it
+        auth = {"Authorization": f"Bearer {agent['token']}"}
+        bad = {"name": "d2", "model": "digits-cnn", "variants": ["digits-cnn", "digits-cnn-x"]}
+        resp = requests.post(f"{agent['url']}/system/functions", json=bad, headers=auth, timeout=10)
+        assert resp.status_code == 400 and "variant model 'digits-cnn-x'" in resp.json()["error"]
+        good = {**bad, "variants": ["digits-cnn", "digits-cnn-int8"], "min_accuracy": 0.9}
+        resp = requests.post(
+            f"{agent['url']}/system/functions", json=good, headers=auth, timeout=10
+        )
+        assert resp.status_code == 201 and resp.json()["min_accuracy"] == 0.9, resp.text
+        assert _call(agent, "d2").headers["X-Variant"] == "digits-cnn"  # room: the best
+        doc = requests.get(f"{agent['url']}/openapi.json", timeout=10).json()
+        ok = doc["paths"]["/function/{name}"]["post"]["responses"]["200"]
+        assert ok["headers"]["X-Variant"]["required"] is True
+        deploy = doc["components"]["schemas"]["DeployRequest"]["properties"]
+        assert {"variants", "min_accuracy"} <= set(deploy)
+
+
+def _entries(conn) -> dict[str, bytes]:
+    from agent.keys import key
+
+    return {k.decode(): v for k, v in conn.hgetall(key("entries", "dev")).items()}
+
+
+def _entries_models(conn) -> set[str]:
+    return {s.split("|")[0] for s in _entries(conn)}
+
+
+# --- the simulator runs the same rule -----------------------------------------------------
+
+
+def _simulate(tmp_path: Path, spec, reqs, profiles, cap: int):
+    from loadgen.sim.engine import Simulation
+    from loadgen.sim_workload import CompactWorkload
+    from tests.test_simulator import workload
+
+    with CompactWorkload(workload(tmp_path, reqs)) as wl:
+        sim = Simulation(wl, profiles, "lru", cap, 1, 0, None, "arrival", 30.0, 100, None, spec)
+        return sim.run(), sim.place.variants
+
+
+def _profiles(a_load: float) -> dict:
+    from loadgen.profiles import ModelCost
+
+    return {
+        "A": ModelCost(a_load, 0.1, 300, 0.0),
+        "A-i8": ModelCost(0.5, 0.1, 100, 0.0),
+        "B": ModelCost(1.0, 0.1, 200, 0.0),
+    }
+
+
+@pytest.mark.parametrize(("a_load", "int8_accuracy"), [(1.0, 0.90), (5.0, 0.50)])
+def test_simulator_chooses_as_the_rule(tmp_path, a_load, int8_accuracy):
+    """A arrives with B cached and room for A's int8 only: the rule weighs (0.99 - a) x 1
+    request x A's load against evicting B (1 request x 1 s); the simulator does what
+    ``agent.variants.choose`` says for those numbers (0.09 <= 1: the variant, then warm;
+    2.45 > 1: evict B for A)."""
+    from loadgen.sim.variants import VariantSpec
+
+    spec = VariantSpec({"A": ["A", "A-i8"]}, {"A": 0.99, "A-i8": int8_accuracy})
+    reqs = [(0, "B"), (10, "A"), (20, "A"), (30, "B")]
+    profiles = _profiles(a_load)
+    res, used = _simulate(tmp_path, spec, reqs, profiles, 350)
+    vs = [
+        Variant(n, profiles[n].bytes, profiles[n].load_s, 0.1, spec.accuracy[n])
+        for n in spec.of["A"]
+    ]
+    expected = choose(vs, set(), 150, 1, lambda: [Copy(1, 1.0)]).name
+    assert expected == ("A-i8" if int8_accuracy == 0.90 else "A")
+    if expected == "A-i8":
+        assert used.served == {"A-i8": 2}  # chosen, then served warm
+        assert (res.cold_starts, res.evictions, res.hits) == (2, 0, 2)
+    else:
+        assert used.served == {}
+        assert (res.cold_starts, res.evictions, res.hits) == (3, 2, 1)
+    plain, _ = _simulate(tmp_path, None, reqs, profiles, 350)
+    assert (plain.cold_starts, plain.evictions) == (3, 2)  # without variants: A and B swap
+
+
+def test_simulator_refuses_variants_without_profiles(tmp_path):
+    from loadgen.sim.inputs import SimulationError
+    from loadgen.sim.variants import VariantSpec
+
+    with pytest.raises(SimulationError, match=r"variant\(s\) of 'A' without a sized profile"):
+        VariantSpec({"A": ["A", "A-fp16"]}).check(_profiles(1.0))
+    with pytest.raises(SimulationError, match="must start with 'A'"):
+        VariantSpec({"A": ["A-i8", "A"]}).check(_profiles(1.0))

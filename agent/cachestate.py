@@ -1,19 +1,25 @@
 """Reading a device's cache state for a decision: its copies, backlogs and the policy's facts
-about each copy; the policy object for one decision; and the victims of a load that outgrew
-its reservation. Shared by placement, keep-alive, the lifecycle and the snapshot."""
+about each copy; everything one placement decides on, read in one round trip
+(:func:`read_state`, :class:`CacheState`); the policy object for one decision; and the victims
+of a load that outgrew its reservation. Shared by placement, keep-alive, the lifecycle and
+the snapshot.
+
+The read is kept apart from the decision (:mod:`agent.decision`) and the transaction that
+commits it (:mod:`agent.placement`): a decision is a pure function of what was read here."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from agent.keys import decode, key, lanes, rq_queue, slot, unslot
 from agent.lifecycle import DRAINING, LOADING
-from agent.membership import Membership
+from agent.membership import Membership, Worker, parse_cap
 from agent.policies import Entry, EvictionPolicy, make_policy
 
 
@@ -41,6 +47,50 @@ def ask_backlogs(pipe, workers) -> None:
 
 def backlogs_from(workers, lengths: list[int]) -> dict[str, int]:
     return {w.name: sum(lengths[3 * i : 3 * i + 3]) for i, w in enumerate(workers)}
+
+
+@dataclass
+class CacheState:
+    """The cache state one placement decides on (read in one round trip)."""
+
+    requests: int  # all requests so far (the policies' R)
+    model_requests: int  # requests for the model being placed
+    entries: dict[str, list[tuple[str, str, dict]]] = field(default_factory=dict)
+    caps: dict[str, int] = field(default_factory=dict)
+    pins: dict[str, dict[str, str]] = field(default_factory=dict)
+    clocks: dict[str, float] = field(default_factory=dict)
+    waiting: dict[str, int] = field(default_factory=dict)
+    queued: dict[str, dict[str, str]] = field(default_factory=dict)
+    priority: dict[str, dict[str, str]] = field(default_factory=dict)
+    backlog: dict[str, int] = field(default_factory=dict)
+
+
+def read_state(
+    conn: redis.Redis, model: str, alive: dict[str, Worker], devices: list[str]
+) -> CacheState:
+    """What a decision reads, in one round trip (inside placement's WATCH)."""
+    with conn.pipeline(transaction=False) as pipe:
+        for d in devices:
+            pipe.hgetall(key("entries", d))
+            pipe.hget(key("device", d), "cap")
+            pipe.hgetall(key("pins", d))
+            pipe.get(key("clock", d))
+            pipe.zcard(key("waiting", d))
+            pipe.hgetall(key("queued", d))
+            pipe.hgetall(key("priority", d))
+        ask_backlogs(pipe, alive.values())
+        pipe.get(key("requests"))
+        pipe.hget(key("stats", model), "requests")
+        replies = pipe.execute()
+    state = CacheState(int(replies[-2] or 0), int(replies[-1] or 0))
+    for i, d in enumerate(devices):
+        raw, cap, pins, clock, waiting, queued, priority = replies[7 * i : 7 * i + 7]
+        state.entries[d] = parse_entries(raw, alive)
+        state.caps[d], state.pins[d] = parse_cap(d, cap), decode(pins)
+        state.clocks[d], state.waiting[d] = float(clock or 0.0), int(waiting)
+        state.queued[d], state.priority[d] = decode(queued), decode(priority)
+    state.backlog = backlogs_from(alive.values(), replies[7 * len(devices) : -2])
+    return state
 
 
 def policy_entries(

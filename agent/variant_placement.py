@@ -14,7 +14,9 @@ from agent.keys import key, unslot
 from agent.lifecycle import DRAINING
 
 if TYPE_CHECKING:
-    from agent.placement import Decision, ModelFacts, Placement, _State
+    from agent.cachestate import CacheState
+    from agent.decision import Decision, ModelFacts
+    from agent.placement import Placement
 
 
 def decide(
@@ -23,20 +25,21 @@ def decide(
     alive: dict,
     devices: list[str],
     now: float,
-    state: _State,
+    state: CacheState,
     admitting: bool,
     only_worker: str | None,
 ):
-    """``Placement._decide`` for a function with variants (not for a request admitted from
+    """:func:`agent.decision.decide` for a function with variants (not for a request admitted from
     the admission queue: it waited for its own model): the rule picks the variant, the usual
     decision places it. A variant other than the best is marked ``served`` (placement
     commits it, :func:`served_request` rewrites the request for it)."""
-    from agent.placement import ModelFacts, ModelTooLarge
+    from agent.decision import ModelFacts, ModelTooLarge
+    from agent.decision import decide as decide_plain
 
     plain = replace(model, variants=())
 
     def run(facts: ModelFacts):
-        return placement._decide(facts, alive, devices, now, state, admitting, only_worker)
+        return decide_plain(placement, facts, alive, devices, now, state, admitting, only_worker)
 
     best_decision: list = []
 

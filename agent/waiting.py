@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 if TYPE_CHECKING:
+    from agent.cachestate import CacheState
+    from agent.decision import Decision, ModelFacts, Wait
     from agent.membership import Worker
-    from agent.placement import Decision, ModelFacts, Placement, Wait, _State
+    from agent.placement import Placement
 
 from agent import admission
 from agent.keys import decode, key, unslot
@@ -58,7 +60,7 @@ def join(
     pipe,
     model: ModelFacts,
     decision: Decision,
-    state: _State,
+    state: CacheState,
     wait: Wait | None,
     alive: dict[str, Worker],
     now: float,

@@ -62,9 +62,14 @@ def _accuracy(v: Variant, best: Variant) -> float:
     return best.accuracy if best.accuracy is not None else 1.0
 
 
+def accuracy_lost(best: Variant, candidate: Variant) -> float:
+    """``a0 - ak`` (a fraction, at least 0): what a request served by ``candidate`` loses."""
+    return max(_accuracy(best, best) - _accuracy(candidate, best), 0.0)
+
+
 def variant_cost(best: Variant, candidate: Variant, function_requests: int) -> float:
     """The rule's left side: ``n_f * ((a0 - ak) * L0 + max(0, xk - x0))``."""
-    lost = max(_accuracy(best, best) - _accuracy(candidate, best), 0.0)
+    lost = accuracy_lost(best, candidate)
     slower = max(candidate.exec_s - best.exec_s, 0.0)
     return function_requests * (lost * best.load_s + slower)
 
@@ -131,12 +136,17 @@ def _fraction(value: Any) -> bool:
 
 
 def declared(
-    spec: dict[str, Any], model: str, catalog: dict[str, dict], profiles: dict[str, dict]
+    spec: dict[str, Any],
+    model: str,
+    catalog: dict[str, dict],
+    profiles: dict[str, dict],
+    where: str = "the catalog",
 ) -> tuple[list[dict[str, Any]], float | None]:
     """A stack entry's ``variants`` (model names, or ``{model, accuracy}``; best first, the
     function's model first) and ``min_accuracy``, checked: ``[{model, file, accuracy}]`` of
     the variants the floor allows, and the floor. Accuracy: declared, else the profile's
-    ``digits_accuracy``. ValueError naming the problem."""
+    ``digits_accuracy``. ValueError naming the problem (``where``: what ``catalog`` is, for
+    it; the simulator's ``--variants`` file checks against its profiles)."""
     raw = spec.get("variants")
     floor = spec.get("min_accuracy")
     if raw is None:
@@ -156,7 +166,7 @@ def declared(
             raise ValueError(f"variant {item['model']!r}: unknown key(s) {sorted(set(item))}")
         name = item["model"]
         if name not in catalog:
-            raise ValueError(f"variant model {name!r} is not in the catalog ({sorted(catalog)})")
+            raise ValueError(f"variant model {name!r} is not in {where} ({sorted(catalog)})")
         if "accuracy" in item and not _fraction(item["accuracy"]):
             raise ValueError(f"variant {name!r}: accuracy must be a fraction 0..1")
         accuracy = item.get("accuracy", (profiles.get(name) or {}).get("digits_accuracy"))

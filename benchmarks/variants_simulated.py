@@ -15,6 +15,8 @@ every model may be served by its int8-full variant (floor: none). At 25/50/75 % 
 workload's float32 bytes, arrival placement (the agent's) with CremeBrulee, with and without
 variants: hit ratio, mean load delay, the share of requests each variant served, the upgrades
 and the accuracy cost (share served smaller x the digits accuracy lost by that dtype).
+The runs take the path of ``brulee simulate --variants FILE`` (the benchmark writes FILE,
+``variants.yml``, into ``--out``; ``read_variants``, ``run`` and ``SimResult``'s numbers).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import sys
 from pathlib import Path
 
 import click
+import yaml
 from tabulate import tabulate
 
 from loadgen.profiles import load_profiles
-from loadgen.sim.engine import Simulation
+from loadgen.sim.engine import run
 from loadgen.sim.inputs import workload_bytes
-from loadgen.sim.variants import VariantSpec
+from loadgen.sim.variants import VariantSpec, read_variants
 from loadgen.sim_workload import CompactWorkload
 from models.profile import read_profiles
 
@@ -51,10 +54,8 @@ def digits_accuracy(digits: Path) -> dict[str, float]:
 
 def run_one(workload: Path, profiles, cap: int, spec: VariantSpec | None, workers: int):
     with CompactWorkload(str(workload)) as wl:
-        sim = Simulation(
-            wl, profiles, "cremebrulee", cap, workers, 0, None, "arrival", 30.0, 1000, None, spec
-        )
-        return sim.run(), sim.place.variants
+        return run(wl, profiles, "cremebrulee", cap, workers, placement="arrival",
+                   deadline_s=30.0, max_waiting=1000, variants=spec)  # fmt: skip
 
 
 @click.command()
@@ -83,21 +84,20 @@ def main(zoo, variants_zoo, digits, out, functions, hours, workers, dtype):
            "1", "--out", str(synth), "--profiles", str(combined), "--models", ",".join(models),
            "--pairing", "quantiles")  # fmt: skip
     profiles = load_profiles(combined)
-    spec = VariantSpec(
-        {m: [m, f"{m}{suffix}"] for m in models},
-        {
-            **{m: accuracy[""] for m in models},
-            **{f"{m}{suffix}": accuracy[suffix] for m in models},
-        },
-    )
+    variants_file = outp / "variants.yml"  # what brulee simulate --variants reads
+    variants_file.write_text(yaml.safe_dump({
+        m: [{"model": m, "accuracy": accuracy[""]},
+            {"model": f"{m}{suffix}", "accuracy": accuracy[suffix]}]
+        for m in models
+    }))  # fmt: skip
+    spec = read_variants(str(variants_file), profiles)
     with CompactWorkload(str(synth)) as wl:
         total = workload_bytes(wl, profiles)
-    lost_points = 100 * (accuracy[""] - accuracy[suffix])
     rows = []
     for pct in (25, 50, 75):
         for label, used in (("off", None), (dtype, spec)):
-            res, chosen = run_one(synth, profiles, total * pct // 100, used, workers)
-            small_share = sum(chosen.served.values()) / res.served if chosen else 0.0
+            res = run_one(synth, profiles, total * pct // 100, used, workers)
+            best, smaller = res.variant_shares() or [1.0, 0.0]
             rows.append(
                 (
                     f"{pct} %",
@@ -106,10 +106,10 @@ def main(zoo, variants_zoo, digits, out, functions, hours, workers, dtype):
                     100 * res.hit_ratio,
                     1e3 * res.mean_load_delay_s,
                     1e3 * res.mean_response_s,
-                    100 * (1 - small_share),
-                    100 * small_share,
-                    chosen.upgrades if chosen else 0,
-                    small_share * lost_points,
+                    100 * best,
+                    100 * smaller,
+                    res.variant_upgrades,
+                    res.accuracy_cost_pts if used else 0.0,
                     res.evictions,
                 )
             )

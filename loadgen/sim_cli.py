@@ -18,6 +18,7 @@ import click
 
 from agent.admission import max_waiting_option
 from loadgen.profiles import ProfileError, load_profiles
+from loadgen.sim.variants import read_variants
 from loadgen.sim_workload import CompactWorkload
 from loadgen.simulator import (
     DEFAULT_DEADLINE_S,
@@ -111,10 +112,11 @@ def write_outputs(out: Path, rows: list[Row], meta: dict) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(summaries[0]))
         writer.writeheader()
         writer.writerows(summaries)
-    full = [
-        {**s, "memory_timeline": r.memory_timeline, "response_cdf": r.response_cdf}
-        for s, (_, _, r) in zip(summaries, rows)
-    ]
+    full = []
+    for s, (_, _, r) in zip(summaries, rows):
+        if r.variant_rank_served:  # the requests each smaller variant served, by name
+            s = {**s, "variant_served": r.variant_served}
+        full.append({**s, "memory_timeline": r.memory_timeline, "response_cdf": r.response_cdf})
     (out / "results.json").write_text(json.dumps({"meta": meta, "runs": full}, indent=1))
     plot(out, rows)
 
@@ -239,6 +241,14 @@ def fmt(v: object) -> object:
     type=click.Path(exists=True, dir_okay=False),
     help="JSON {model: bytes} for profiles without sizes (the seed's models.m5.json).",
 )
+@click.option(
+    "--variants",
+    "variants_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML/JSON {model: [model, smaller variant, ...]} (best first; or {variants: [...], "
+    "min_accuracy: A}, as in functions/stack.yml): under pressure a request may be served by "
+    "a smaller variant, by the agent's rule (docs/simulation.md).",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option(
     "--redis",
@@ -267,6 +277,7 @@ def simulate_command(
     deadline,
     max_waiting,
     sizes,
+    variants_file,
     out,
     redis_url,
     job_timeout,
@@ -287,7 +298,8 @@ def simulate_command(
     seed_list = [seed] if seeds is None else parse_seeds(seeds)
     try:
         profs = load_profiles(profiles, sizes=read_sizes(sizes) if sizes else None)
-    except ProfileError as exc:
+        variants = read_variants(variants_file, profs) if variants_file else None
+    except (ProfileError, SimulationError) as exc:
         raise click.ClickException(str(exc)) from None
     rows: list[Row] = []
     try:
@@ -303,7 +315,7 @@ def simulate_command(
                 jobs = make_jobs(
                     caps, specs, seed_list, workload=workload, profiles=profiles, sizes=sizes,
                     workers=workers, proactive=proactive, placement=placement,
-                    deadline_s=deadline, max_waiting=max_waiting,
+                    deadline_s=deadline, max_waiting=max_waiting, variants=variants_file,
                 )  # fmt: skip
                 with tqdm(total=len(jobs), unit="run", disable=len(jobs) < 2) as bar:
                     results, ran_on = sweep(redis_url, jobs, job_timeout, bar.update)
@@ -316,7 +328,7 @@ def simulate_command(
                             for sd in seed_list:
                                 r = run(
                                     wl, profs, spec, cb, workers, sd, proactive, bar.update,
-                                    placement, deadline, max_waiting,
+                                    placement, deadline, max_waiting, variants=variants,
                                 )  # fmt: skip
                                 rows.append((cap, sd, r))
             elapsed = time.perf_counter() - started
@@ -333,6 +345,7 @@ def simulate_command(
                 "placement": placement,
                 "deadline_s": deadline if math.isfinite(deadline) else "inf",
                 "max_waiting": max_waiting,
+                "variants": variants_file,
                 "elapsed_s": elapsed,
                 "requests_per_s": wl.n * len(rows) / elapsed if elapsed > 0 else None,
             }
@@ -344,6 +357,9 @@ def simulate_command(
     if placement == "arrival":
         at = columns.index("rejected") + 1
         columns[at:at] = ADMISSION_COLUMNS
+    if variants is not None:  # the share each rank of variant served, upgrades, accuracy
+        columns += [k for k in rows[0][2].summary() if k.startswith("v") and k.endswith("_share")]
+        columns += ["variant_upgrades", "accuracy_cost_pts"]
     table = [
         [r.policy, cap, sd, *(fmt(r.summary()[k]) for k in columns[3:])] for cap, sd, r in rows
     ]

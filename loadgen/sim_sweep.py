@@ -27,6 +27,7 @@ from loadgen.profiles import load_profiles
 from loadgen.sim.engine import run
 from loadgen.sim.inputs import SimulationError, check_models, parse_cap, workload_bytes
 from loadgen.sim.results import SimResult
+from loadgen.sim.variants import read_variants
 from loadgen.sim_workload import CompactWorkload
 
 QUEUE = "brulee-simulate"
@@ -58,13 +59,14 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     sizes = read_sizes(job["sizes"]) if job["sizes"] else None
     profs = load_profiles(job["profiles"], sizes=sizes)
+    variants = read_variants(job["variants"], profs) if job.get("variants") else None
     wl = _workload(job["workload"])
     check_models(wl, profs)
     cap_bytes = parse_cap(job["cap"], workload_bytes(wl, profs))
     res = run(
         wl, profs, job["policy"], cap_bytes, job["workers"], job["seed"], job["proactive"],
         placement=job["placement"], deadline_s=job["deadline_s"],
-        max_waiting=job["max_waiting"],
+        max_waiting=job["max_waiting"], variants=variants,
     )  # fmt: skip
     return asdict(res)
 
@@ -74,7 +76,7 @@ def make_jobs(
 ) -> list[dict[str, Any]]:
     """One job description per (cap, policy, seed), in the local sweep's order. File paths are
     made absolute (a worker may run in another directory)."""
-    for key in ("workload", "profiles", "sizes"):
+    for key in ("workload", "profiles", "sizes", "variants"):
         if common.get(key):
             common[key] = os.path.abspath(common[key])
     return [

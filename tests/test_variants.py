@@ -3,6 +3,7 @@ real agent serving a smaller variant under pressure and upgrading it when memory
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import threading
@@ -237,13 +238,13 @@ def _entries_models(conn) -> set[str]:
 # --- the simulator runs the same rule -----------------------------------------------------
 
 
-def _simulate(tmp_path: Path, spec, reqs, profiles, cap: int):
+def _simulate(tmp_path: Path, spec, reqs, profiles, cap: int, placement: str = "arrival"):
     from loadgen.sim.engine import Simulation
     from loadgen.sim_workload import CompactWorkload
     from tests.test_simulator import workload
 
     with CompactWorkload(workload(tmp_path, reqs)) as wl:
-        sim = Simulation(wl, profiles, "lru", cap, 1, 0, None, "arrival", 30.0, 100, None, spec)
+        sim = Simulation(wl, profiles, "lru", cap, 1, 0, None, placement, 30.0, 100, None, spec)
         return sim.run(), sim.place.variants
 
 
@@ -257,18 +258,20 @@ def _profiles(a_load: float) -> dict:
     }
 
 
+@pytest.mark.parametrize("placement", ["arrival", "start"])
 @pytest.mark.parametrize(("a_load", "int8_accuracy"), [(1.0, 0.90), (5.0, 0.50)])
-def test_simulator_chooses_as_the_rule(tmp_path, a_load, int8_accuracy):
+def test_simulator_chooses_as_the_rule(tmp_path, a_load, int8_accuracy, placement):
     """A arrives with B cached and room for A's int8 only: the rule weighs (0.99 - a) x 1
     request x A's load against evicting B (1 request x 1 s); the simulator does what
     ``agent.variants.choose`` says for those numbers (0.09 <= 1: the variant, then warm;
-    2.45 > 1: evict B for A)."""
+    2.45 > 1: evict B for A). Start placement decides as the worker starts each request (one
+    worker, nothing queued: the same moments), so it gives the same answers."""
     from loadgen.sim.variants import VariantSpec
 
     spec = VariantSpec({"A": ["A", "A-i8"]}, {"A": 0.99, "A-i8": int8_accuracy})
     reqs = [(0, "B"), (10, "A"), (20, "A"), (30, "B")]
     profiles = _profiles(a_load)
-    res, used = _simulate(tmp_path, spec, reqs, profiles, 350)
+    res, used = _simulate(tmp_path, spec, reqs, profiles, 350, placement)
     vs = [
         Variant(n, profiles[n].bytes, profiles[n].load_s, 0.1, spec.accuracy[n])
         for n in spec.of["A"]
@@ -281,7 +284,7 @@ def test_simulator_chooses_as_the_rule(tmp_path, a_load, int8_accuracy):
     else:
         assert used.served == {}
         assert (res.cold_starts, res.evictions, res.hits) == (3, 2, 1)
-    plain, _ = _simulate(tmp_path, None, reqs, profiles, 350)
+    plain, _ = _simulate(tmp_path, None, reqs, profiles, 350, placement)
     assert (plain.cold_starts, plain.evictions) == (3, 2)  # without variants: A and B swap
 
 
@@ -293,3 +296,96 @@ def test_simulator_refuses_variants_without_profiles(tmp_path):
         VariantSpec({"A": ["A", "A-fp16"]}).check(_profiles(1.0))
     with pytest.raises(SimulationError, match="must start with 'A'"):
         VariantSpec({"A": ["A-i8", "A"]}).check(_profiles(1.0))
+
+
+# --- brulee simulate --variants FILE ------------------------------------------------------
+
+VARIANTS_YML = "A: [{model: A, accuracy: 0.99}, {model: A-i8, accuracy: 0.90}]\n"
+
+
+def _simulate_cli(tmp_path: Path, variants: str | None, *extra: str):
+    """``brulee simulate`` over the scenario of test_simulator_chooses_as_the_rule (A's load
+    1 s: the int8 variant serves A's two requests)."""
+    from click.testing import CliRunner
+
+    from agent.cli import main
+    from tests.test_simulator import workload
+
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps({"models": [
+        {"name": n, "load_s": c.load_s, "exec_s": c.exec_s, "bytes": c.bytes, "unload_s": 0}
+        for n, c in _profiles(1.0).items()
+    ]}))  # fmt: skip
+    w = workload(tmp_path, [(0, "B"), (10, "A"), (20, "A"), (30, "B")])
+    args = ["simulate", "--workload", w, "--profiles", str(prof), "--policies", "lru",
+            "--memory-cap", "350", "--out", str(tmp_path / "out"), *extra]  # fmt: skip
+    if variants is not None:
+        (tmp_path / "v.yml").write_text(variants)
+        args += ["--variants", str(tmp_path / "v.yml")]
+    return CliRunner().invoke(main, args)
+
+
+def test_cli_simulates_variants_from_a_file(tmp_path):
+    """The table and CSV gain each rank's share, the upgrades and the accuracy cost (2 of 4
+    requests served by A-i8, 0.09 lost each: 4.5 points per request); results.json names the
+    variant; the numbers are the library's (the benchmark's path); start placement too."""
+    from loadgen.sim.variants import read_variants
+
+    res = _simulate_cli(tmp_path, VARIANTS_YML, "--placement", "arrival")
+    assert res.exit_code == 0, res.output
+    assert "v1_share" in res.output and "accuracy_cost_pts" in res.output
+    (row,) = csv.DictReader(open(tmp_path / "out" / "results.csv"))
+    assert (float(row["v0_share"]), float(row["v1_share"])) == (0.5, 0.5)
+    assert float(row["accuracy_cost_pts"]) == pytest.approx(4.5)
+    assert (row["variant_upgrades"], row["evictions"], row["cold_starts"]) == ("0", "0", "2")
+    (run,) = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    assert run["variant_served"] == {"A-i8": 2}
+    spec = read_variants(str(tmp_path / "v.yml"), _profiles(1.0))
+    lib, _ = _simulate(tmp_path, spec, [(0, "B"), (10, "A"), (20, "A"), (30, "B")],
+                       _profiles(1.0), 350)  # fmt: skip
+    assert lib.summary()["accuracy_cost_pts"] == pytest.approx(4.5)
+    res = _simulate_cli(tmp_path, VARIANTS_YML, "--placement", "start")  # the same rule
+    assert res.exit_code == 0, res.output
+    (start,) = csv.DictReader(open(tmp_path / "out" / "results.csv"))
+    assert (start["v1_share"], start["evictions"]) == ("0.5", "0")
+    # a floor above int8's accuracy leaves A alone: evicting B for it, as without variants
+    floor = "A: {variants: [{model: A, accuracy: 0.99}, {model: A-i8, accuracy: 0.9}], " \
+        "min_accuracy: 0.95}\n"  # fmt: skip
+    res = _simulate_cli(tmp_path, floor, "--placement", "arrival")
+    assert res.exit_code == 0, res.output
+    (row,) = csv.DictReader(open(tmp_path / "out" / "results.csv"))
+    assert (row["v0_share"], row["evictions"], row["accuracy_cost_pts"]) == ("1.0", "2", "0.0")
+    assert "v1_share" not in row
+
+
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ("A: [A, A-fp16]\n", "'A': variant model 'A-fp16' is not in the profiles"),
+        ("A: [A-i8, A]\n", "must start with the function's model 'A'"),
+        ("A: [A, A]\n", "list a model twice"),
+        ("A: {variants: [A, A-i8], min_accuracy: 0.5}\n", "needs every variant's accuracy"),
+        ("A: {varients: [A, A-i8]}\n", "unknown key(s) ['varients']"),
+        ("A: A-i8\n", "expected a list of variants or a mapping"),
+        ("[A, A-i8]\n", "expected a mapping {model: [variants"),
+        ("A: [A, A-i8\n", "v.yml"),  # not YAML
+    ],
+)
+def test_cli_variants_file_errors_are_named(tmp_path, variants, message):
+    res = _simulate_cli(tmp_path, variants, "--placement", "arrival")
+    assert res.exit_code != 0
+    assert message in res.output, res.output
+
+
+def test_sweep_job_reads_the_variants_file(tmp_path):
+    """A sweep's job (what a simulate-worker runs) takes the same file to the same numbers."""
+    from loadgen.sim_sweep import make_jobs, result_from, run_job
+
+    assert _simulate_cli(tmp_path, VARIANTS_YML, "--placement", "arrival").exit_code == 0
+    (job,) = make_jobs(
+        ["350"], ["lru"], [0], workload=str(tmp_path / "w.csv"),
+        profiles=str(tmp_path / "p.json"), sizes=None, workers=1, proactive=None,
+        placement="arrival", deadline_s=30.0, max_waiting=100, variants=str(tmp_path / "v.yml"),
+    )  # fmt: skip
+    res = result_from(json.loads(json.dumps(run_job(job))))
+    assert res.variant_served == {"A-i8": 2} and res.summary()["v1_share"] == 0.5

@@ -92,9 +92,7 @@ class Simulation:
             if placement == "arrival"
             else StartPlacement(self)
         )
-        if variants is not None:
-            if placement != "arrival":
-                raise SimulationError("variants need the arrival placement (the agent's)")
+        if variants is not None:  # (the compiled loop and bulk hits then do not apply)
             self.place.variants = SimVariants(self, variants)
 
     # -- workers ------------------------------------------------------------------------------
@@ -261,8 +259,8 @@ def run(
     (as the live agent does; see ``loadgen.simulator``). Arrival placement only:
     ``deadline_s`` (the agent's sync timeout; ``math.inf``: no deadline, as for async jobs)
     and ``max_waiting`` (the admission queue's bound) rule the admission queue.
-    ``variants``: models served by a smaller variant under pressure (``loadgen.sim.variants``,
-    arrival placement only)."""
+    ``variants``: models served by a smaller variant under pressure (``loadgen.sim.variants``;
+    decided on arrival or as a worker starts the request, as ``placement`` says)."""
     if placement not in PLACEMENTS:
         raise SimulationError(
             f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}"

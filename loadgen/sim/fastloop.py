@@ -19,8 +19,8 @@ the results are identical (tests/test_simulator.py checks every ``SimResult`` fi
 Each worker has at most one finish in flight, so the event heap is one slot per worker
 (``ev_t``, ``ev_seq``: popped by the smallest (time, sequence), as ``heapq`` orders them); the
 worker queues are ring buffers, grown (``_grow``) when one fills. Applies (``applies``) to
-start placement without a proactive policy, ``on_served``, an oracle or an ``on_hit`` hook
-(GDSF): those need Python at every request.
+start placement without a proactive policy, ``on_served``, an oracle, an ``on_hit`` hook
+(GDSF) or variants: those need Python at every request.
 """
 
 from __future__ import annotations
@@ -184,6 +184,7 @@ class FastLoop:
         return (
             njit is not None
             and isinstance(sim.place, StartPlacement)
+            and sim.place.variants is None  # (the variant rule decides every request)
             and sim.pro is None
             and sim.on_served is None
             and not sim.pol.needs_oracle

@@ -63,6 +63,7 @@ class HitRuns:
     def applies(sim: Simulation) -> bool:
         return (
             isinstance(sim.place, StartPlacement)
+            and sim.place.variants is None  # (the variant rule decides every request)
             and sim.pro is None
             and sim.on_served is None
             and all(c.exec_s > 0 for c in sim.cost)  # (a finish after its own arrival)

@@ -32,6 +32,8 @@ class StartPlacement:
         self.waiting: list = []  # (no admission queue: a miss that cannot fit is rejected)
         self.wait_hist = LogHistogram()
 
+    variants = None  # loadgen.sim.variants.SimVariants: the agent's variant rule, if any
+
     def arrive(self, t: float, m: int) -> None:
         sim = self.sim
         w = sim.least_loaded()
@@ -65,6 +67,9 @@ class StartPlacement:
         (``loadgen.sim.fastloop``) calls it for its misses."""
         sim = self.sim
         dev, res, pol = sim.dev, sim.res, sim.pol
+        if self.variants is not None:  # the agent's rule, decided as the worker starts it
+            sim.oracle.ref = arrival
+            m = self.variants.pick(self, now, m)
         sim.pending[m] -= 1
         e = dev.cached.get(m)
         t = now

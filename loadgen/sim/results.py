@@ -115,6 +115,13 @@ class SimResult:
     mean_memory_bytes: float = 0.0
     memory_timeline: list[tuple[float, int]] = field(default_factory=list)
     response_cdf: list[tuple[float, float]] = field(default_factory=list)
+    # memory-adaptive variants (loadgen.sim.variants), empty without: requests served by a
+    # variant other than the one requested, by name and by rank in its list (0: the best,
+    # never counted here), the background upgrades and the accuracy lost (fractions, summed)
+    variant_served: dict[str, int] = field(default_factory=dict)
+    variant_rank_served: list[int] = field(default_factory=list)
+    variant_upgrades: int = 0
+    variant_accuracy_lost: float = 0.0
 
     @property
     def served(self) -> int:
@@ -144,9 +151,28 @@ class SimResult:
         """The paper's metric: mean model-load delay / mean execution latency."""
         return self.mean_load_delay_s / self.mean_exec_s if self.served else math.nan
 
+    def variant_shares(self) -> list[float]:
+        """The share of served requests each rank of variant served (0: the requested model,
+        the best, also for models without variants); empty without variants."""
+        if not self.variant_rank_served:
+            return []
+        n = self.served or 1
+        smaller = [c / n for c in self.variant_rank_served[1:]]
+        return [1.0 - sum(smaller), *smaller] if self.served else [math.nan] * (len(smaller) + 1)
+
+    @property
+    def accuracy_cost_pts(self) -> float:
+        """Accuracy points lost per served request, on average: served by a smaller variant x
+        its accuracy below the best's (0 without variants)."""
+        return 100 * self.variant_accuracy_lost / self.served if self.served else math.nan
+
     def summary(self) -> dict[str, Any]:
-        """Flat numbers for the table/CSV (no timelines)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("memory_timeline", "response_cdf")}
+        """Flat numbers for the table/CSV (no timelines); with variants, ``v0_share``,
+        ``v1_share``, … (``variant_shares``), ``variant_upgrades`` and ``accuracy_cost_pts``."""
+        variant_keys = ("variant_served", "variant_rank_served", "variant_upgrades",
+                        "variant_accuracy_lost")  # fmt: skip
+        skip = ("memory_timeline", "response_cdf", *variant_keys)
+        d = {k: v for k, v in asdict(self).items() if k not in skip}
         d.update(
             hit_ratio=self.hit_ratio,
             mean_load_delay_s=self.mean_load_delay_s,
@@ -154,6 +180,11 @@ class SimResult:
             load_delay_ratio=self.load_delay_ratio,
             mean_admission_wait_s=self.mean_admission_wait_s,
         )
+        shares = self.variant_shares()
+        if shares:
+            d.update({f"v{k}_share": s for k, s in enumerate(shares)})
+            d.update(variant_upgrades=self.variant_upgrades,
+                     accuracy_cost_pts=self.accuracy_cost_pts)  # fmt: skip
         return d
 
 

@@ -59,7 +59,8 @@ def decide(
     held = {m for es in state.entries.values() for m, _, doc in es if doc["state"] != DRAINING}
     free = max(state.caps[d] - used_bytes(state.entries[d]) for d in devices)
     requests = function_requests(placement.r, model.variants)
-    chosen = rule.choose(model.variants, held, free, requests, victims)
+    cap = max(state.caps[d] for d in devices)
+    chosen = rule.choose(model.variants, held, free, requests, victims, cap)
     if chosen.name == model.name:
         return best_decision[0] if best_decision else run(plain)
     facts = ModelFacts(chosen.name, chosen.bytes, chosen.load_s, chosen.exec_s)

@@ -15,7 +15,8 @@ The rule, for a request of a function whose variants are ``v0`` (its model, the 
 2. Else the candidate ``vk`` is the best variant held, if any (it serves warm; when ``v0``
    fits in the free memory it serves while the upgrade loads ``v0``), else the best variant
    that fits in the free memory; if ``v0`` fits in the free memory and nothing is held, or
-   there is no candidate, ``v0`` (as without variants).
+   there is no candidate, ``v0`` (as without variants) — unless ``v0`` is larger than the
+   cap: then the best variant that fits the cap, evicting for it as for any miss.
 3. If evicting for ``v0`` is impossible now (its memory is pinned, or ``v0`` is larger than
    the cap), ``vk``. Otherwise, with ``E`` the copies the eviction policy would evict for
    ``v0`` (a held ``vk`` among them, maybe), serve ``vk`` iff
@@ -95,12 +96,14 @@ def choose(
     free: int,
     function_requests: int,
     victims: Callable[[], Sequence[Victim] | None],
+    cap: int | None = None,
 ) -> Variant:
     """The variant that serves a request (the module's rule). ``variants``: best first, only
     those allowed by the function's accuracy floor; ``held``: names of variants cached and not
     draining; ``free``: the most free bytes on a device that could hold it;
     ``victims()``: what evicting for ``variants[0]`` would evict (None: impossible now),
-    asked only when the answer depends on it."""
+    asked only when the answer depends on it; ``cap``: the largest cap of those devices
+    (None: unknown)."""
     held = set(held)
     best = variants[0]
     if best.name in held:
@@ -113,6 +116,8 @@ def choose(
     if candidate is None:
         candidate = next((v for v in variants[1:] if v.bytes <= free), None)
     if candidate is None:
+        if cap is not None and best.bytes > cap:  # the best can never be placed: the best
+            return next((v for v in variants[1:] if v.bytes <= cap), best)  # that can, evicting
         return best
     return candidate if prefers_variant(best, candidate, function_requests, victims()) else best
 

@@ -36,6 +36,11 @@ def test_rule_serves_the_best_held_or_what_fits():
     assert choose(ALL, {"m-int8"}, 500, 5, never) is I8  # warm; the upgrade loads the best
     assert choose(ALL, set(), 500, 5, never) is F32  # no pressure
     assert choose(ALL, set(), 50, 5, never) is F32  # nothing fits: evict for the best
+    # ... unless the best is larger than the cap (it could never be placed): the best variant
+    # that fits the cap, evicting for it
+    assert choose(ALL, set(), 50, 5, never, cap=350) is F16
+    assert choose(ALL, set(), 50, 5, never, cap=150) is I8
+    assert choose(ALL, set(), 50, 5, never, cap=50) is F32  # none fits: the agent's 507
 
 
 def test_rule_weighs_what_the_variant_costs_against_what_eviction_throws_away():
@@ -223,6 +228,49 @@ def test_agent_serves_a_smaller_variant_under_pressure_and_upgrades_it(tmp_path,
         assert ok["headers"]["X-Variant"]["required"] is True
         deploy = doc["components"]["schemas"]["DeployRequest"]["properties"]
         assert {"variants", "min_accuracy"} <= set(deploy)
+
+
+def test_agent_serves_a_variant_when_the_best_is_larger_than_the_cap(tmp_path, variant_models):
+    """A cap below the best model's bytes and too little free memory for any variant: without
+    variants the agent answers 507; with them the largest variant that fits the cap serves,
+    evicting what it must."""
+    import redis
+
+    from agent.keys import key
+    from agent.registry import Profiles, model_facts
+
+    stack = _stack(
+        tmp_path,
+        {
+            "digits": {
+                "model": "digits-cnn",
+                "handler": "digits",
+                "variants": ["digits-cnn", "digits-cnn-int8-full"],
+            },
+            "plain": {"model": "digits-cnn", "handler": "digits"},
+            "other": {"model": "digits-cnn-int8", "handler": "digits"},
+        },
+    )
+    with running_agent(variant_models, 64 << 20, functions_file=str(stack)) as agent:
+        conn = redis.Redis.from_url(agent["redis_url"])
+        profiles = Profiles(variant_models)
+
+        def nbytes(model: str) -> int:
+            doc = {"name": model, "model": model, "file": f"{model}.tflite"}
+            return model_facts(conn, doc, variant_models, profiles.get(model))[0].bytes
+
+        f32, i8 = nbytes("digits-cnn"), nbytes("digits-cnn-int8-full")
+        conn.hset(key("device", "dev"), "cap", (f32 + i8) // 2)  # below the best model
+        _call(agent, "other")  # what is left free is too little for the variant too
+        assert (f32 + i8) // 2 - nbytes("digits-cnn-int8") < i8
+        x = np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)
+        plain = requests.post(
+            f"{agent['url']}/function/plain", json={"inputs": x.tolist()}, timeout=60
+        )
+        assert plain.status_code == 507, plain.text
+        served = _call(agent, "digits")
+        assert served.headers["X-Variant"] == "digits-cnn-int8-full", served.headers
+        assert _entries_models(conn) == {"digits-cnn-int8-full"}  # the filler was evicted
 
 
 def _entries(conn) -> dict[str, bytes]:

@@ -152,7 +152,7 @@ class SimVariants:
             dev.refresh_pins(t)
             return found
 
-        chosen = rule.choose(vs, held, dev.free, sim.requests[m], victims)
+        chosen = rule.choose(vs, held, dev.free, sim.requests[m], victims, dev.cap_bytes)
         if not place.waiting:
             self._upgrade(place, vs, held, t)
         if chosen is vs[0]:

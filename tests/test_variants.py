@@ -138,6 +138,12 @@ def test_a_variant_with_another_signature_is_refused(tmp_path, test_models):
 # --- the real agent -----------------------------------------------------------------------
 
 
+def _digits_with_int8_full(**extra) -> dict:
+    """The digits function's stack entry with its full-integer variant."""
+    variants = ["digits-cnn", "digits-cnn-int8-full"]
+    return {"model": "digits-cnn", "handler": "digits", "variants": variants, **extra}
+
+
 def _call(agent: dict, name: str) -> requests.Response:
     x = np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)
     resp = requests.post(f"{agent['url']}/function/{name}", json={"inputs": x.tolist()}, timeout=60)
@@ -160,12 +166,7 @@ def test_agent_serves_a_smaller_variant_under_pressure_and_upgrades_it(tmp_path,
     stack = _stack(
         tmp_path,
         {
-            "digits": {
-                "model": "digits-cnn",
-                "handler": "digits",
-                "variants": ["digits-cnn", "digits-cnn-int8-full"],
-                "min_accuracy": 0.9,
-            },
+            "digits": _digits_with_int8_full(min_accuracy=0.9),
             "other": {"model": "digits-cnn-fp16", "handler": "digits"},
         },
     )
@@ -242,11 +243,7 @@ def test_agent_serves_a_variant_when_the_best_is_larger_than_the_cap(tmp_path, v
     stack = _stack(
         tmp_path,
         {
-            "digits": {
-                "model": "digits-cnn",
-                "handler": "digits",
-                "variants": ["digits-cnn", "digits-cnn-int8-full"],
-            },
+            "digits": _digits_with_int8_full(),
             "plain": {"model": "digits-cnn", "handler": "digits"},
             "other": {"model": "digits-cnn-int8", "handler": "digits"},
         },

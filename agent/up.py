@@ -73,7 +73,8 @@ def keep_alive_loop(
     last_id, last_t = None, 0.0
     while not stop.wait(period):
         try:
-            upgrade_variants(conn, placement, models_dir, profiles)
+            docs = [json.loads(raw) for raw in conn.hvals(key("functions"))]
+            upgrade_variants(conn, placement, models_dir, profiles, docs)
             if proactive is None:
                 continue
             if last_id is None:  # start with what arrives from now on
@@ -88,8 +89,7 @@ def keep_alive_loop(
             expire_idle(placement, proactive)
             facts, files = {}, {}
             failed = {name.decode() for name in conn.hkeys(key("failed"))}
-            for raw in conn.hvals(key("functions")):
-                doc = json.loads(raw)
+            for doc in docs:
                 if doc["model"] in facts or doc["name"] in failed:
                     continue
                 try:
@@ -105,9 +105,10 @@ def keep_alive_loop(
             continue
 
 
-def upgrade_variants(conn, placement, models_dir: Path, profiles) -> list:
+def upgrade_variants(conn, placement, models_dir: Path, profiles, docs=None) -> list:
     """Upgrade, into free memory, every function served by a smaller variant (its better
-    variant loaded in the background, nothing evicted): ``agent.variant_placement``."""
+    variant loaded in the background, nothing evicted): ``agent.variant_placement``.
+    ``docs``: the function documents, if the caller has read them already."""
     from agent.keys import key
     from agent.registry import model_facts
     from agent.variant_placement import upgrade, variant_list
@@ -115,7 +116,8 @@ def upgrade_variants(conn, placement, models_dir: Path, profiles) -> list:
     def facts(doc: dict):
         return model_facts(conn, doc, models_dir, profiles.get(doc["model"]))[0]
 
-    docs = [json.loads(raw) for raw in conn.hvals(key("functions"))]
+    if docs is None:
+        docs = [json.loads(raw) for raw in conn.hvals(key("functions"))]
     functions = [(d["name"], variant_list(d, facts)) for d in docs if d.get("variants")]
     return upgrade(placement, functions) if functions else []
 

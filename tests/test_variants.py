@@ -125,8 +125,10 @@ def test_bad_variant_declarations_are_named(tmp_path, variant_models, spec, mess
 
 def test_a_floor_needs_every_variants_accuracy(tmp_path, dtype_models):
     spec = {"model": "digits-cnn", "variants": ["digits-cnn"], "min_accuracy": 0.9}
+    unprofiled = tmp_path / "models"  # the models without a profiles.json (none measured)
+    shutil.copytree(dtype_models, unprofiled, ignore=shutil.ignore_patterns("profiles.json"))
     with pytest.raises(ValueError, match=r"needs every variant's accuracy; \['digits-cnn'\]"):
-        _load(tmp_path, dtype_models, spec)  # no profiles.json there
+        _load(tmp_path, unprofiled, spec)
 
 
 def test_a_variant_with_another_signature_is_refused(tmp_path, test_models):

@@ -22,8 +22,6 @@ import redis
 from agent.keys import key, unslot
 from agent.policies import Entry, EvictionPolicy
 from agent.policies.base import OrderedPolicy
-from agent.policies.cremebrulee import CremeBrulee
-from agent.policies.random_eviction import RandomEviction
 
 KEPT = 50  # eviction decisions kept per device
 COMPARED_SHOWN = 12  # copies kept by a decision listed with it (the lowest utilities)
@@ -50,17 +48,13 @@ def utilities(
     """Each entry's utility under ``policy`` (see the module's docstring), in order."""
     if not entries:
         return []
-    if isinstance(policy, CremeBrulee):  # the utility itself, not the random draw's key
-        u = policy.utilities(entries, total_requests, now)
-        return [_plain(u[id(e)]) for e in entries]
-    if isinstance(policy, OrderedPolicy) and not isinstance(policy, RandomEviction):
-        # (random's order is a fresh shuffle, not a utility; computing it would also draw
-        # from the policy's seeded generator and change its next decision)
+    if isinstance(policy, OrderedPolicy):
         try:
-            order = policy.order_key(entries, entries, total_requests, now)
-            return [_plain(order(e)) for e in entries]
+            key_of = policy.shown_key(entries, total_requests, now)
         except ValueError:  # an oracle policy outside the simulator
-            pass
+            key_of = None
+        if key_of is not None:
+            return [_plain(key_of(e)) for e in entries]
     return [None] * len(entries)
 
 

@@ -171,6 +171,13 @@ class OrderedPolicy(EvictionPolicy):
         """A key for the possible victims (``candidates``); the smallest is evicted first.
         ``cached`` is every cached entry, for keys scaled across the cache."""
 
+    def shown_key(
+        self, cached: Sequence[Entry], total_requests: int, now: float
+    ) -> Callable[[Entry], Any] | None:
+        """What the status page shows as each copy's utility: by default the order key
+        (smallest evicted first); None for a policy whose order is not a utility."""
+        return self.order_key(cached, cached, total_requests, now)
+
     def require_oracle(self) -> Oracle:
         """The oracle, or a clear error: oracle policies only make sense in simulation."""
         if self.oracle is None:

@@ -95,6 +95,13 @@ class CremeBrulee(OrderedPolicy):
             return {id(e): w / (e.bytes or _TINY) for e, w in zip(entries, weights)}
         return {id(e): w for e, w in zip(entries, weights)}
 
+    def shown_key(
+        self, cached: Sequence[Entry], total_requests: int, now: float
+    ) -> Callable[[Entry], float]:
+        """The utility itself (for the randomised variant too: not its draw's key)."""
+        utility = self.utilities(cached, total_requests, now)
+        return lambda e: utility[id(e)]
+
     def order_key(
         self, cached: Sequence[Entry], candidates: Sequence[Entry], total_requests: int, now: float
     ) -> Callable[[Entry], float]:

@@ -24,3 +24,8 @@ class RandomEviction(OrderedPolicy):
         self.rng.shuffle(ordered)
         position = {id(e): i for i, e in enumerate(ordered)}
         return lambda e: position[id(e)]
+
+    def shown_key(self, cached: Sequence[Entry], total_requests: int, now: float) -> None:
+        """None: the order is a fresh shuffle, not a utility (and drawing one for show would
+        advance the seeded generator and change the next decision)."""
+        return None

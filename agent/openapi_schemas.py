@@ -170,8 +170,9 @@ def schemas(models: list[str] | None) -> dict[str, Any]:
                 "variants": {
                     "type": "array",
                     "minItems": 1,
+                    "nullable": True,
                     "description": "models to serve under memory pressure, best first (the "
-                    "function's model first), each a name or {model, accuracy}",
+                    "function's model first), each a name or {model, accuracy}; null: none",
                     "items": {
                         "oneOf": [
                             {"type": "string"},

@@ -155,12 +155,21 @@ def gateway_threads(processes: int, max_waiting: int | None = None) -> int:
     return 8 + -(-max_requests(waiting) // max(processes, 1))
 
 
+# Seconds an idle keep-alive connection stays open. gunicorn's default, 2 s, loses calls: a
+# client that sends on a pooled connection just as the server closes it gets "connection
+# closed" and no answer, and clients do not resend a POST (RFC 9110 9.2.2). Seen in replays
+# (1 call in ~100 on a loaded machine); nginx's 75 s makes the race need a connection idle
+# that long. An idle connection costs the gthread worker a file descriptor, not a thread.
+HTTP_KEEP_ALIVE_S = 75
+
+
 def gateway_options(host: str, port: int, processes: int) -> list[str]:
     """gunicorn's options serving the gateway, the app loaded once in its master
     (``--preload``: the workers share it); the rest comes from ``BRULEE_*`` in its env."""
     return [
         "-w", str(processes), "-k", "gthread", "--threads", str(gateway_threads(processes)),
         "-b", f"{host}:{port}", "--graceful-timeout", "10", "--preload", "--no-control-socket",
+        "--keep-alive", str(HTTP_KEEP_ALIVE_S),
         "agent.gateway:create_app()",
     ]  # fmt: skip
 

@@ -164,9 +164,12 @@ def test_sigint_writes_partial_reports(server, tmp_path):
     write_workload(path, (Request(i * 0.05, "tiny-cnn", str(i)) for i in range(1200)))  # 60 s
     out = tmp_path / "out"
     brulee_bin = Path(sys.executable).with_name("brulee")
+    # Ctrl-C as at a terminal: the replay hears SIGINT even when this suite was started in the
+    # background (a non-interactive shell's `cmd &` ignores SIGINT, and children inherit that)
     proc = subprocess.Popen(
         [str(brulee_bin), "replay", "--workload", str(path), "--host", server, "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     # interrupt once the replay is really running (20+ records), not after a fixed sleep: on a
     # loaded machine the start-up alone (imports, Locust's workers) can take longer than 5 s

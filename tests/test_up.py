@@ -3,9 +3,13 @@ serves, refuses a second start on the same state directory, and SIGTERM leaves n
 
 from __future__ import annotations
 
+import http.client
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -44,6 +48,18 @@ def test_up_serves_refuses_second_and_stops_cleanly(test_models: Path, tmp_path:
             assert session.post(f"{url}{path}", data=big, timeout=30).status_code == status
             again = session.post(f"{url}/function/digits-cnn", json={"inputs": x}, timeout=60)
             assert again.status_code == 200, again.text
+
+        # a keep-alive connection idle past gunicorn's default keep-alive (2 s) is still open:
+        # a pooled client sending on it as the server closed it would get no answer
+        conn = http.client.HTTPConnection(urlsplit(url).hostname, urlsplit(url).port, timeout=60)
+        body, headers = json.dumps({"inputs": x}), {"Content-Type": "application/json"}
+        conn.request("POST", "/function/digits-cnn", body, headers)
+        assert conn.getresponse().read() and conn.sock is not None
+        sock = conn.sock
+        time.sleep(3.5)
+        conn.request("POST", "/function/digits-cnn", body, headers)
+        assert conn.getresponse().status == 200 and conn.sock is sock
+        conn.close()
 
         # `brulee invoke --random`: a random input of the right shape; first a miss, then a hit
         invoke = [sys.executable, "-c", "from agent.cli import main; main()", "invoke"]

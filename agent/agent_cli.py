@@ -163,9 +163,10 @@ policy_option = click.option(
     type=click.Choice(sorted(DURABILITY)),
     default=DEFAULT_DURABILITY,
     show_default=True,
-    help="strict: an accepted async job is on disk before its 202 (the embedded Redis forces "
-    "every write to disk); fast: forced once a second, so a power loss or OS crash may lose "
-    "the last second or two of accepted jobs (see docs/agent.md).",
+    help="strict: an accepted async job is on disk before its 202 (the agent forces the "
+    "embedded Redis' append-only file before each 202 and after each job's end, not per "
+    "write); fast: forced once a second, so a power loss or OS crash may lose the last second "
+    "or two of accepted jobs (see docs/agent.md).",
 )
 @cold_loads_option
 def up_command(

@@ -66,8 +66,9 @@ def keep_alive_loop(
     from agent.keys import key
     from agent.placement import Placement
     from agent.registry import Profiles, model_facts
+    from agent.worker import connect
 
-    conn = redis.Redis.from_url(redis_url)
+    conn = connect(redis_url)  # a worker's timeouts: a Redis gone silent is noticed
     placement = Placement(conn, os.environ.get("BRULEE_POLICY") or "cremebrulee")
     profiles = Profiles(models_dir)
     last_id, last_t = None, 0.0

@@ -42,7 +42,7 @@ from agent.dispatch import ASYNC, SYNC, counted_as, submit
 from agent.interpreters import InterpreterCache
 from agent.keys import lanes, worker_queue
 from agent.lane import Spool, reply_message
-from agent.lanequeue import LaneQueue
+from agent.lanequeue import POP_SLICE_S, LaneQueue
 from agent.membership import HEARTBEAT_TTL, PlacementError
 from agent.memory import pss_bytes, release_memory, rss_bytes
 from agent.placement import Placement
@@ -54,6 +54,26 @@ JOB_FUNCTIONS = ("agent.worker.invoke", "agent.worker.evict", "agent.worker.prew
 RECONCILE_EVERY_S = 5.0
 ADMISSION_STOP_S = 10.0  # a stopping worker waits this long for its admission pass to end
 CALLBACK_PERIOD_S = 0.5
+# Every reply a worker waits for is due within POP_SLICE_S: its longest blocking command is the
+# BLPOP of agent.lanequeue, sliced to that; nothing else it sends blocks (no WAIT, no blocking
+# XREAD; its Lua scripts are short). A healthy Redis may still hold a reply back behind another
+# client's script or command, for up to its busy threshold (lua-time-limit, 5 s: past that it
+# answers BUSY to everyone else) — twice that is the slack. A reply later than SOCKET_TIMEOUT_S
+# means Redis went away without a word (its host crashed or was cut off and Redis restarted,
+# so no FIN or RST ever reaches the worker): the read raises redis.TimeoutError, handled like
+# a lost connection (the pop is marked failed and retried by RQ's loop, the steps a worker must
+# not lose are retried through the outage), and the next command connects again. Without it
+# the read would wait for RQ's socket timeout: its dequeue timeout + 10 s, 415 s.
+REDIS_BUSY_S = 5.0
+SOCKET_TIMEOUT_S = POP_SLICE_S + 2 * REDIS_BUSY_S
+CONNECT_TIMEOUT_S = 2.0
+# TCP keepalive on idle connections (the pool's spares): a peer gone silent is found after
+# 10 s idle + 3 unanswered probes 2 s apart, so the next command takes a new connection at once
+KEEPALIVE = {
+    getattr(socket, name): value
+    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)
+}
 
 _CONTEXT: Context | None = None
 
@@ -270,6 +290,13 @@ class BruleeWorker(SimpleWorker):
         self.queue_class = type("BruleeLaneQueue", (LaneQueue,), {"lane_worker": self})
         self.pop_failed = False  # a blocking pop failed: a job may be popped and unreceived
 
+    def _set_connection(self, connection: redis.Redis) -> redis.Redis:
+        """RQ raises the connection's socket timeout to its dequeue timeout + 10 s (415 s),
+        meant for one BLPOP of the whole dequeue timeout; this worker pops in slices of
+        POP_SLICE_S (:class:`LaneQueue`), so its timeout is :data:`SOCKET_TIMEOUT_S`."""
+        connection.connection_pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT_S
+        return connection
+
     def perform_job(self, job, queue, execution) -> bool:
         """Run only brulee's own job functions; anything else fails with the reason. A job
         RQ has recorded the end of is no longer held for this worker (if recording it failed,
@@ -399,6 +426,20 @@ class BruleeWorker(SimpleWorker):
             self._register()
 
 
+def connect(redis_url: str) -> redis.Redis:
+    """A worker's Redis client: replies later than :data:`SOCKET_TIMEOUT_S` fail (a Redis gone
+    silent is noticed), and over TCP idle connections are probed (:data:`KEEPALIVE`)."""
+    options: dict[str, Any] = {}
+    if not redis_url.startswith("unix:"):
+        options = {"socket_keepalive": True, "socket_keepalive_options": KEEPALIVE}
+    return redis.Redis.from_url(
+        redis_url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        **options,
+    )
+
+
 def new_worker_name(device: str) -> str:
     return f"{device}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -415,7 +456,7 @@ def run_worker(
 ) -> None:
     """Run one worker until SIGTERM/SIGINT (RQ finishes the current job first). ``cold_loads``:
     see :class:`~agent.interpreters.InterpreterCache`."""
-    conn = redis.Redis.from_url(redis_url)
+    conn = connect(redis_url)
     name = name or new_worker_name(device)
     placement = Placement(conn, policy)
     interpreters = InterpreterCache(models_dir, threads, cold_loads)

@@ -83,15 +83,11 @@ def running_agent(
     configured as ``brulee up --durability`` configures it (default: no persistence); strict's
     forcing at the agent's promises (``BRULEE_AOF_DIR``, agent/durable.py) is ``brulee up``'s,
     not done here."""
-    from werkzeug.serving import make_server
-
-    from agent.gateway import create_app
-
     with redis_server(durability is not None, durability or "fast") as server:
         procs = [start_worker(server.url, models_dir, cap, policy) for _ in range(workers)]
         try:
             wait_for_workers(server.url, workers)
-            app = create_app(
+            with serve_gateway(
                 redis_url=server.url,
                 models_dir=models_dir,
                 functions_file=functions_file,
@@ -101,14 +97,7 @@ def running_agent(
                 sync_timeout=sync_timeout,
                 spool_dir=spool_dir,
                 max_waiting=max_waiting,
-            )
-            port = free_port()
-            http = make_server("127.0.0.1", port, app, threaded=True)
-            thread = threading.Thread(target=http.serve_forever, daemon=True)
-            thread.start()
-            url = f"http://127.0.0.1:{port}"
-            requests.get(f"{url}/healthz", timeout=5)
-            try:
+            ) as url:
                 yield {
                     "url": url,
                     "redis_url": server.url,
@@ -116,10 +105,27 @@ def running_agent(
                     "server": server,
                     "workers": procs,
                 }
-            finally:
-                http.shutdown()
         finally:
             stop_all(procs)
+
+
+@contextlib.contextmanager
+def serve_gateway(**options) -> Iterator[str]:
+    """The gateway (``agent.gateway.create_app(**options)``) served over real HTTP by werkzeug
+    in a thread on a free loopback port; yields its URL."""
+    from werkzeug.serving import make_server
+
+    from agent.gateway import create_app
+
+    port = free_port()
+    http = make_server("127.0.0.1", port, create_app(**options), threaded=True)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    requests.get(f"{url}/healthz", timeout=5)
+    try:
+        yield url
+    finally:
+        http.shutdown()
 
 
 # -- `brulee up` as a user runs it (a subprocess), for tests/test_up.py and test_supervisor.py

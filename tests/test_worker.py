@@ -1,18 +1,30 @@
-"""The worker's interpreter cache: dropping an interpreter really gives its memory back."""
+"""The worker: its interpreter cache gives memory back; it survives a Redis gone silent."""
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
 
 from agent.interpreters import InterpreterCache
 from agent.memory import rss_bytes
+from agent.redis_server import RedisServer
+from agent.worker import SOCKET_TIMEOUT_S
+from tests.agent_fixtures import serve_gateway, start_worker, stop_all, wait_for_workers
+
+# a worker whose read hangs notices after SOCKET_TIMEOUT_S; then RQ's first retry (1 s), the
+# heartbeat's re-registration (within a second) and the call itself
+RECOVER_S = SOCKET_TIMEOUT_S + 8
 
 
 def test_drop_returns_resident_memory(test_models: Path):
     cache = InterpreterCache(test_models)
     before = rss_bytes()
     loaded, load_s = cache.load("mobilenetv2-mini", "mobilenetv2-mini.tflite")
-    import numpy as np
 
     loaded.predict(np.zeros(loaded.input.shape, dtype=loaded.input.dtype))  # touch the arena
     grown = rss_bytes() - before
@@ -21,3 +33,45 @@ def test_drop_returns_resident_memory(test_models: Path):
     assert "mobilenetv2-mini" not in cache.models
     assert freed >= 0.5 * grown, f"loading grew RSS by {grown} bytes, dropping freed {freed}"
     assert cache.drop("mobilenetv2-mini") == 0  # dropping twice is harmless
+
+
+@pytest.mark.timeout(120)
+def test_worker_notices_a_silent_redis_and_serves_its_successor(test_models: Path, tmp_path):
+    """Redis goes away without a word: frozen (SIGSTOP) with its connections open, so no FIN
+    or RST reaches the worker blocked in its pop — as when Redis's host crashes or is cut off —
+    and a fresh, empty redis-server takes its address (the same Unix socket). The worker's
+    reads time out, it connects to the new Redis, registers again and serves a call within
+    RECOVER_S. Without a socket timeout of its own it would wait on the frozen one (RQ's:
+    415 s)."""
+    server = RedisServer(tmp_path / "redis", port=None, persist=False).start()
+    frozen = server.process
+    worker = start_worker(server.url, test_models, 64 * 1024 * 1024)
+    body = {"inputs": np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32).tolist()}
+    gateway = {"redis_url": server.url, "models_dir": test_models, "token": "test-token",
+               "sync_timeout": RECOVER_S}  # fmt: skip
+    try:
+        wait_for_workers(server.url, 1)
+        with serve_gateway(**gateway) as url:
+            first = requests.post(f"{url}/function/digits-cnn", json=body, timeout=30)
+            assert first.status_code == 200, first.text
+        frozen.send_signal(signal.SIGSTOP)
+        silent = time.monotonic()
+        server.start()  # on the same socket path: the frozen one's is unlinked
+        with serve_gateway(**gateway) as url:  # a gateway of its own: this one's pool is fresh
+            while True:
+                left = RECOVER_S - (time.monotonic() - silent)
+                assert left > 0, f"the worker did not serve again within {RECOVER_S:g} s"
+                try:
+                    resp = requests.post(f"{url}/function/digits-cnn", json=body, timeout=left)
+                except requests.Timeout:
+                    continue
+                if resp.status_code == 200:
+                    break
+                time.sleep(0.2)
+        recovered = time.monotonic() - silent
+        assert recovered > SOCKET_TIMEOUT_S - 1, recovered  # it did wait on the frozen Redis
+    finally:
+        frozen.kill()  # the worker, if still waiting on it, hears its connections close
+        frozen.wait()
+        stop_all([worker])
+        server.stop()

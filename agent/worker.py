@@ -277,6 +277,13 @@ class UnknownJob(Exception):
 class BruleeWorker(SimpleWorker):
     """One long-lived worker per core: jobs run in-process so interpreters stay warm."""
 
+    # RQ waits 1, 2, 4 … up to 60 s between tries of a pop that failed because Redis was down,
+    # and starts again from 1 s only when it dequeues an RQ job; the synchronous calls this
+    # worker serves inside its pop (LaneQueue) never reset it, so each Redis outage made the
+    # next one cost twice as long (measured: 7 s before it served again after the fifth).
+    # Trying a local Redis every 2 s costs nothing.
+    max_connection_wait_time = 2.0
+
     def __init__(
         self, *args: Any, device: str, context: Context, cap: int | None = None, **kwargs: Any
     ) -> None:

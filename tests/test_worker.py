@@ -75,3 +75,45 @@ def test_worker_notices_a_silent_redis_and_serves_its_successor(test_models: Pat
         frozen.wait()
         stop_all([worker])
         server.stop()
+
+
+OUTAGES = 6
+
+
+@pytest.mark.timeout(120)
+def test_worker_serves_again_soon_after_each_of_several_redis_outages(test_models: Path, tmp_path):
+    """Redis stopped and started again, six times, while the worker serves only synchronous
+    calls: it serves again within seconds after each restart. RQ's own backoff (1, 2, 4 … 60 s,
+    reset only by an RQ job) made the fifth outage cost 7 s here and the sixth ~15 s; the
+    worker caps it."""
+    server = RedisServer(tmp_path / "redis", port=None, persist=False).start()
+    worker = start_worker(server.url, test_models, 64 * 1024 * 1024)
+    body = {"inputs": np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32).tolist()}
+    bound = 6.0  # the worker's wait between tries (2 s), its re-registration, the call
+    recovered = []
+    try:
+        wait_for_workers(server.url, 1)
+        with serve_gateway(redis_url=server.url, models_dir=test_models, sync_timeout=bound) as url:
+            assert requests.post(f"{url}/function/digits-cnn", json=body, timeout=30).ok
+            for _ in range(OUTAGES):
+                server.stop()
+                time.sleep(0.5)  # the worker's pop fails: it waits before trying again
+                server.start()
+                back = time.monotonic()
+                while True:
+                    took = time.monotonic() - back
+                    assert took < bound, (
+                        f"not served {took:.1f} s after outage {len(recovered) + 1}"
+                    )
+                    try:
+                        resp = requests.post(f"{url}/function/digits-cnn", json=body, timeout=bound)
+                    except requests.Timeout:
+                        continue
+                    if resp.status_code == 200:
+                        break
+                    time.sleep(0.1)
+                recovered.append(round(took, 2))
+    finally:
+        stop_all([worker])
+        server.stop()
+    assert len(recovered) == OUTAGES, recovered

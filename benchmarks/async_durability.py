@@ -33,7 +33,6 @@ strict/fast (the machine is shared: medians of rounds, not means).
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import secrets
 import statistics
@@ -42,7 +41,6 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import click
 import numpy as np
@@ -51,6 +49,8 @@ from tabulate import tabulate
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.overhead_parts import NPY, Client, deploy  # noqa: E402
 
 SETTINGS = ("strict", "fast")
 METRICS = {  # key -> the table's label ({clients} filled in)
@@ -65,29 +65,11 @@ def default_models() -> Path:
     return Path(os.environ.get("BRULEE_TEST_MODELS") or REPO / ".cache" / "test-models")
 
 
-def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    conn.request("POST", path, body, {"Content-Type": "application/x-npy"})
-    resp = conn.getresponse()
-    resp.read()
-    return time.perf_counter() - t0, resp.status
-
-
-def _connect(url: str) -> http.client.HTTPConnection:
-    parts = urlsplit(url)
-    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-
-
 def latencies(url: str, path: str, body: bytes, n: int, status: int) -> list[float]:
     """``n`` sequential calls on one keep-alive connection; their latencies in ms."""
-    conn = _connect(url)
-    out = []
-    for _ in range(n):
-        took, got = _post(conn, path, body)
-        if got != status:
-            raise click.ClickException(f"{url}{path} answered {got}, expected {status}")
-        out.append(took * 1000)
-    conn.close()
+    client = Client(url)
+    out = [client.timed(path, body, NPY, expect=status)[0] * 1000 for _ in range(n)]
+    client.close()
     return out
 
 
@@ -96,13 +78,13 @@ def throughput(url: str, path: str, body: bytes, clients: int, seconds: float) -
     end = time.monotonic() + seconds
 
     def client(_: int) -> tuple[int, int]:
-        conn, accepted, other = _connect(url), 0, 0
+        c, accepted, other = Client(url), 0, 0
         while time.monotonic() < end:
-            if _post(conn, path, body)[1] == 202:
+            if c.post(path, body, NPY, expect=None).status == 202:
                 accepted += 1
             else:
                 other += 1
-        conn.close()
+        c.close()
         return accepted, other
 
     t0 = time.monotonic()
@@ -167,7 +149,6 @@ def _line(setting: str, res: dict) -> str:
 def main(models_dir: Path, model: str, workers: int, runs: int, clients: int, seconds: float,
          rounds: int) -> None:  # fmt: skip
     """202 latency/throughput and sync-hit latency, strict vs. fast durability."""
-    from benchmarks.overhead_parts import deploy
     from functions.tensors import to_npy
     from loadgen.testbed import agent_process
     from models.catalog import load_catalog

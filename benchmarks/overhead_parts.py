@@ -24,6 +24,8 @@ import requests
 
 from benchmarks.footprint import children, title
 
+NPY = "application/x-npy"
+
 
 def p99(values: list[float]) -> float:
     return float(np.percentile(np.asarray(values), 99))
@@ -42,18 +44,26 @@ class Client:
         parts = urlsplit(url)
         self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
 
-    def post(self, path: str, body: bytes, content_type: str) -> http.client.HTTPResponse:
+    def post(
+        self, path: str, body: bytes, content_type: str, expect: int | None = 200
+    ) -> http.client.HTTPResponse:
+        """POST ``body``; a status other than ``expect`` fails (``None``: any status)."""
         self.conn.request("POST", path, body=body, headers={"Content-Type": content_type})
         resp = self.conn.getresponse()
         resp.body = resp.read()
-        if resp.status != 200:
-            raise click.ClickException(f"{path}: HTTP {resp.status}: {resp.body[:300]!r}")
+        if expect is not None and resp.status != expect:
+            raise click.ClickException(
+                f"{path}: HTTP {resp.status} (expected {expect}): {resp.body[:300]!r}"
+            )
         return resp
 
-    def timed(self, path: str, body: bytes, content_type: str):
+    def timed(self, path: str, body: bytes, content_type: str, expect: int | None = 200):
         t0 = time.perf_counter()
-        resp = self.post(path, body, content_type)
+        resp = self.post(path, body, content_type, expect)
         return time.perf_counter() - t0, resp
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 class InProcess:
@@ -185,14 +195,13 @@ def http_rate(
 ) -> float:
     """Calls/s completed by ``clients`` closed-loop clients over ``seconds``; with ``cpu``, adds
     each role's CPU seconds per call to it (lists per role)."""
-    npy = "application/x-npy"
-    Client(url).post(path, body, npy)
+    Client(url).post(path, body, NPY)
     deadline = time.monotonic() + seconds
 
     def client(_: int) -> int:
         c, n = Client(url), 0
         while time.monotonic() < deadline:
-            c.post(path, body, npy)
+            c.post(path, body, NPY)
             n += 1
         return n
 
